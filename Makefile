@@ -1,0 +1,54 @@
+# Two commands do all the set-up on a fresh machine (Python 3.11, Java 17, Maven):
+#   make demo   package a model, register it, score a Delta table with Spark
+#   make test   the whole test suite
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+JARS_STAMP := infra/jars/.resolved
+
+.PHONY: demo test unit integration jars venv lint bench cluster-up cluster-down clean
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[dev]'
+	touch $@
+
+# JVM jars (Delta Lake, Spark's Kafka connector) resolved once by Maven; Spark never
+# downloads anything at run time.
+$(JARS_STAMP): infra/pom.xml
+	mvn -q -B -f infra/pom.xml dependency:copy-dependencies
+	touch $@
+
+venv: $(STAMP)
+jars: $(JARS_STAMP)
+
+demo: venv jars
+	$(VENV)/bin/scoring demo
+
+test: venv jars
+	$(PY) -m pytest
+
+unit: venv
+	$(PY) -m pytest tests/unit
+
+integration: venv jars
+	$(PY) -m pytest tests/integration
+
+lint: venv
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/mypy
+
+bench: venv jars
+	$(PY) benchmarks/batch.py
+
+cluster-up: venv
+	PYTHON=$(PY) infra/spark/standalone.sh start
+
+cluster-down:
+	PYTHON=$(PY) infra/spark/standalone.sh stop
+
+clean:
+	rm -rf $(VENV) infra/jars infra/target .scoring

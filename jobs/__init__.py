@@ -1,0 +1,1 @@
+"""Entry points: thin wrappers that parse arguments and call :mod:`shared`."""

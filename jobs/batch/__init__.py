@@ -1,0 +1,1 @@
+"""spark-submit entry points for nightly batch scoring."""

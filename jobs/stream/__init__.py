@@ -1,0 +1,1 @@
+"""The Kafka stream processor (faust-streaming) that scores events with the same artifact."""

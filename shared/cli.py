@@ -1,0 +1,168 @@
+"""The ``scoring`` command line: model packaging and registry operations, batch runs, demo."""
+
+from __future__ import annotations
+
+import functools
+import logging
+from collections.abc import Callable
+from pathlib import Path
+from typing import Annotated, Any, TypeVar
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from shared.errors import ScoringError
+
+__all__ = ["app"]
+
+app = typer.Typer(
+    help="Score one ONNX model artifact on Spark + Delta and on Kafka.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+)
+model_app = typer.Typer(
+    help="Package, list, promote and roll back model versions.", no_args_is_help=True
+)
+batch_app = typer.Typer(help="Nightly batch scoring on Spark + Delta.", no_args_is_help=True)
+app.add_typer(model_app, name="model")
+app.add_typer(batch_app, name="batch")
+
+console = Console()
+errors = Console(stderr=True)
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def _user_errors(func: F) -> F:
+    """Turn a ScoringError into its message and exit code instead of a traceback."""
+
+    @functools.wraps(func)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return func(*args, **kwargs)
+        except ScoringError as exc:
+            errors.print(f"[bold red]error:[/] {exc}", highlight=False)
+            raise typer.Exit(exc.exit_code) from exc
+
+    return wrapper  # type: ignore[return-value]
+
+
+@app.callback()
+def main(verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False) -> None:
+    logging.basicConfig(
+        level=logging.INFO if verbose else logging.WARNING,
+        format="%(asctime)s %(levelname)s %(name)s %(message)s",
+    )
+
+
+@model_app.command("package")
+@_user_errors
+def package(
+    path: Annotated[
+        Path,
+        typer.Argument(
+            exists=True,
+            dir_okay=False,
+            help=".onnx, scikit-learn (.joblib/.skops), LightGBM (.txt) or XGBoost (.json/.ubj)",
+        ),
+    ],
+    name: Annotated[str, typer.Option(help="registered model name")],
+    sample: Annotated[
+        Path | None,
+        typer.Option(exists=True, dir_okay=False, help="parquet rows to check the conversion"),
+    ] = None,
+    features: Annotated[str | None, typer.Option(help="comma-separated feature names")] = None,
+    key: Annotated[str | None, typer.Option(help="the key column")] = None,
+    contract: Annotated[
+        Path | None,
+        typer.Option(
+            exists=True,
+            dir_okay=False,
+            help="JSON partial contract: ranges, nullability, threshold, lineage",
+        ),
+    ] = None,
+    tolerance: Annotated[float, typer.Option(help="max |score difference| native vs ONNX")] = 1e-4,
+) -> None:
+    """Convert a trained model to ONNX, verify it, write its contract and register it."""
+    from shared.packaging import package as do_package
+
+    names = [f.strip() for f in features.split(",") if f.strip()] if features else None
+    info = do_package(path, name, sample, names, key, contract, tolerance)
+    errors.print(
+        f"registered [bold]{info.name}[/] version [bold]{info.version}[/] "
+        f"(sha256 {info.sha256[:12]}…)"
+    )
+    print(info.version)
+
+
+@model_app.command("promote")
+@_user_errors
+def promote(
+    name: str, version: str, alias: Annotated[str, typer.Option(help="alias to move")] = "champion"
+) -> None:
+    """Point ALIAS at VERSION (the previous holder is remembered for rollback)."""
+    from shared import registry
+
+    previous = registry.promote(name, version, alias)
+    console.print(f"{name}@{alias}: {previous or '-'} -> {version}")
+
+
+@model_app.command("rollback")
+@_user_errors
+def rollback(
+    name: str, alias: Annotated[str, typer.Option(help="alias to move back")] = "champion"
+) -> None:
+    """Point ALIAS back at the version that held it before the last promotion."""
+    from shared import registry
+
+    version = registry.rollback(name, alias)
+    console.print(f"{name}@{alias} -> {version}")
+
+
+@model_app.command("list")
+@_user_errors
+def list_models(name: str) -> None:
+    """Versions of NAME with aliases, checksum, creation time and metrics."""
+    from shared import registry
+
+    table = Table(title=f"model {name}")
+    for column in ("version", "aliases", "sha256", "created (UTC)", "metrics"):
+        table.add_column(column)
+    for info in registry.list_versions(name):
+        metrics = ", ".join(f"{k}={v:.4g}" for k, v in sorted(info.metrics.items()))
+        table.add_row(
+            info.version,
+            ", ".join(info.aliases),
+            (info.sha256 or "?")[:12],
+            info.created.strftime("%Y-%m-%d %H:%M:%S"),
+            metrics,
+        )
+    console.print(table)
+
+
+@batch_app.command(
+    "run",
+    context_settings={
+        "allow_extra_args": True,
+        "ignore_unknown_options": True,
+        "help_option_names": [],
+    },
+    add_help_option=False,
+)
+def batch_run(ctx: typer.Context) -> None:
+    """Score a Delta table; same options as jobs/batch/score.py (see --help)."""
+    from jobs.batch.score import main as score_main
+
+    raise typer.Exit(score_main(ctx.args))
+
+
+@app.command("demo")
+@_user_errors
+def demo(
+    rows_per_day: Annotated[int, typer.Option(help="demo rows per day")] = 20_000,
+    days: Annotated[int, typer.Option(help="days of demo data")] = 7,
+) -> None:
+    """Generate data, train, package, promote and batch-score one date, end to end."""
+    from shared.demo.run import run_demo
+
+    run_demo(console, rows_per_day=rows_per_day, days=days)

@@ -1,0 +1,202 @@
+"""The MLflow Model Registry: where artifacts are stored, versioned and aliased.
+
+MLflow is used for storage, registry and metadata only; scoring never goes through an
+MLflow flavour. The embedded default is a SQLite store and a local artifact folder under
+the data dir; ``MLFLOW_TRACKING_URI`` points anywhere else.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import mlflow
+from mlflow.exceptions import MlflowException
+from mlflow.tracking import MlflowClient
+
+from shared.contract import Contract
+from shared.errors import ModelNotFoundError, RollbackError
+from shared.settings import Settings, load
+
+__all__ = [
+    "EXPERIMENT",
+    "ModelVersionInfo",
+    "client",
+    "download",
+    "list_versions",
+    "promote",
+    "register",
+    "resolve",
+    "rollback",
+]
+
+log = logging.getLogger(__name__)
+
+EXPERIMENT = "scoring"
+SHA_TAG = "scoring.onnx_sha256"
+METRICS_TAG = "scoring.metrics"
+HISTORY_TAG = "scoring.alias_history.{alias}"
+_URI = re.compile(r"^models:/(?P<name>[^/@]+)(?:/(?P<version>\d+)|@(?P<alias>[\w-]+))$")
+
+
+@dataclass(frozen=True)
+class ModelVersionInfo:
+    name: str
+    version: str
+    sha256: str | None
+    aliases: tuple[str, ...]
+    created: datetime
+    metrics: dict[str, float]
+    source: str
+
+    @property
+    def uri(self) -> str:
+        return f"models:/{self.name}/{self.version}"
+
+
+_configured: str | None = None
+
+
+def client(settings: Settings | None = None) -> MlflowClient:
+    """Point MLflow at the configured store (once per process) and return a client."""
+    global _configured
+    settings = settings or load()
+    uri = settings.mlflow_tracking_uri
+    if _configured != uri:
+        if uri.startswith("sqlite:///"):
+            settings.home.mkdir(parents=True, exist_ok=True)
+        mlflow.set_tracking_uri(uri)
+        mlflow.set_registry_uri(settings.registry_uri or uri)
+        if mlflow.get_experiment_by_name(EXPERIMENT) is None:
+            # Without an explicit location a SQLite store puts artifacts under ./mlruns
+            # of whatever directory the process happens to run in.
+            location = None if settings.tracking_uri else settings.mlflow_artifacts.as_uri()
+            mlflow.create_experiment(EXPERIMENT, artifact_location=location)
+        _configured = uri
+    return MlflowClient()
+
+
+def _info(mv: Any) -> ModelVersionInfo:
+    tags = mv.tags or {}
+    return ModelVersionInfo(
+        name=mv.name,
+        version=str(mv.version),
+        sha256=tags.get(SHA_TAG),
+        aliases=tuple(getattr(mv, "aliases", ()) or ()),
+        created=datetime.fromtimestamp(mv.creation_timestamp / 1000, tz=UTC),
+        metrics=json.loads(tags.get(METRICS_TAG, "{}")),
+        source=mv.source,
+    )
+
+
+def resolve(uri: str) -> ModelVersionInfo:
+    """``models:/NAME/VERSION`` or ``models:/NAME@ALIAS`` to one immutable version."""
+    match = _URI.match(uri)
+    if not match:
+        raise ModelNotFoundError(uri, "expected models:/NAME/VERSION or models:/NAME@ALIAS")
+    mlc = client()
+    name = match["name"]
+    try:
+        if match["alias"]:
+            mv = mlc.get_model_version_by_alias(name, match["alias"])
+        else:
+            mv = mlc.get_model_version(name, match["version"])
+    except MlflowException as exc:
+        raise ModelNotFoundError(uri, exc.message) from exc
+    return _info(mv)
+
+
+def download(info: ModelVersionInfo, destination: Path) -> Path:
+    """Copy a version's artifact folder to ``destination`` and return its path."""
+    client()
+    return Path(mlflow.artifacts.download_artifacts(info.uri, dst_path=str(destination)))
+
+
+def register(
+    model_dir: Path,
+    name: str,
+    contract: Contract,
+    params: dict[str, Any] | None = None,
+    metrics: dict[str, float] | None = None,
+) -> ModelVersionInfo:
+    """Log ``model_dir`` as a run's artifact and register it as a new version of ``name``."""
+    mlc = client()
+    with mlflow.start_run(
+        experiment_id=mlflow.get_experiment_by_name(EXPERIMENT).experiment_id,
+        run_name=f"package-{name}",
+    ) as run:
+        mlflow.log_params(params or {})
+        mlflow.log_metrics({**contract.metrics, **(metrics or {})})
+        mlflow.log_artifacts(str(model_dir), artifact_path="model")
+        mlflow.set_tags({SHA_TAG: contract.onnx_sha256})
+    try:
+        mlc.get_registered_model(name)
+    except MlflowException:
+        mlc.create_registered_model(name, description="Scored by the scoring pipelines.")
+    mv = mlc.create_model_version(
+        name,
+        source=f"{run.info.artifact_uri}/model",
+        run_id=run.info.run_id,
+        tags={SHA_TAG: contract.onnx_sha256, METRICS_TAG: json.dumps(contract.metrics)},
+    )
+    log.info("registered %s version %s", name, mv.version)
+    return _info(mlc.get_model_version(name, mv.version))
+
+
+def _history(mlc: MlflowClient, name: str, alias: str) -> list[str]:
+    tags = mlc.get_registered_model(name).tags or {}
+    return list(json.loads(tags.get(HISTORY_TAG.format(alias=alias), "[]")))
+
+
+def promote(name: str, version: str, alias: str = "champion") -> str | None:
+    """Point ``alias`` at ``version``; remember the previous holder for :func:`rollback`.
+
+    Returns the version that held the alias before, if any.
+    """
+    mlc = client()
+    target = resolve(f"models:/{name}/{version}")
+    try:
+        previous: str | None = resolve(f"models:/{name}@{alias}").version
+    except ModelNotFoundError:
+        previous = None
+    if previous == target.version:
+        return previous
+    history = _history(mlc, name, alias)
+    if previous is not None:
+        history.append(previous)
+        mlc.set_registered_model_tag(name, HISTORY_TAG.format(alias=alias), json.dumps(history))
+    mlc.set_registered_model_alias(name, alias, target.version)
+    log.info("%s@%s: %s -> %s", name, alias, previous, target.version)
+    return previous
+
+
+def rollback(name: str, alias: str = "champion") -> str:
+    """Point ``alias`` back at the version that held it before the last promotion."""
+    mlc = client()
+    history = _history(mlc, name, alias)
+    if not history:
+        raise RollbackError(
+            f"No earlier version of {name} held the alias {alias!r}; nothing to roll back "
+            f"to. Promote a version explicitly with `scoring model promote {name} VERSION`."
+        )
+    version = history.pop()
+    resolve(f"models:/{name}/{version}")
+    mlc.set_registered_model_alias(name, alias, version)
+    mlc.set_registered_model_tag(name, HISTORY_TAG.format(alias=alias), json.dumps(history))
+    log.info("%s@%s rolled back to %s", name, alias, version)
+    return version
+
+
+def list_versions(name: str) -> list[ModelVersionInfo]:
+    mlc = client()
+    try:
+        mlc.get_registered_model(name)
+    except MlflowException as exc:
+        raise ModelNotFoundError(name, exc.message) from exc
+    found = mlc.search_model_versions(f"name = '{name}'")
+    return sorted((_info(mv) for mv in found), key=lambda i: int(i.version))
