@@ -185,12 +185,12 @@ _SCORERS: dict[tuple[str, int], Scorer] = {}
 def cached_scorer(contract: Contract, onnx_bytes: Callable[[], bytes], threads: int = 1) -> Scorer:
     """One scorer per process per graph: later calls reuse the first session.
 
-    Keyed by the graph's checksum (immutable), never by an alias, so a cached session can
-    never serve another version than the one asked for. ``onnx_bytes`` is only called on
-    a miss (on a Spark executor it reads a broadcast variable), and what it returns is
-    checked against the contract before a session is built.
+    Keyed by the whole contract (which holds the graph's checksum), never by an alias, so
+    a cached scorer can never serve another version, threshold or range than the one asked
+    for. ``onnx_bytes`` is only called on a miss (on a Spark executor it reads a broadcast
+    variable), and what it returns is checked against the contract before use.
     """
-    key = (contract.onnx_sha256, threads)
+    key = (sha256_bytes(contract.to_json().encode()), threads)
     scorer = _SCORERS.get(key)
     if scorer is None:
         graph = onnx_bytes()
