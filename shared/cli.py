@@ -41,7 +41,7 @@ def _user_errors(func: F) -> F:
         try:
             return func(*args, **kwargs)
         except ScoringError as exc:
-            errors.print(f"[bold red]error:[/] {exc}", highlight=False)
+            errors.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
             raise typer.Exit(exc.exit_code) from exc
 
     return wrapper  # type: ignore[return-value]

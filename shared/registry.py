@@ -10,12 +10,14 @@ from __future__ import annotations
 import json
 import logging
 import re
+import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import mlflow
+from mlflow.entities import Metric, Param
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
@@ -59,26 +61,45 @@ class ModelVersionInfo:
         return f"models:/{self.name}/{self.version}"
 
 
-_configured: str | None = None
+@dataclass(frozen=True)
+class _Store:
+    client: MlflowClient
+    tracking_uri: str
+    registry_uri: str
+    experiment_id: str
 
 
-def client(settings: Settings | None = None) -> MlflowClient:
-    """Point MLflow at the configured store (once per process) and return a client."""
-    global _configured
+_experiments: dict[str, str] = {}
+
+
+def _store(settings: Settings | None = None) -> _Store:
+    """The configured store; the experiment is created on first use.
+
+    MLflow's global ``set_tracking_uri`` is never called: it exports
+    ``MLFLOW_TRACKING_URI`` into this process's environment, which would then override
+    the settings of everything that runs after it.
+    """
     settings = settings or load()
     uri = settings.mlflow_tracking_uri
-    if _configured != uri:
+    registry_uri = settings.registry_uri or uri
+    mlc = MlflowClient(tracking_uri=uri, registry_uri=registry_uri)
+    if uri not in _experiments:
         if uri.startswith("sqlite:///"):
             settings.home.mkdir(parents=True, exist_ok=True)
-        mlflow.set_tracking_uri(uri)
-        mlflow.set_registry_uri(settings.registry_uri or uri)
-        if mlflow.get_experiment_by_name(EXPERIMENT) is None:
+        found = mlc.get_experiment_by_name(EXPERIMENT)
+        if found is None:
             # Without an explicit location a SQLite store puts artifacts under ./mlruns
             # of whatever directory the process happens to run in.
             location = None if settings.tracking_uri else settings.mlflow_artifacts.as_uri()
-            mlflow.create_experiment(EXPERIMENT, artifact_location=location)
-        _configured = uri
-    return MlflowClient()
+            _experiments[uri] = mlc.create_experiment(EXPERIMENT, artifact_location=location)
+        else:
+            _experiments[uri] = found.experiment_id
+    return _Store(mlc, uri, registry_uri, _experiments[uri])
+
+
+def client(settings: Settings | None = None) -> MlflowClient:
+    """A client for the configured tracking store and registry."""
+    return _store(settings).client
 
 
 def _info(mv: Any) -> ModelVersionInfo:
@@ -113,8 +134,14 @@ def resolve(uri: str) -> ModelVersionInfo:
 
 def download(info: ModelVersionInfo, destination: Path) -> Path:
     """Copy a version's artifact folder to ``destination`` and return its path."""
-    client()
-    return Path(mlflow.artifacts.download_artifacts(info.uri, dst_path=str(destination)))
+    # The version's source is the artifact location itself (file:, s3:, ...); a models:/
+    # URI here would be resolved against MLflow's process-global registry instead.
+    store = _store()
+    return Path(
+        mlflow.artifacts.download_artifacts(
+            artifact_uri=info.source, dst_path=str(destination), tracking_uri=store.tracking_uri
+        )
+    )
 
 
 def register(
@@ -125,15 +152,22 @@ def register(
     metrics: dict[str, float] | None = None,
 ) -> ModelVersionInfo:
     """Log ``model_dir`` as a run's artifact and register it as a new version of ``name``."""
-    mlc = client()
-    with mlflow.start_run(
-        experiment_id=mlflow.get_experiment_by_name(EXPERIMENT).experiment_id,
-        run_name=f"package-{name}",
-    ) as run:
-        mlflow.log_params(params or {})
-        mlflow.log_metrics({**contract.metrics, **(metrics or {})})
-        mlflow.log_artifacts(str(model_dir), artifact_path="model")
-        mlflow.set_tags({SHA_TAG: contract.onnx_sha256})
+    store = _store()
+    mlc = store.client
+    run = mlc.create_run(
+        store.experiment_id, run_name=f"package-{name}", tags={SHA_TAG: contract.onnx_sha256}
+    )
+    run_id = run.info.run_id
+    now = int(time.time() * 1000)
+    mlc.log_batch(
+        run_id,
+        metrics=[
+            Metric(k, float(v), now, 0) for k, v in {**contract.metrics, **(metrics or {})}.items()
+        ],
+        params=[Param(k, str(v)) for k, v in (params or {}).items()],
+    )
+    mlc.log_artifacts(run_id, str(model_dir), artifact_path="model")
+    mlc.set_terminated(run_id)
     try:
         mlc.get_registered_model(name)
     except MlflowException:
@@ -141,7 +175,7 @@ def register(
     mv = mlc.create_model_version(
         name,
         source=f"{run.info.artifact_uri}/model",
-        run_id=run.info.run_id,
+        run_id=run_id,
         tags={SHA_TAG: contract.onnx_sha256, METRICS_TAG: json.dumps(contract.metrics)},
     )
     log.info("registered %s version %s", name, mv.version)
@@ -199,4 +233,6 @@ def list_versions(name: str) -> list[ModelVersionInfo]:
     except MlflowException as exc:
         raise ModelNotFoundError(name, exc.message) from exc
     found = mlc.search_model_versions(f"name = '{name}'")
-    return sorted((_info(mv) for mv in found), key=lambda i: int(i.version))
+    # Search results carry no aliases; the per-version record does.
+    versions = sorted(int(mv.version) for mv in found)
+    return [_info(mlc.get_model_version(name, str(v))) for v in versions]
