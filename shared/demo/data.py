@@ -95,17 +95,17 @@ def generate_day(day: date, rows: int, seed: int = 7, bad_share: float = 0.002) 
     limit = rng.choice([1000, 2500, 5000, 10000, 25000], size=rows).astype(np.float64)
     # Fraud: big unusual amounts, night hours, far from home, online, risky merchants.
     logit = (
-        -6.0
-        + 0.9 * np.log1p(amount / np.maximum(avg_30d, 1.0))
-        + 0.8 * ((hour < 5) | (hour > 22))
-        + 0.5 * np.log1p(home / 50)
-        + 0.9 * (cat["channel"] == 1)
-        + 1.2 * np.isin(cat["merchant_category"], [6, 7])
-        + 0.7 * (cat["card_type"] == 2)
-        + 0.6 * failed
-        + 0.4 * count_1h
-        - 0.4 * present
-        - 0.0001 * account_age
+        -9.0
+        + 1.2 * np.log1p(amount / np.maximum(avg_30d, 1.0))
+        + 1.6 * ((hour < 5) | (hour > 22))
+        + 1.0 * np.log1p(home / 50)
+        + 1.8 * (cat["channel"] == 1)
+        + 2.4 * np.isin(cat["merchant_category"], [6, 7])
+        + 1.4 * (cat["card_type"] == 2)
+        + 1.5 * failed
+        + 0.8 * count_1h
+        - 0.8 * present
+        - 0.0002 * account_age
     )
     label = (rng.random(rows) < 1 / (1 + np.exp(-logit))).astype(np.int32)
 

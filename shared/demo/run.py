@@ -110,7 +110,7 @@ def _show(
 ) -> None:
     table = Table(title="Batch run", show_header=False)
     table.add_column(style="bold")
-    table.add_column()
+    table.add_column(overflow="fold")
     for label, value in [
         (
             "model",

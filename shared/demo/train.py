@@ -88,7 +88,7 @@ def _contract_hints(source: str, version: int | None, metrics: dict[str, float])
     return {
         "key": KEY,
         "features": [f.model_dump(exclude_none=True) for f in FEATURES],
-        "output": {"threshold": 0.5},
+        "output": {"threshold": 0.1},  # flags about the riskiest 1% of transactions
         "training_data": {"table": source, "version": version},
         "metrics": metrics,
     }
