@@ -18,7 +18,7 @@ $(STAMP): pyproject.toml
 # JVM jars (Delta Lake, Spark's Kafka connector) resolved once by Maven; Spark never
 # downloads anything at run time.
 $(JARS_STAMP): infra/pom.xml
-	mvn -q -B -f infra/pom.xml dependency:copy-dependencies
+	mvn -q -B -f infra/pom.xml package
 	touch $@
 
 venv: $(STAMP)

@@ -54,7 +54,6 @@ def main() -> None:
     from shared.demo.data import FEATURES, KEY
     from shared.demo.run import START, write_demo_table
     from shared.demo.train import train
-    from shared.features import model_frame
     from shared.packaging import package
     from shared.spark import build_session
 
@@ -86,21 +85,27 @@ def main() -> None:
         import joblib
 
         pipeline = joblib.load(trained.model_file)
-        sample = model_frame(history.slice(0, 100), FEATURES)
-        mlflow.set_tracking_uri((work / "mlruns").as_uri())
-        with mlflow.start_run():
-            logged = mlflow.sklearn.log_model(
-                pipeline,
-                name="native",
-                pyfunc_predict_fn="predict_proba",
-                signature=infer_signature(sample, pipeline.predict_proba(sample)),
-            )
+        # The native flavour's signature wants doubles for numbers; Spark casts them.
+        inputs = [
+            F.col(f.name).cast("double" if f.type != "string" else "string").alias(f.name)
+            for f in FEATURES
+        ]
+        frame = spark.read.format("delta").load(source)
+        sample = frame.select(*inputs).limit(5000).toPandas()
+        native = work / "native_model"
+        mlflow.sklearn.save_model(
+            pipeline,
+            str(native),
+            pyfunc_predict_fn="predict_proba",
+            skops_trusted_types=["numpy.dtype"],
+            signature=infer_signature(sample, pipeline.predict_proba(sample)),
+        )
         udf = mlflow.pyfunc.spark_udf(
-            spark, logged.model_uri, result_type="array<double>", env_manager="local"
+            spark, str(native), result_type="array<double>", env_manager="local"
         )
         started = time.perf_counter()
         frame = spark.read.format("delta").load(source)
-        scored = frame.select(KEY, "ds", udf(*[F.col(f.name) for f in FEATURES])[1].alias("score"))
+        scored = frame.select(KEY, "ds", udf(*inputs)[1].alias("score"))
         scored.write.format("delta").mode("overwrite").save(str(work / "scores_udf"))
         results["b"] = rows / (time.perf_counter() - started)
 

@@ -156,6 +156,30 @@ def batch_run(ctx: typer.Context) -> None:
     raise typer.Exit(score_main(ctx.args))
 
 
+@batch_app.command(
+    "submit",
+    context_settings={"allow_extra_args": True, "ignore_unknown_options": True},
+)
+@_user_errors
+def batch_submit(
+    ctx: typer.Context,
+    master: Annotated[str | None, typer.Option(help="Spark master (default: settings)")] = None,
+    dry_run: Annotated[bool, typer.Option(help="print the command instead of running it")] = False,
+) -> None:
+    """spark-submit jobs/batch/score.py with the jars and Delta settings; job options follow."""
+    import shlex
+    import subprocess
+
+    from jobs.batch import score
+    from shared.spark import submit_command
+
+    command = submit_command(Path(score.__file__), ctx.args, master=master)
+    if dry_run:
+        print(shlex.join(command))
+        return
+    raise typer.Exit(subprocess.run(command, check=False).returncode)
+
+
 @app.command("demo")
 @_user_errors
 def demo(

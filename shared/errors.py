@@ -105,10 +105,12 @@ class SourceNotFoundError(ScoringError):
 
 
 class JarsMissingError(ScoringError):
-    def __init__(self, jars_dir: str) -> None:
+    def __init__(self, jars_dir: str, detail: str | None = None) -> None:
         super().__init__(
-            f"No Delta Lake jars found in {jars_dir}. Resolve them once with `make jars` "
-            "(Maven, infra/pom.xml) or point SCORING_JARS_DIR at a folder that has them."
+            f"The Delta Lake jars from {jars_dir} are not loaded: "
+            + (detail or "that folder has none")
+            + ". Resolve them once with `make jars` (Maven, infra/pom.xml) or point "
+            "SCORING_JARS_DIR at a folder that has them."
         )
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 
 from pyspark.sql import SparkSession
@@ -16,7 +17,9 @@ from pyspark.sql import SparkSession
 from shared.errors import JarsMissingError
 from shared.settings import Settings, load
 
-__all__ = ["build_session", "jar_paths"]
+__all__ = ["DELTA_EXTENSION", "build_session", "jar_paths", "session_conf", "submit_command"]
+
+DELTA_EXTENSION = "io.delta.sql.DeltaSparkSessionExtension"
 
 
 def jar_paths(jars_dir: Path) -> list[str]:
@@ -24,6 +27,57 @@ def jar_paths(jars_dir: Path) -> list[str]:
     if not any(Path(j).name.startswith("delta-spark") for j in jars):
         raise JarsMissingError(str(jars_dir))
     return jars
+
+
+def _loopback() -> str:
+    # Every socket Spark opens (driver, block manager, UI) stays on loopback unless the
+    # deployment sets SPARK_LOCAL_IP itself.
+    return os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
+
+
+def session_conf(settings: Settings) -> dict[str, str]:
+    """The Spark settings every scoring session needs, wherever it runs."""
+    host = _loopback()
+    # Executors run the same interpreter (and so the same onnxruntime) as the driver.
+    python = os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
+    return {
+        "spark.jars": ",".join(jar_paths(settings.jars_dir)),
+        "spark.sql.extensions": DELTA_EXTENSION,
+        "spark.sql.catalog.spark_catalog": "org.apache.spark.sql.delta.catalog.DeltaCatalog",
+        "spark.driver.host": host,
+        "spark.driver.bindAddress": host,
+        "spark.ui.enabled": "false",
+        "spark.ui.showConsoleProgress": "false",
+        "spark.sql.session.timeZone": "UTC",
+        "spark.sql.execution.arrow.pyspark.enabled": "true",
+        # Larger Arrow batches amortise the per-batch cost of each onnxruntime call.
+        "spark.sql.execution.arrow.maxRecordsPerBatch": "20000",
+        "spark.pyspark.python": python,
+        "spark.sql.warehouse.dir": str((settings.home / "warehouse").resolve()),
+    }
+
+
+def submit_command(
+    script: Path,
+    args: Sequence[str],
+    master: str | None = None,
+    settings: Settings | None = None,
+    conf: dict[str, str] | None = None,
+) -> list[str]:
+    """A ``spark-submit`` command line carrying :func:`session_conf`.
+
+    spark-submit starts the driver JVM before any Python runs, so the jars must be on its
+    command line; setting them from the session builder would be too late.
+    """
+    settings = settings or load()
+    command = [
+        str(Path(sys.executable).parent / "spark-submit"),
+        "--master",
+        master or settings.spark_master,
+    ]
+    for key, value in {**session_conf(settings), **(conf or {})}.items():
+        command += ["--conf", f"{key}={value}"]
+    return [*command, str(script), *args]
 
 
 def build_session(
@@ -34,32 +88,24 @@ def build_session(
 ) -> SparkSession:
     """Get or create the session every job and test uses."""
     settings = settings or load()
-    # Every socket Spark opens (driver, block manager, UI) stays on loopback unless the
-    # deployment says otherwise.
-    os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
-    # Executors run the same interpreter (and so the same onnxruntime) as the driver.
-    os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
     builder = SparkSession.builder.appName(app_name)
     # spark-submit starts the JVM first and hands its gateway to Python: its --master wins.
     launched_by_submit = "PYSPARK_GATEWAY_PORT" in os.environ
     if master or not launched_by_submit:
         builder = builder.master(master or settings.spark_master)
-    defaults = {
-        "spark.jars": ",".join(jar_paths(settings.jars_dir)),
-        "spark.sql.extensions": "io.delta.sql.DeltaSparkSessionExtension",
-        "spark.sql.catalog.spark_catalog": "org.apache.spark.sql.delta.catalog.DeltaCatalog",
-        "spark.driver.host": os.environ["SPARK_LOCAL_IP"],
-        "spark.driver.bindAddress": os.environ["SPARK_LOCAL_IP"],
-        "spark.ui.enabled": "false",
-        "spark.ui.showConsoleProgress": "false",
-        "spark.sql.session.timeZone": "UTC",
-        "spark.sql.execution.arrow.pyspark.enabled": "true",
-        # Larger Arrow batches amortise the per-batch cost of each onnxruntime call.
-        "spark.sql.execution.arrow.maxRecordsPerBatch": "20000",
-        "spark.pyspark.python": os.environ["PYSPARK_PYTHON"],
-        "spark.sql.warehouse.dir": str((settings.home / "warehouse").resolve()),
-        "spark.databricks.delta.schema.autoMerge.enabled": "false",
-    }
-    for key, value in {**defaults, **(conf or {})}.items():
+    for key, value in {**session_conf(settings), **(conf or {})}.items():
         builder = builder.config(key, value)
-    return builder.getOrCreate()
+    spark = builder.getOrCreate()
+    if launched_by_submit and not _delta_loaded(spark):
+        raise JarsMissingError(
+            str(settings.jars_dir),
+            "spark-submit was started without them; launch the job with `scoring batch "
+            "submit` or pass --jars and the Delta --conf settings on its command line",
+        )
+    return spark
+
+
+def _delta_loaded(spark: SparkSession) -> bool:
+    jvm = spark.sparkContext._jvm
+    assert jvm is not None
+    return bool(jvm.org.apache.spark.util.Utils.classIsLoadable(DELTA_EXTENSION))

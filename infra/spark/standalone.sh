@@ -13,7 +13,8 @@
 set -euo pipefail
 
 PYTHON="${PYTHON:-python3}"
-SPARK_HOME="$("$PYTHON" -c 'import pyspark,os;print(os.path.dirname(pyspark.__file__))')"
+SPARK_HOME="$("$PYTHON" -c 'import pyspark,os;print(os.path.dirname(pyspark.__file__))')" ||
+  { echo "ERROR: '$PYTHON' cannot import pyspark; set PYTHON=<venv>/bin/python" >&2; exit 1; }
 MASTER_PORT="${SPARK_MASTER_PORT:-7077}"
 MASTER_WEBUI_PORT="${SPARK_MASTER_WEBUI_PORT:-8080}"
 WORKER_WEBUI_PORT="${SPARK_WORKER_WEBUI_PORT:-8081}"
@@ -78,13 +79,15 @@ start() {
   # Work dir (executor logs, app files) in the state dir, not inside site-packages/pyspark/work.
   launch worker "$WORKER_CLASS" --host 127.0.0.1 --webui-port "$WORKER_WEBUI_PORT" \
     --cores "$WORKER_CORES" --memory "$WORKER_MEMORY" --work-dir "$STATE/work" "$MASTER_URL"
-  local t0=$SECONDS n
+  local t0=$SECONDS n f
   until n="$(alive_workers)"; [ "${n:-0}" -ge 1 ]; do
     if (( SECONDS - t0 >= TIMEOUT )) || ! running_pid master "$MASTER_CLASS" >/dev/null \
         || ! running_pid worker "$WORKER_CLASS" >/dev/null; then
-      local ui="does not answer"; [ -n "$n" ] && ui="answers, alive workers: $n"
+      local ui="does not answer as $MASTER_URL"; [ -n "$n" ] && ui="answers, alive workers: $n"
       echo "ERROR: Spark cluster not ready after $((SECONDS - t0))s (master UI $MASTER_JSON $ui)" >&2
-      for f in master worker; do echo "--- tail $STATE/$f.log" >&2; tail -n 30 "$STATE/$f.log" >&2 || true; done
+      for f in master worker; do  # log tails without Java stack frames
+        echo "--- $STATE/$f.log" >&2; grep -v $'^\tat ' "$STATE/$f.log" | tail -n 15 >&2 || true
+      done
       stop
       exit 1
     fi
@@ -99,12 +102,13 @@ stop() {
 }
 
 status() {
-  local name cls pid rc=0
+  local name cls pid rc=0 n
   for name in master worker; do
     [ "$name" = master ] && cls="$MASTER_CLASS" || cls="$WORKER_CLASS"
     if pid="$(running_pid "$name" "$cls")"; then echo "$name: running (pid $pid)"; else echo "$name: stopped"; rc=1; fi
   done
-  echo "master: $MASTER_URL  ui: http://127.0.0.1:$MASTER_WEBUI_PORT  alive workers: $(alive_workers)"
+  n="$(alive_workers)"
+  echo "master: $MASTER_URL  ui: http://127.0.0.1:$MASTER_WEBUI_PORT  alive workers: ${n:-unknown (UI not answering)}"
   return "$rc"
 }
 

@@ -15,32 +15,28 @@ from pathlib import Path
 import pytest
 
 from shared.settings import PROJECT_ROOT
+from shared.spark import submit_command
 from tests.integration.conftest import DAYS, ROWS_PER_DAY
 
 STANDALONE = PROJECT_ROOT / "infra" / "spark" / "standalone.sh"
-SPARK_SUBMIT = Path(sys.executable).parent / "spark-submit"
+SCORE = PROJECT_ROOT / "jobs" / "batch" / "score.py"
 
 
 def _submit(
     master: str, artifact_dir: Path, source: str, target: Path, env: dict[str, str]
 ) -> dict:
+    job = [
+        "--model",
+        str(artifact_dir),
+        "--source",
+        source,
+        "--target",
+        str(target),
+        "--date",
+        DAYS[0],
+    ]
     result = subprocess.run(
-        [
-            str(SPARK_SUBMIT),
-            "--master",
-            master,
-            "--conf",
-            "spark.executor.memory=1g",
-            str(PROJECT_ROOT / "jobs" / "batch" / "score.py"),
-            "--model",
-            str(artifact_dir),
-            "--source",
-            source,
-            "--target",
-            str(target),
-            "--date",
-            DAYS[0],
-        ],
+        submit_command(SCORE, job, master=master, conf={"spark.executor.memory": "1g"}),
         capture_output=True,
         text=True,
         timeout=600,
@@ -61,6 +57,34 @@ def test_spark_submit_local(
 ) -> None:
     summary = _submit("local[2]", artifact_dir, source_table, lake / "scores", submit_env)
     assert summary["status"] == "ok" and summary["rows_read"] == ROWS_PER_DAY
+
+
+def test_spark_submit_without_the_jars_says_how_to_launch(
+    artifact_dir: Path, source_table: str, lake: Path, submit_env: dict[str, str]
+) -> None:
+    spark_submit = Path(sys.executable).parent / "spark-submit"
+    result = subprocess.run(
+        [
+            str(spark_submit),
+            "--master",
+            "local[1]",
+            str(SCORE),
+            "--model",
+            str(artifact_dir),
+            "--source",
+            source_table,
+            "--target",
+            str(lake / "scores"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=submit_env,
+    )
+    assert result.returncode == 1
+    # spark-submit merges the Python driver's stderr into its own stdout
+    assert "scoring batch submit" in result.stdout + result.stderr
+    assert not (lake / "scores").exists()
 
 
 @pytest.fixture(scope="module")
