@@ -16,6 +16,7 @@ from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
+import numpy as np
 import pyarrow as pa
 from pyspark import StorageLevel, TaskContext
 from pyspark.sql import Column, DataFrame, SparkSession
@@ -144,11 +145,11 @@ def _score_batches(
         for batch in batches:
             result = scorer.score(batch)
             features: list[str | None] = [None] * batch.num_rows
-            if result.rejected:
-                rows = batch.select(names).to_pylist()
-                for i, reason in enumerate(result.reason.to_pylist()):
-                    if reason is not None:
-                        features[i] = json.dumps(rows[i], default=str, allow_nan=True)
+            if result.rejected:  # rare: only refused rows are turned into Python objects
+                rows = np.flatnonzero(~result.valid)
+                values = batch.select(names).take(pa.array(rows)).to_pylist()
+                for row, row_values in zip(rows, values, strict=True):
+                    features[row] = json.dumps(row_values, default=str)
             yield pa.RecordBatch.from_arrays(
                 [batch.column(c) for c in passthrough]
                 + [result.score, result.label, result.reason, pa.array(features, pa.string())],

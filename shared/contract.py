@@ -162,13 +162,17 @@ def validate(data: pa.RecordBatch | pa.Table, features: Sequence[Feature]) -> Va
 class _Reason:
     """Builds a row's reason text lazily: only rejected rows pay for formatting."""
 
-    def __init__(self, name: str, text: str, values: list[object] | None = None) -> None:
+    def __init__(
+        self, name: str, text: str, values: np.ndarray | pa.Array | pa.ChunkedArray | None = None
+    ) -> None:
         self.name, self.text, self.values = name, text, values
 
     def __call__(self, row: int) -> str:
         if self.values is None:
             return f"{self.name}: {self.text}"
-        return f"{self.name}: {self.text.format(value=_show(self.values[row]))}"
+        value = self.values[row]
+        value = value.as_py() if isinstance(value, pa.Scalar) else value.item()
+        return f"{self.name}: {self.text.format(value=_show(value))}"
 
 
 def _show(value: object) -> str:
@@ -204,7 +208,7 @@ def _check(
             known = pc.is_in(column, value_set=pa.array(feature.categories, pa.string()))
             unknown = ~np.asarray(known.to_numpy(zero_copy_only=False), dtype=bool) & ~nulls
             if unknown.any():
-                out.append((unknown, _Reason(name, "unknown category {value}", column.to_pylist())))
+                out.append((unknown, _Reason(name, "unknown category {value}", column)))
         return out
     if not (
         pa.types.is_integer(kind)
@@ -219,28 +223,20 @@ def _check(
         finite = np.isfinite(values)
         not_finite = present & ~finite
         if not_finite.any():
-            out.append(
-                (not_finite, _Reason(name, "{value} is not a finite number", values.tolist()))
-            )
+            out.append((not_finite, _Reason(name, "{value} is not a finite number", values)))
         checkable = present & finite
         if feature.type == "int64":
             fractional = checkable & (np.floor(values) != values)
             if fractional.any():
-                out.append(
-                    (fractional, _Reason(name, "{value} is not an integer", values.tolist()))
-                )
+                out.append((fractional, _Reason(name, "{value} is not an integer", values)))
         if feature.min is not None:
             low = checkable & (values < feature.min)
             if low.any():
-                out.append(
-                    (low, _Reason(name, f"{{value}} is below min {feature.min}", values.tolist()))
-                )
+                out.append((low, _Reason(name, f"{{value}} is below min {feature.min}", values)))
         if feature.max is not None:
             high = checkable & (values > feature.max)
             if high.any():
-                out.append(
-                    (high, _Reason(name, f"{{value}} is above max {feature.max}", values.tolist()))
-                )
+                out.append((high, _Reason(name, f"{{value}} is above max {feature.max}", values)))
     return out
 
 

@@ -38,7 +38,9 @@ def test_scores_equal_direct_onnxruntime_bit_for_bit(
     scored = result.score.filter(pa.array(valid)).to_numpy()
     assert np.array_equal(scored, direct.astype(np.float64))
     labels = result.label.filter(pa.array(valid)).to_numpy()
-    assert np.array_equal(labels, (direct >= 0.5).astype(np.int32))
+    threshold = artifact.contract.output.threshold
+    assert np.array_equal(labels, (direct >= threshold).astype(np.int32))
+    assert 0 < labels.sum() < labels.size
     assert result.score.null_count == result.label.null_count == result.rejected
 
 
