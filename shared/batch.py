@@ -246,6 +246,13 @@ def run(spark: SparkSession, job: BatchJob, artifact: Artifact | None = None) ->
     check_schema(
         source.schema, artifact.contract, date_column, f"{job.source} (version {source_version})"
     )
+    log.info(
+        "scoring %s version %s with %s v%s",
+        job.source,
+        source_version,
+        artifact.name,
+        artifact.version,
+    )
     if job.date:
         source = _for_date(source, job.date_column, job.date)
     scored = score_frame(source, artifact, date_column).persist(StorageLevel.MEMORY_AND_DISK)
@@ -256,6 +263,12 @@ def run(spark: SparkSession, job: BatchJob, artifact: Artifact | None = None) ->
             .agg(F.count("*").alias("n"))
             .collect()
         }
+        log.info(
+            "scored %s rows (%s refused) in %.1fs",
+            counts.get(True, 0) + counts.get(False, 0),
+            counts.get(False, 0),
+            time.monotonic() - started,
+        )
         scored_at = datetime.now(UTC)
         lineage = _lineage(artifact, source_version, job.run_id, scored_at)
         metadata = {
@@ -266,16 +279,12 @@ def run(spark: SparkSession, job: BatchJob, artifact: Artifact | None = None) ->
             "run_id": job.run_id,
             "date": job.date,
         }
-        write_delta(
-            predictions(scored, lineage, date_column), job.target, date_column, job.date, metadata
-        )
-        write_delta(
-            rejects(scored, lineage, date_column),
-            job.rejects_table,
-            date_column,
-            job.date,
-            metadata,
-        )
+        for table, frame in (
+            (job.target, predictions(scored, lineage, date_column)),
+            (job.rejects_table, rejects(scored, lineage, date_column)),
+        ):
+            write_delta(frame, table, date_column, job.date, metadata)
+            log.info("wrote %s (%.1fs)", table, time.monotonic() - started)
     finally:
         scored.unpersist()
     seconds = time.monotonic() - started
