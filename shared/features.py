@@ -46,8 +46,7 @@ def model_inputs(
     if contract.input_mode == "tensor":
         assert contract.tensor_input is not None
         dtype = dtypes[contract.tensor_input]
-        stacked = np.column_stack([c.astype(dtype) for c in columns]) if columns else None
-        return {contract.tensor_input: stacked}
+        return {contract.tensor_input: np.column_stack([c.astype(dtype) for c in columns])}
     return {
         f.name: c.astype(dtypes[f.name], copy=False).reshape(-1, 1)
         for f, c in zip(contract.features, columns, strict=True)

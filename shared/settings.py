@@ -97,10 +97,18 @@ def load(**overrides: Any) -> Settings:
     try:
         return Settings(**given)
     except ValidationError as exc:
+        field_of = {variable: field for field, variable in ENV.items()}
         problems = "; ".join(
-            f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors()
+            f"{_name(field_of.get(str(e['loc'][0]), str(e['loc'][0])))}: {e['msg']}"
+            for e in exc.errors()
         )
         raise ConfigError(
             f"Invalid settings ({problems}). Check the flags, the environment variables "
             f"{', '.join(sorted(ENV.values()))} and the file named by {ENV['config']}."
         ) from exc
+
+
+def _name(field: str) -> str:
+    """How a user can set ``field``: its flag and its variable."""
+    variable = ENV.get(field)
+    return f"{field} ({variable})" if variable else field

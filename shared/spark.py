@@ -106,7 +106,7 @@ def build_session(
         builder = builder.config(key, value)
     spark = builder.getOrCreate()
     context = spark.sparkContext
-    if context.master.startswith("local"):
+    if (context.master or "").startswith("local"):
         for key, value in _LOCAL.items():
             if key not in (conf or {}) and not context.getConf().contains(key):
                 spark.conf.set(key, value)

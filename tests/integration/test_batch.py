@@ -186,3 +186,23 @@ def test_missing_source_is_a_clear_error(
         ]
     )
     assert code == 3 and "could not be read" in capsys.readouterr().err
+
+
+def test_catalog_table_names_work_like_paths(
+    spark: SparkSession, source_table: str, artifact_dir: Path
+) -> None:
+    spark.read.format("delta").load(source_table).write.format("delta").mode(
+        "overwrite"
+    ).saveAsTable("transactions_catalog")
+    summary = run(
+        spark,
+        BatchJob(
+            model=str(artifact_dir),
+            source="transactions_catalog",
+            target="fraud_scores_catalog",
+            date=DAYS[2],
+        ),
+    )
+    assert summary["source_version"] == table_version(spark, "transactions_catalog")
+    assert spark.table("fraud_scores_catalog").count() == summary["rows_scored"] > 0
+    assert spark.table("fraud_scores_catalog_rejects").count() == summary["rows_rejected"]
