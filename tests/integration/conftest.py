@@ -44,3 +44,11 @@ def source_table(spark: SparkSession, tmp_path_factory: pytest.TempPathFactory) 
 @pytest.fixture
 def lake(tmp_path: Path) -> Path:
     return tmp_path / "lake"
+
+
+def job_args(
+    model: Path | str, source: str, target: Path | str, date: str | None = None
+) -> list[str]:
+    """Command-line options of jobs/batch/score.py."""
+    args = ["--model", str(model), "--source", source, "--target", str(target)]
+    return args + (["--date", date] if date else [])

@@ -15,7 +15,7 @@ from jobs.batch.score import main
 from shared.artifact import load_artifact
 from shared.batch import BatchJob, run, table_version
 from shared.contract import validate
-from tests.integration.conftest import DAYS, ROWS_PER_DAY
+from tests.integration.conftest import DAYS, ROWS_PER_DAY, job_args
 
 
 def _job(artifact_dir: Path, source: str, lake: Path, date: str | None = DAYS[1]) -> BatchJob:
@@ -131,18 +131,7 @@ def broken_source(spark: SparkSession, source_table: str, lake: Path) -> str:
 def test_schema_mismatch_exits_non_zero_and_writes_nothing(
     broken_source: str, artifact_dir: Path, lake: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    code = main(
-        [
-            "--model",
-            str(artifact_dir),
-            "--source",
-            broken_source,
-            "--target",
-            str(lake / "scores"),
-            "--date",
-            DAYS[1],
-        ]
-    )
+    code = main(job_args(artifact_dir, broken_source, lake / "scores", DAYS[1]))
     out = capsys.readouterr()
     assert code == 3
     assert "missing column 'amount'" in out.err
@@ -154,18 +143,7 @@ def test_schema_mismatch_exits_non_zero_and_writes_nothing(
 def test_job_entry_point_prints_a_json_summary_last(
     source_table: str, artifact_dir: Path, lake: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    code = main(
-        [
-            "--model",
-            str(artifact_dir),
-            "--source",
-            source_table,
-            "--target",
-            str(lake / "scores"),
-            "--date",
-            DAYS[0],
-        ]
-    )
+    code = main(job_args(artifact_dir, source_table, lake / "scores", DAYS[0]))
     summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert code == 0 and summary["status"] == "ok"
     assert summary["rows_read"] == ROWS_PER_DAY and summary["rows_per_second"] > 0
@@ -175,16 +153,7 @@ def test_job_entry_point_prints_a_json_summary_last(
 def test_missing_source_is_a_clear_error(
     artifact_dir: Path, lake: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    code = main(
-        [
-            "--model",
-            str(artifact_dir),
-            "--source",
-            str(lake / "nope"),
-            "--target",
-            str(lake / "scores"),
-        ]
-    )
+    code = main(job_args(artifact_dir, str(lake / "nope"), lake / "scores"))
     assert code == 3 and "could not be read" in capsys.readouterr().err
 
 

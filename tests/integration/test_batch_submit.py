@@ -16,7 +16,7 @@ import pytest
 
 from shared.settings import PROJECT_ROOT
 from shared.spark import submit_command
-from tests.integration.conftest import DAYS, ROWS_PER_DAY
+from tests.integration.conftest import DAYS, ROWS_PER_DAY, job_args
 
 STANDALONE = PROJECT_ROOT / "infra" / "spark" / "standalone.sh"
 SCORE = PROJECT_ROOT / "jobs" / "batch" / "score.py"
@@ -25,16 +25,7 @@ SCORE = PROJECT_ROOT / "jobs" / "batch" / "score.py"
 def _submit(
     master: str, artifact_dir: Path, source: str, target: Path, env: dict[str, str]
 ) -> dict:
-    job = [
-        "--model",
-        str(artifact_dir),
-        "--source",
-        source,
-        "--target",
-        str(target),
-        "--date",
-        DAYS[0],
-    ]
+    job = job_args(artifact_dir, source, target, DAYS[0])
     result = subprocess.run(
         submit_command(SCORE, job, master=master, conf={"spark.executor.memory": "1g"}),
         capture_output=True,
@@ -69,12 +60,7 @@ def test_spark_submit_without_the_jars_says_how_to_launch(
             "--master",
             "local[1]",
             str(SCORE),
-            "--model",
-            str(artifact_dir),
-            "--source",
-            source_table,
-            "--target",
-            str(lake / "scores"),
+            *job_args(artifact_dir, source_table, lake / "scores"),
         ],
         capture_output=True,
         text=True,
