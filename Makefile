@@ -6,8 +6,9 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 JARS_STAMP := infra/jars/.resolved
+KAFKA_JARS_STAMP := infra/kafka/jars/.resolved
 
-.PHONY: demo test unit integration jars venv lint bench cluster-up cluster-down clean
+.PHONY: demo test unit integration jars kafka-jars venv lint bench cluster-up cluster-down clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -21,19 +22,25 @@ $(JARS_STAMP): infra/pom.xml
 	mvn -q -B -f infra/pom.xml package
 	touch $@
 
+# Kafka broker jars (KRaft, for tests and local dev; shared/kafka_broker.py starts it).
+$(KAFKA_JARS_STAMP): infra/kafka/pom.xml
+	mvn -q -B -f infra/kafka/pom.xml package
+	touch $@
+
 venv: $(STAMP)
 jars: $(JARS_STAMP)
+kafka-jars: $(KAFKA_JARS_STAMP)
 
 demo: venv jars
 	$(VENV)/bin/scoring demo
 
-test: venv jars
+test: venv jars kafka-jars
 	$(PY) -m pytest
 
 unit: venv
 	$(PY) -m pytest tests/unit
 
-integration: venv jars
+integration: venv jars kafka-jars
 	$(PY) -m pytest tests/integration
 
 lint: venv
@@ -51,4 +58,4 @@ cluster-down:
 	PYTHON=$(PY) infra/spark/standalone.sh stop
 
 clean:
-	rm -rf $(VENV) infra/jars infra/target .scoring
+	rm -rf $(VENV) infra/jars infra/kafka/jars infra/target .scoring

@@ -11,6 +11,7 @@ from collections.abc import Iterable
 
 __all__ = [
     "ArtifactIncompleteError",
+    "BrokerError",
     "ChecksumMismatchError",
     "ConfigError",
     "ContractError",
@@ -116,3 +117,7 @@ class JarsMissingError(ScoringError):
 
 class RollbackError(ScoringError):
     exit_code = 2
+
+
+class BrokerError(ScoringError):
+    """The local Kafka broker (shared.kafka_broker) could not be started or stopped."""
