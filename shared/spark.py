@@ -54,6 +54,8 @@ def session_conf(settings: Settings) -> dict[str, str]:
         "spark.sql.execution.arrow.maxRecordsPerBatch": "20000",
         "spark.pyspark.python": python,
         "spark.sql.warehouse.dir": str((settings.home / "warehouse").resolve()),
+        # Plans of 20+ feature columns exceed the default and log a warning on every job.
+        "spark.sql.debug.maxToStringFields": "200",
     }
 
 
