@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -73,6 +74,12 @@ def test_spark_submit_without_the_jars_says_how_to_launch(
     assert not (lake / "scores").exists()
 
 
+def _free_port() -> str:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return str(probe.getsockname()[1])
+
+
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     state = tmp_path_factory.mktemp("spark-cluster")
@@ -80,9 +87,9 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         **os.environ,
         "PYTHON": sys.executable,
         "SPARK_STATE_DIR": str(state),
-        "SPARK_MASTER_PORT": "17077",
-        "SPARK_MASTER_WEBUI_PORT": "18080",
-        "SPARK_WORKER_WEBUI_PORT": "18081",
+        "SPARK_MASTER_PORT": _free_port(),
+        "SPARK_MASTER_WEBUI_PORT": _free_port(),
+        "SPARK_WORKER_WEBUI_PORT": _free_port(),
         "SPARK_WORKER_MEMORY": "2g",
     }
     started = subprocess.run(
