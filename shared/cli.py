@@ -26,8 +26,12 @@ model_app = typer.Typer(
     help="Package, list, promote and roll back model versions.", no_args_is_help=True
 )
 batch_app = typer.Typer(help="Nightly batch scoring on Spark + Delta.", no_args_is_help=True)
+dev_app = typer.Typer(
+    help="Local services for development: a Kafka broker on loopback.", no_args_is_help=True
+)
 app.add_typer(model_app, name="model")
 app.add_typer(batch_app, name="batch")
+app.add_typer(dev_app, name="dev")
 
 console = Console()
 errors = Console(stderr=True)
@@ -179,6 +183,40 @@ def batch_submit(
         print(shlex.join(command))
         return
     raise typer.Exit(subprocess.run(command, check=False).returncode)
+
+
+def _broker_dir() -> Path:
+    from shared.settings import load
+
+    return load().home.resolve() / "kafka"
+
+
+@dev_app.command("up")
+@_user_errors
+def dev_up(
+    port: Annotated[
+        int | None, typer.Option(help="client port (default: a free one, kept across restarts)")
+    ] = None,
+) -> None:
+    """Start a single-node Kafka broker (KRaft) on 127.0.0.1; prints its bootstrap address."""
+    from shared import kafka_broker
+
+    broker = kafka_broker.start(_broker_dir(), port=port)
+    errors.print(
+        f"Kafka broker running (pid {broker.pid}), data in {broker.state_dir}; "
+        "stop it with `scoring dev down`"
+    )
+    print(broker.bootstrap)
+
+
+@dev_app.command("down")
+@_user_errors
+def dev_down() -> None:
+    """Stop the broker started by `scoring dev up` (its data is kept)."""
+    from shared import kafka_broker
+
+    stopped = kafka_broker.stop(_broker_dir())
+    console.print("Kafka broker stopped" if stopped else "no Kafka broker was running")
 
 
 @app.command("demo")

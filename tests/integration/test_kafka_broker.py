@@ -22,9 +22,6 @@ TOPIC = "scoring-requests"
 PARTITIONS = 3
 VALUES = [f"event-{i:03d}".encode() for i in range(100)]
 
-if not any(kafka_broker.DEFAULT_JARS_DIR.glob("kafka_2.13-*.jar")):
-    pytest.skip("no Kafka jars: run `make kafka-jars`", allow_module_level=True)
-
 
 @pytest.fixture
 def state_dir(tmp_path: Path) -> Iterator[Path]:
@@ -150,3 +147,25 @@ def test_start_is_idempotent_and_keeps_its_ports(state_dir: Path) -> None:
 def test_missing_jars_is_a_clear_error(tmp_path: Path) -> None:
     with pytest.raises(BrokerError, match="make kafka-jars"):
         kafka_broker.start(tmp_path / "kafka", jars_dir=tmp_path / "no-jars")
+
+
+def test_dev_up_and_down(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from typer.testing import CliRunner
+
+    from shared.cli import app
+
+    monkeypatch.setenv("SCORING_HOME", str(tmp_path / "home"))
+    runner = CliRunner()
+    try:
+        up = runner.invoke(app, ["dev", "up"])
+        assert up.exit_code == 0, up.output
+        bootstrap = up.stdout.strip().splitlines()[-1]
+        assert re.fullmatch(r"127\.0\.0\.1:\d+", bootstrap)
+        admin = KafkaAdminClient(bootstrap_servers=bootstrap)
+        admin.list_topics()
+        admin.close()
+        assert runner.invoke(app, ["dev", "up"]).stdout.strip().splitlines()[-1] == bootstrap
+    finally:
+        down = runner.invoke(app, ["dev", "down"])
+    assert down.exit_code == 0 and "stopped" in down.stdout
+    assert not kafka_broker.is_running(tmp_path / "home" / "kafka")
