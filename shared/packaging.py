@@ -161,7 +161,11 @@ def _convert_booster(flavor: str, booster: Any, width: int) -> onnx.ModelProto:
     types = [("input", FloatTensorType([None, width]))]
     if flavor == "lightgbm":
         return onnxmltools.convert_lightgbm(booster, initial_types=types, zipmap=False)
-    return onnxmltools.convert_xgboost(booster, initial_types=types)
+    # The XGBoost converter only reads positional names (f0, f1, ...); the contract keeps
+    # the real ones and feeds columns in that order.
+    positional = booster.copy()
+    positional.feature_names = None
+    return onnxmltools.convert_xgboost(positional, initial_types=types)
 
 
 def _score_output(graph: onnx.ModelProto, classifier: bool) -> Output:

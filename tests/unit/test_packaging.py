@@ -130,3 +130,24 @@ def test_contract_hints_must_name_real_features(trained: TrainedModel) -> None:
             key="transaction_id",
             spec={"features": [{"name": "nope", "min": 0}]},
         )
+
+
+def test_xgboost_booster_is_converted_and_verified(tmp_path: Path) -> None:
+    xgboost = pytest.importorskip("xgboost")
+    rng = np.random.default_rng(2)
+    X = rng.normal(size=(2000, 3))
+    y = (X[:, 0] - X[:, 2] > 0).astype(int)
+    names = ["a", "b", "c"]
+    booster = xgboost.train(
+        {"objective": "binary:logistic", "max_depth": 3},
+        xgboost.DMatrix(X, y, feature_names=names),
+        num_boost_round=20,
+    )
+    booster.save_model(str(tmp_path / "model.json"))
+    sample = tmp_path / "sample.parquet"
+    pq.write_table(
+        pa.table({"id": np.arange(500), **{n: X[:500, i] for i, n in enumerate(names)}}), sample
+    )
+    packaged = build(tmp_path / "model.json", sample, key="id")
+    assert packaged.flavor == "xgboost" and packaged.max_diff is not None
+    assert packaged.contract.feature_names == names
