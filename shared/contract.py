@@ -137,10 +137,6 @@ class Validation:
     valid: np.ndarray
     reasons: list[str | None]
 
-    @property
-    def rejected(self) -> int:
-        return int((~self.valid).sum())
-
 
 def validate(data: pa.RecordBatch | pa.Table, features: Sequence[Feature]) -> Validation:
     """Check every row against the contract's features. Never raises on any input data."""

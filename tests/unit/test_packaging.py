@@ -53,6 +53,17 @@ def test_raw_onnx_with_named_inputs_needs_no_flags(artifact_dir: Path) -> None:
     assert len(packaged.contract.features) == 20
 
 
+def _write_sample(tmp_path: Path, X: np.ndarray, names: list[str]) -> Path:
+    """The first 500 rows of ``X`` as parquet, with an ``id`` key column."""
+    sample = tmp_path / "sample.parquet"
+    rows = X[:500]
+    pq.write_table(
+        pa.table({"id": np.arange(len(rows)), **{n: rows[:, i] for i, n in enumerate(names)}}),
+        sample,
+    )
+    return sample
+
+
 def _tensor_model(tmp_path: Path) -> tuple[Path, Path]:
     from skl2onnx import convert_sklearn
     from skl2onnx.common.data_types import FloatTensorType
@@ -67,11 +78,7 @@ def _tensor_model(tmp_path: Path) -> tuple[Path, Path]:
     )
     path = tmp_path / "model.onnx"
     path.write_bytes(graph.SerializeToString())
-    sample = tmp_path / "sample.parquet"
-    pq.write_table(
-        pa.table({"id": np.arange(500), "a": X[:, 0], "b": X[:, 1], "c": X[:, 2]}), sample
-    )
-    return path, sample
+    return path, _write_sample(tmp_path, X, ["a", "b", "c"])
 
 
 def test_raw_onnx_with_one_tensor_input_needs_column_names(tmp_path: Path) -> None:
@@ -101,10 +108,7 @@ def test_lightgbm_booster_is_converted_and_verified(tmp_path: Path) -> None:
         num_boost_round=20,
     )
     booster.save_model(str(tmp_path / "model.txt"))
-    sample = tmp_path / "sample.parquet"
-    pq.write_table(
-        pa.table({"id": np.arange(500), **{n: X[:500, i] for i, n in enumerate(names)}}), sample
-    )
+    sample = _write_sample(tmp_path, X, names)
     packaged = build(tmp_path / "model.txt", sample, key="id")
     assert packaged.flavor == "lightgbm" and packaged.max_diff is not None
     assert packaged.contract.input_mode == "tensor"
@@ -144,10 +148,7 @@ def test_xgboost_booster_is_converted_and_verified(tmp_path: Path) -> None:
         num_boost_round=20,
     )
     booster.save_model(str(tmp_path / "model.json"))
-    sample = tmp_path / "sample.parquet"
-    pq.write_table(
-        pa.table({"id": np.arange(500), **{n: X[:500, i] for i, n in enumerate(names)}}), sample
-    )
+    sample = _write_sample(tmp_path, X, names)
     packaged = build(tmp_path / "model.json", sample, key="id")
     assert packaged.flavor == "xgboost" and packaged.max_diff is not None
     assert packaged.contract.feature_names == names
