@@ -58,6 +58,7 @@ class ScoredBatch:
     label: pa.Array
     reason: pa.Array
     valid: np.ndarray
+    kinds: list[str | None]
 
     @property
     def rejected(self) -> int:
@@ -118,6 +119,7 @@ class Scorer:
             label=label,
             reason=pa.array(checked.reasons, pa.string()),
             valid=checked.valid,
+            kinds=checked.kinds,
         )
 
 

@@ -31,6 +31,8 @@ dev_app = typer.Typer(
 )
 app.add_typer(model_app, name="model")
 app.add_typer(batch_app, name="batch")
+stream_app = typer.Typer(help="Real-time scoring of a Kafka topic.", no_args_is_help=True)
+app.add_typer(stream_app, name="stream")
 app.add_typer(dev_app, name="dev")
 
 console = Console()
@@ -183,6 +185,22 @@ def batch_submit(
         print(shlex.join(command))
         return
     raise typer.Exit(subprocess.run(command, check=False).returncode)
+
+
+@stream_app.command(
+    "run",
+    context_settings={
+        "allow_extra_args": True,
+        "ignore_unknown_options": True,
+        "help_option_names": [],
+    },
+    add_help_option=False,
+)
+def stream_run(ctx: typer.Context) -> None:
+    """Score a Kafka topic until SIGTERM; same options as jobs/stream/process.py (see --help)."""
+    from jobs.stream.process import main as process_main
+
+    raise typer.Exit(process_main(ctx.args))
 
 
 def _broker_dir() -> Path:

@@ -24,6 +24,7 @@ from shared.errors import ContractError
 
 __all__ = [
     "CONTRACT_FILE",
+    "REASON_KINDS",
     "Contract",
     "Feature",
     "FeatureType",
@@ -36,6 +37,16 @@ __all__ = [
 CONTRACT_FILE = "scoring.json"
 
 FeatureType = Literal["double", "int64", "string"]
+
+# Categories of refused rows: labels for metrics and dead-letter headers.
+REASON_KINDS = (
+    "missing_field",
+    "null",
+    "wrong_type",
+    "not_finite",
+    "out_of_range",
+    "unknown_category",
+)
 
 
 class _Frozen(BaseModel):
@@ -132,10 +143,15 @@ class Contract(_Frozen):
 
 @dataclass(frozen=True)
 class Validation:
-    """Per-row outcome: ``valid[i]`` is True, or ``reasons[i]`` says why row i was refused."""
+    """Per-row outcome: ``valid[i]`` is True, or ``reasons[i]`` says why row i was refused.
+
+    ``kinds[i]`` names the first problem's category (one of :data:`REASON_KINDS`), a
+    bounded label for metrics and dead-letter headers where the reason text is free-form.
+    """
 
     valid: np.ndarray
     reasons: list[str | None]
+    kinds: list[str | None]
 
 
 def validate(data: pa.RecordBatch | pa.Table, features: Sequence[Feature]) -> Validation:
@@ -150,18 +166,25 @@ def validate(data: pa.RecordBatch | pa.Table, features: Sequence[Feature]) -> Va
     for mask, _ in problems:
         bad |= mask
     reasons: list[str | None] = [None] * n
+    kinds: list[str | None] = [None] * n
     for row in np.flatnonzero(bad):
-        reasons[row] = "; ".join(reason(int(row)) for mask, reason in problems if mask[row])
-    return Validation(valid=~bad, reasons=reasons)
+        found = [reason for mask, reason in problems if mask[row]]
+        reasons[row] = "; ".join(reason(int(row)) for reason in found)
+        kinds[row] = found[0].kind
+    return Validation(valid=~bad, reasons=reasons, kinds=kinds)
 
 
 class _Reason:
     """Builds a row's reason text lazily: only rejected rows pay for formatting."""
 
     def __init__(
-        self, name: str, text: str, values: np.ndarray | pa.Array | pa.ChunkedArray | None = None
+        self,
+        name: str,
+        kind: str,
+        text: str,
+        values: np.ndarray | pa.Array | pa.ChunkedArray | None = None,
     ) -> None:
-        self.name, self.text, self.values = name, text, values
+        self.name, self.kind, self.text, self.values = name, kind, text, values
 
     def __call__(self, row: int) -> str:
         if self.values is None:
@@ -189,22 +212,26 @@ def _check(
 ) -> list[tuple[np.ndarray, _Reason]]:
     name = feature.name
     if column is None:
-        return _whole_column(n, _Reason(name, "missing"))
+        return _whole_column(n, _Reason(name, "missing_field", "missing"))
     kind = column.type
     if pa.types.is_dictionary(kind):
         column, kind = column.cast(kind.value_type), kind.value_type
     nulls = _nulls(column)
     out: list[tuple[np.ndarray, _Reason]] = []
     if not feature.nullable and nulls.any():
-        out.append((nulls, _Reason(name, "null where the contract requires a value")))
+        out.append((nulls, _Reason(name, "null", "null where the contract requires a value")))
     if feature.type == "string":
         if not (pa.types.is_string(kind) or pa.types.is_large_string(kind)):
-            return out + _whole_column(n, _Reason(name, f"expected string, got {kind}"))
+            return out + _whole_column(
+                n, _Reason(name, "wrong_type", f"expected string, got {kind}")
+            )
         if feature.categories is not None:
             known = pc.is_in(column, value_set=pa.array(feature.categories, pa.string()))
             unknown = ~np.asarray(known.to_numpy(zero_copy_only=False), dtype=bool) & ~nulls
             if unknown.any():
-                out.append((unknown, _Reason(name, "unknown category {value}", column)))
+                out.append(
+                    (unknown, _Reason(name, "unknown_category", "unknown category {value}", column))
+                )
         return out
     if not (
         pa.types.is_integer(kind)
@@ -212,27 +239,47 @@ def _check(
         or pa.types.is_boolean(kind)
         or pa.types.is_decimal(kind)
     ):
-        return out + _whole_column(n, _Reason(name, f"expected {feature.type}, got {kind}"))
+        return out + _whole_column(
+            n, _Reason(name, "wrong_type", f"expected {feature.type}, got {kind}")
+        )
     values = _as_float64(column)
     present = ~nulls
     with np.errstate(invalid="ignore"):
         finite = np.isfinite(values)
         not_finite = present & ~finite
         if not_finite.any():
-            out.append((not_finite, _Reason(name, "{value} is not a finite number", values)))
+            out.append(
+                (not_finite, _Reason(name, "not_finite", "{value} is not a finite number", values))
+            )
         checkable = present & finite
         if feature.type == "int64":
             fractional = checkable & (np.floor(values) != values)
             if fractional.any():
-                out.append((fractional, _Reason(name, "{value} is not an integer", values)))
+                out.append(
+                    (fractional, _Reason(name, "wrong_type", "{value} is not an integer", values))
+                )
         if feature.min is not None:
             low = checkable & (values < feature.min)
             if low.any():
-                out.append((low, _Reason(name, f"{{value}} is below min {feature.min}", values)))
+                out.append(
+                    (
+                        low,
+                        _Reason(
+                            name, "out_of_range", f"{{value}} is below min {feature.min}", values
+                        ),
+                    )
+                )
         if feature.max is not None:
             high = checkable & (values > feature.max)
             if high.any():
-                out.append((high, _Reason(name, f"{{value}} is above max {feature.max}", values)))
+                out.append(
+                    (
+                        high,
+                        _Reason(
+                            name, "out_of_range", f"{{value}} is above max {feature.max}", values
+                        ),
+                    )
+                )
     return out
 
 

@@ -22,6 +22,7 @@ __all__ = [
     "SchemaMismatchError",
     "ScoringError",
     "SourceNotFoundError",
+    "StreamError",
     "UnsupportedModelError",
 ]
 
@@ -121,3 +122,9 @@ class RollbackError(ScoringError):
 
 class BrokerError(ScoringError):
     """The local Kafka broker (shared.kafka_broker) could not be started or stopped."""
+
+
+class StreamError(ScoringError):
+    """The stream processor cannot start or go on (missing topic, fenced, no broker)."""
+
+    exit_code = 4

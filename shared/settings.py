@@ -36,6 +36,7 @@ ENV = {
     "registry_uri": "MLFLOW_REGISTRY_URI",
     "ort_threads": "SCORING_ORT_THREADS",
     "spark_master": "SCORING_SPARK_MASTER",
+    "kafka_bootstrap": "KAFKA_BOOTSTRAP_SERVERS",
 }
 
 
@@ -62,6 +63,11 @@ class Settings(BaseSettings):
     registry_uri: str | None = Field(default=None, validation_alias=ENV["registry_uri"])
     ort_threads: int = Field(default=1, ge=1, validation_alias=ENV["ort_threads"])
     spark_master: str = Field(default="local[*]", validation_alias=ENV["spark_master"])
+    kafka_bootstrap: str | None = Field(
+        default=None,
+        validation_alias=ENV["kafka_bootstrap"],
+        description="host:port[,host:port] of the Kafka cluster the stream processor uses.",
+    )
 
     @classmethod
     def settings_customise_sources(

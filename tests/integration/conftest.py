@@ -1,7 +1,8 @@
-"""Real Spark (local[2]) with Delta Lake, started once per test session."""
+"""Real Spark (local[2]) with Delta Lake and a real Kafka broker, started once per session."""
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator
 from datetime import date
 from pathlib import Path
@@ -9,8 +10,11 @@ from pathlib import Path
 import pytest
 from pyspark.sql import SparkSession
 
+from shared import kafka_broker
 from shared.demo.run import write_demo_table
+from shared.kafka_broker import Broker
 from shared.spark import build_session
+from tests.integration.kafka_helpers import Topics, create_topics
 
 START = date(2026, 11, 1)
 DAYS = ("2026-11-01", "2026-11-02", "2026-11-03")
@@ -52,3 +56,21 @@ def job_args(
     """Command-line options of jobs/batch/score.py."""
     args = ["--model", str(model), "--source", source, "--target", str(target)]
     return args + (["--date", date] if date else [])
+
+
+@pytest.fixture(scope="session")
+def kafka(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Broker]:
+    """One real KRaft broker on free loopback ports for the whole session."""
+    state_dir = tmp_path_factory.mktemp("kafka")
+    broker = kafka_broker.start(state_dir)
+    yield broker
+    kafka_broker.stop(state_dir)
+
+
+@pytest.fixture
+def topics(kafka: Broker, request: pytest.FixtureRequest) -> Topics:
+    """Fresh input, output and dead-letter topics for one test."""
+    name = re.sub(r"[^A-Za-z0-9]+", "-", request.node.name).strip("-")[:150]
+    made = Topics(f"{name}.in", f"{name}.out", f"{name}.dlq")
+    create_topics(kafka.bootstrap, made)
+    return made

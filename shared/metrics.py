@@ -1,0 +1,126 @@
+"""Prometheus metrics and the health endpoint of the stream processor.
+
+One :class:`StreamMetrics` per processor, on its own registry (two processors in one
+process, as in tests, never collide). :func:`serve` exposes ``/metrics`` (Prometheus text
+format) and ``/health`` (JSON: status, model, version, assigned partitions) on loopback by
+default; the rollout DAG reads ``/health`` to confirm a promotion reached every worker.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+from collections.abc import Callable
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.exposition import CONTENT_TYPE_LATEST
+
+__all__ = ["StreamMetrics", "serve"]
+
+# Seconds; micro-batches take milliseconds, a stalled broker takes seconds.
+_LATENCY_BUCKETS = (
+    0.001,
+    0.0025,
+    0.005,
+    0.01,
+    0.025,
+    0.05,
+    0.1,
+    0.25,
+    0.5,
+    1.0,
+    2.5,
+    5.0,
+    10.0,
+    30.0,
+)
+
+
+class StreamMetrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        r = self.registry
+        self.events_in = Counter("scoring_stream_events_in", "Events consumed", registry=r)
+        self.events_out = Counter("scoring_stream_events_out", "Predictions produced", registry=r)
+        self.dead_letters = Counter(
+            "scoring_stream_dead_letters",
+            "Events sent to the dead-letter topic, by reason",
+            ["reason"],
+            registry=r,
+        )
+        self.batches = Counter("scoring_stream_batches", "Micro-batches committed", registry=r)
+        self.aborts = Counter(
+            "scoring_stream_aborted_batches",
+            "Micro-batches aborted and re-read after a Kafka error",
+            registry=r,
+        )
+        self.score_seconds = Histogram(
+            "scoring_stream_score_seconds",
+            "Time to validate and score one micro-batch",
+            buckets=_LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.end_to_end_seconds = Histogram(
+            "scoring_stream_end_to_end_seconds",
+            "From the event's Kafka timestamp to its prediction's commit",
+            buckets=_LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.lag = Gauge(
+            "scoring_stream_consumer_lag",
+            "Events behind the end of each assigned partition",
+            ["partition"],
+            registry=r,
+        )
+        self.model_version = Gauge(
+            "scoring_stream_model_version",
+            "Registry version of the model scoring now",
+            ["model"],
+            registry=r,
+        )
+        self.model_swaps = Counter(
+            "scoring_stream_model_swaps", "Model versions switched to", registry=r
+        )
+        self.model_swap_failures = Counter(
+            "scoring_stream_model_swap_failures",
+            "Failed attempts to load a newly promoted version",
+            registry=r,
+        )
+
+    def text(self) -> bytes:
+        return generate_latest(self.registry)
+
+
+def serve(
+    metrics: StreamMetrics, health: Callable[[], dict[str, Any]], host: str, port: int
+) -> ThreadingHTTPServer:
+    """Serve ``/metrics`` and ``/health`` from a daemon thread; ``port=0`` picks a free one."""
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            path = self.path.split("?", 1)[0]
+            if path == "/metrics":
+                self._reply(200, CONTENT_TYPE_LATEST, metrics.text())
+            elif path == "/health":
+                state = health()
+                code = 200 if state["status"] == "ok" else 503
+                self._reply(code, "application/json", json.dumps(state).encode())
+            else:
+                self._reply(404, "text/plain", b"not found: try /metrics or /health\n")
+
+        def _reply(self, code: int, content_type: str, body: bytes) -> None:
+            self.send_response(code)
+            self.send_header("Content-Type", content_type)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, format: str, *args: Any) -> None:
+            pass  # scrapes every few seconds would drown the processor's own log
+
+    server = ThreadingHTTPServer((host, port), Handler)
+    server.daemon_threads = True
+    threading.Thread(target=server.serve_forever, name="metrics-http", daemon=True).start()
+    return server

@@ -1,0 +1,205 @@
+"""Topics, producers, read_committed readers and processor subprocesses for stream tests."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer, TopicPartition
+from kafka.admin import NewTopic
+from kafka.consumer.fetcher import ConsumerRecord
+
+from shared.settings import PROJECT_ROOT
+
+PARTITIONS = 3
+
+
+@dataclass(frozen=True)
+class Topics:
+    input: str
+    output: str
+    dlq: str
+
+
+def create_topics(bootstrap: str, topics: Topics, partitions: int = PARTITIONS) -> None:
+    admin = KafkaAdminClient(bootstrap_servers=bootstrap)
+    try:
+        admin.create_topics(
+            [
+                NewTopic(name, num_partitions=partitions, replication_factor=1)
+                for name in (topics.input, topics.output, topics.dlq)
+            ]
+        )
+    finally:
+        admin.close()
+
+
+def produce(bootstrap: str, topic: str, events: Iterable[tuple[bytes | None, bytes | None]]) -> int:
+    producer = KafkaProducer(bootstrap_servers=bootstrap, linger_ms=5, retries=10)
+    n = 0
+    for key, value in events:
+        producer.send(topic, key=key, value=value)
+        n += 1
+    producer.flush()
+    producer.close()
+    return n
+
+
+def read_all(
+    bootstrap: str,
+    topic: str,
+    expected: int,
+    timeout: float = 60,
+    partitions: int = PARTITIONS,
+    settle: float = 1.0,
+) -> list[ConsumerRecord]:
+    """Every committed record of ``topic``, waiting until ``expected`` arrived (or timeout).
+
+    After the count is reached, keeps reading for ``settle`` seconds so that duplicates
+    beyond the expected count would be seen.
+    """
+    consumer = KafkaConsumer(
+        bootstrap_servers=bootstrap,
+        isolation_level="read_committed",
+        enable_auto_commit=False,
+        auto_offset_reset="earliest",
+    )
+    try:
+        consumer.assign([TopicPartition(topic, p) for p in range(partitions)])
+        consumer.seek_to_beginning()
+        records: list[ConsumerRecord] = []
+        deadline = time.monotonic() + timeout
+        while len(records) < expected and time.monotonic() < deadline:
+            for batch in consumer.poll(timeout_ms=500).values():
+                records.extend(batch)
+        settled = time.monotonic() + settle
+        while time.monotonic() < settled:
+            for batch in consumer.poll(timeout_ms=200).values():
+                records.extend(batch)
+        return records
+    finally:
+        consumer.close()
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class ProcessorProcess:
+    """``jobs/stream/process.py`` as a child process, with its log in a file."""
+
+    def __init__(
+        self,
+        bootstrap: str,
+        model: str | Path,
+        topics: Topics,
+        log_dir: Path,
+        worker: str = "0",
+        extra: Sequence[str] = (),
+        env: dict[str, str] | None = None,
+    ) -> None:
+        self.metrics_port = free_port()
+        self.log_file = log_dir / f"processor-{worker}-{time.monotonic_ns()}.log"
+        command = [
+            sys.executable,
+            "-m",
+            "jobs.stream.process",
+            "--model",
+            str(model),
+            "--input-topic",
+            topics.input,
+            "--output-topic",
+            topics.output,
+            "--dlq-topic",
+            topics.dlq,
+            "--bootstrap",
+            bootstrap,
+            "--worker",
+            worker,
+            "--metrics-port",
+            str(self.metrics_port),
+            *extra,
+        ]
+        self._log = self.log_file.open("wb")
+        self.process = subprocess.Popen(
+            command,
+            cwd=PROJECT_ROOT,
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            env={**os.environ, **(env or {})},
+        )
+
+    def health(self) -> dict[str, Any] | None:
+        url = f"http://127.0.0.1:{self.metrics_port}/health"
+        try:
+            with urllib.request.urlopen(url, timeout=2) as response:
+                return dict(json.load(response))
+        except OSError:
+            return None
+
+    def metrics(self) -> str:
+        url = f"http://127.0.0.1:{self.metrics_port}/metrics"
+        with urllib.request.urlopen(url, timeout=2) as response:
+            return str(response.read().decode())
+
+    def wait_until(self, check: Any, timeout: float = 60, what: str = "condition") -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise AssertionError(f"processor exited ({self.process.returncode}):\n{self.log()}")
+            health = self.health()
+            if health is not None and check(health):
+                return
+            time.sleep(0.2)
+        raise AssertionError(f"timed out waiting for {what}:\n{self.log()}")
+
+    def wait_ready(self, timeout: float = 60) -> None:
+        self.wait_until(
+            lambda h: h["status"] == "ok" and h["assigned"], timeout, "partitions assigned"
+        )
+
+    def terminate(self, timeout: float = 30) -> int:
+        self.process.send_signal(signal.SIGTERM)
+        return self.wait(timeout)
+
+    def kill(self) -> None:
+        self.process.kill()
+        self.process.wait(10)
+
+    def wait(self, timeout: float = 30) -> int:
+        try:
+            return self.process.wait(timeout)
+        finally:
+            self._log.close()
+
+    def log(self) -> str:
+        self._log.flush()
+        return self.log_file.read_text(errors="replace")[-6000:]
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.kill()
+        self._log.close()
+
+
+def outputs_by_key(records: Sequence[ConsumerRecord]) -> dict[bytes, list[dict[str, Any]]]:
+    by_key: dict[bytes, list[dict[str, Any]]] = {}
+    for record in records:
+        by_key.setdefault(record.key, []).append(json.loads(record.value))
+    return by_key
+
+
+def headers(record: ConsumerRecord) -> dict[str, str]:
+    return {k: v.decode() for k, v in record.headers}
