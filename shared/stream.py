@@ -312,16 +312,16 @@ class Processor:
                 break
             wait = 500 if deadline is None else (deadline - now) * 1000
             polled = consumer.poll(timeout_ms=int(wait), max_records=size - len(batch))
+            fresh = [record for records in polled.values() for record in records]
             if self._revoked:
-                # A rebalance happened inside poll(): the records already taken from the
-                # revoked partitions belong to their next owner, who re-reads them from
-                # the last committed offset.
-                batch = [
-                    r for r in batch if TopicPartition(r.topic, r.partition) not in self._revoked
-                ]
+                # A rebalance ran inside poll(). A partition kept across it keeps its
+                # position, which is past the records this batch already holds: put every
+                # partition back where the batch started and begin the batch again.
                 self._revoked.clear()
-            for records in polled.values():
-                batch.extend(records)
+                self._rewind(consumer, batch + fresh)
+                batch, deadline = [], None
+                continue
+            batch.extend(fresh)
             if batch and deadline is None:
                 deadline = time.monotonic() + self.config.batch_wait_ms / 1000
             elif not batch:

@@ -11,11 +11,15 @@ from pathlib import Path
 
 import pyarrow as pa
 import pytest
+from pyspark.sql import SparkSession
+from pyspark.sql import functions as F
 
 from shared.artifact import load_artifact
+from shared.batch import BatchJob, run
 from shared.demo.data import KEY
 from shared.events import to_events
 from shared.kafka_broker import Broker
+from tests.integration.conftest import DAYS
 from tests.integration.kafka_helpers import (
     ProcessorProcess,
     Topics,
@@ -174,3 +178,38 @@ def test_bad_events_go_to_the_dead_letter_topic_and_the_rest_is_scored(
     kinds = {kind for _, _, kind in bad}
     for kind in kinds:
         assert f'scoring_stream_dead_letters_total{{reason="{kind}"}}' in metrics
+
+
+def test_stream_and_batch_scores_agree_bit_for_bit(
+    kafka: Broker,
+    topics: Topics,
+    artifact_dir: Path,
+    spark: SparkSession,
+    source_table: str,
+    tmp_path: Path,
+) -> None:
+    """The demo table's rows for one date through the batch job and through the stream."""
+    day = DAYS[0]
+    target = str(tmp_path / "lake" / "scores")
+    summary = run(
+        spark, BatchJob(model=str(artifact_dir), source=source_table, target=target, date=day)
+    )
+    batch = spark.read.format("delta").load(target).where(F.col("ds") == day).toArrow()
+    batch_scores = dict(
+        zip(batch.column(KEY).to_pylist(), batch.column("score").to_pylist(), strict=True)
+    )
+    rows = spark.read.format("delta").load(source_table).where(F.col("ds") == day).toArrow()
+    assert summary["rows_scored"] == len(batch_scores) > 0
+
+    processor = ProcessorProcess(kafka.bootstrap, artifact_dir, topics, tmp_path)
+    try:
+        processor.wait_ready()
+        produce(kafka.bootstrap, topics.input, events_of(artifact_dir, rows))
+        out = read_all(kafka.bootstrap, topics.output, len(batch_scores))
+        assert processor.terminate() == 0, processor.log()
+    finally:
+        processor.stop()
+
+    stream_scores = {p[KEY]: p["score"] for r in out for p in [json.loads(r.value)]}
+    assert len(out) == len(stream_scores)
+    assert stream_scores == batch_scores
