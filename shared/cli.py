@@ -187,6 +187,198 @@ def batch_submit(
     raise typer.Exit(subprocess.run(command, check=False).returncode)
 
 
+def _iso_date(text: str | None) -> str | None:
+    from datetime import date
+
+    if text is None:
+        return None
+    try:
+        return date.fromisoformat(text).isoformat()
+    except ValueError as exc:
+        raise typer.BadParameter(f"{text!r} is not a date like 2026-11-20") from exc
+
+
+# Options of the commands a scheduler runs around the batch job (has-data, check, report).
+Source = Annotated[str, typer.Option(help="source Delta table (path or URI)")]
+Predictions = Annotated[str, typer.Option(help="predictions Delta table (path or URI)")]
+Rejects = Annotated[
+    str | None, typer.Option(help="rejects Delta table (default PREDICTIONS_rejects)")
+]
+Day = Annotated[str, typer.Option(callback=_iso_date, help="the date (YYYY-MM-DD)")]
+DateColumn = Annotated[str, typer.Option(help="the tables' date column")]
+MaxRejectsRatio = Annotated[
+    float, typer.Option(min=0.0, max=1.0, help="highest share of refused rows")
+]
+MaxPsi = Annotated[float, typer.Option(min=0.0, help="highest score PSI against the reference")]
+PsiBins = Annotated[int, typer.Option(min=2, max=100, help="quantile bins of the PSI")]
+ReferenceDate = Annotated[
+    str | None,
+    typer.Option(
+        callback=_iso_date,
+        help="date whose scores are the drift reference (default: the newest earlier date "
+        "scored by the same model version)",
+    ),
+]
+LookbackDays = Annotated[
+    int, typer.Option(min=1, help="earlier dates searched for a default reference")
+]
+
+
+@batch_app.command("spark-conf")
+@_user_errors
+def batch_spark_conf(
+    output: Annotated[
+        Path | None, typer.Option(help="write to this file (printed) instead of stdout")
+    ] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="JSON instead of properties")] = False,
+) -> None:
+    """The Spark settings every scoring job needs (jars, Delta, Arrow, Python).
+
+    As a properties file for `spark-submit --properties-file` (what Airflow's
+    SparkSubmitOperator takes), or as JSON.
+    """
+    import json
+
+    from shared.settings import load
+    from shared.spark import properties_text, session_conf
+
+    conf = session_conf(load())
+    text = json.dumps(conf, indent=2) + "\n" if as_json else properties_text(conf)
+    if output is None:
+        print(text, end="")
+        return
+    output.parent.mkdir(parents=True, exist_ok=True)
+    output.write_text(text)
+    print(output)
+
+
+@batch_app.command("has-data")
+@_user_errors
+def batch_has_data(source: Source, date: Day, date_column: DateColumn = "ds") -> None:
+    """Exit 0 if SOURCE has rows for DATE, 4 if not yet (a sensor's poke); prints the count.
+
+    Reads the Delta log and that date's files only: no Spark, no JVM.
+    """
+    import json
+
+    from shared import lake
+    from shared.errors import NoDataError
+
+    rows = lake.count_rows(source, date, date_column)
+    if rows == 0:
+        raise NoDataError(source, f"for {date_column} = {date}")
+    print(json.dumps({"source": source, "date": date, "rows": rows}))
+
+
+def _checked(
+    source: str,
+    predictions: str,
+    rejects: str | None,
+    date: str,
+    date_column: str,
+    thresholds: Any,
+    reference_date: str | None,
+    lookback_days: int,
+) -> Any:
+    from shared.checks import run_checks
+    from shared.report import Tables, observe
+
+    tables = Tables(source, predictions, rejects, date_column)
+    observed = observe(tables, date, reference_date, lookback_days)
+    report = run_checks(observed, thresholds)
+    for check in report.checks:
+        style = {"passed": "green", "failed": "bold red", "skipped": "yellow"}[check.status]
+        errors.print(f"[{style}]{check.status:>7}[/] {check.message}", highlight=False)
+    return tables, report
+
+
+@batch_app.command("check")
+@_user_errors
+def batch_check(
+    source: Source,
+    predictions: Predictions,
+    date: Day,
+    rejects: Rejects = None,
+    date_column: DateColumn = "ds",
+    max_rejects_ratio: MaxRejectsRatio = 0.05,
+    max_psi: MaxPsi = 0.2,
+    psi_bins: PsiBins = 10,
+    reference_date: ReferenceDate = None,
+    lookback_days: LookbackDays = 7,
+) -> None:
+    """Check one date of a batch run's output; exit 5 naming each failed check.
+
+    Predictions + rejects must equal the source rows of the date (at the source version
+    the run recorded), the rejects ratio must be at most --max-rejects-ratio, and the
+    scores' PSI against the reference at most --max-psi. Prints the results as JSON.
+    """
+    import json
+
+    from shared.checks import Thresholds
+
+    thresholds = Thresholds(max_rejects_ratio=max_rejects_ratio, max_psi=max_psi, psi_bins=psi_bins)
+    _, report = _checked(
+        source, predictions, rejects, date, date_column, thresholds, reference_date, lookback_days
+    )
+    print(json.dumps(report.as_dict(), default=str))
+    report.raise_for_failures(f"{date_column} = {date} in {predictions}")
+
+
+@batch_app.command("report")
+@_user_errors
+def batch_report(
+    source: Source,
+    predictions: Predictions,
+    date: Day,
+    out_dir: Annotated[Path, typer.Option(help="folder for report.json and the plot")],
+    rejects: Rejects = None,
+    date_column: DateColumn = "ds",
+    max_rejects_ratio: MaxRejectsRatio = 0.05,
+    max_psi: MaxPsi = 0.2,
+    psi_bins: PsiBins = 10,
+    reference_date: ReferenceDate = None,
+    lookback_days: LookbackDays = 7,
+    summary_file: Annotated[
+        Path | None, typer.Option(help="the batch job's --summary-file, logged with the report")
+    ] = None,
+    experiment: Annotated[
+        str | None, typer.Option(help="MLflow experiment to log the report to (none: skip)")
+    ] = "nightly_batch_scoring",
+) -> None:
+    """Write one date's run report (counts, checks, drift, score plot) and log it to MLflow.
+
+    Reports failed checks without failing itself (`scoring batch check` is the gate), so
+    the numbers are recorded when they matter most. Prints the MLflow run id last.
+    """
+    import json
+
+    from shared.checks import Thresholds
+    from shared.report import log_report, write_report
+
+    thresholds = Thresholds(max_rejects_ratio=max_rejects_ratio, max_psi=max_psi, psi_bins=psi_bins)
+    tables, report = _checked(
+        source, predictions, rejects, date, date_column, thresholds, reference_date, lookback_days
+    )
+    summary = None
+    if summary_file is not None and summary_file.is_file():
+        summary = json.loads(summary_file.read_text().strip().splitlines()[-1])
+        runs = set(report.observed.prediction_run_ids)
+        if summary.get("run_id") not in runs:
+            errors.print(
+                f"[yellow]ignoring {summary_file}: it is from run {summary.get('run_id')}, "
+                f"the output from {sorted(runs)}[/]"
+            )
+            summary = None
+    elif summary_file is not None:
+        errors.print(f"[yellow]no batch summary at {summary_file}[/]")
+    files = write_report(report, tables, thresholds, out_dir, summary)
+    errors.print(f"report written to {out_dir}")
+    result = {"report": str(files["report"]), "plot": str(files["plot"]), "mlflow_run_id": None}
+    if experiment:
+        result["mlflow_run_id"] = log_report(report, tables, thresholds, files, experiment, summary)
+    print(json.dumps({**report.as_dict(), **result}, default=str))
+
+
 @stream_app.command(
     "run",
     context_settings={
@@ -242,8 +434,11 @@ def dev_down() -> None:
 def demo(
     rows_per_day: Annotated[int, typer.Option(help="demo rows per day")] = 20_000,
     days: Annotated[int, typer.Option(help="days of demo data")] = 7,
+    stream_events: Annotated[
+        int, typer.Option(help="events streamed through Kafka afterwards (0: batch only)")
+    ] = 3_000,
 ) -> None:
-    """Generate data, train, package, promote and batch-score one date, end to end."""
+    """Train, package, promote, batch-score one date, then score it live on Kafka."""
     from shared.demo.run import run_demo
 
-    run_demo(console, rows_per_day=rows_per_day, days=days)
+    run_demo(console, rows_per_day=rows_per_day, days=days, stream_events=stream_events)

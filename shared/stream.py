@@ -55,6 +55,10 @@ H_ORIGIN_PARTITION = "origin_partition"
 H_ORIGIN_OFFSET = "origin_offset"
 
 
+# (topic, key, value, headers) of one record to send.
+Message = tuple[str, bytes | None, bytes | None, list[tuple[str, bytes]]]
+
+
 @dataclass(frozen=True)
 class StreamConfig:
     """What one worker consumes, where it writes, and how it batches."""
@@ -69,7 +73,9 @@ class StreamConfig:
     worker: str = "0"
     exactly_once: bool = True
     batch_size: int = 500
-    batch_wait_ms: int = 20
+    # 0: take what has arrived; under load batches still grow (the next one gathers
+    # while this one commits), at low rates nothing waits.
+    batch_wait_ms: int = 0
     model_poll_s: float = 10.0
     max_message_bytes: int = 64 * 1024
     ort_threads: int = 1
@@ -302,7 +308,7 @@ class Processor:
     # -- the loop ---------------------------------------------------------------------
 
     def _poll(self, consumer: KafkaConsumer) -> list[ConsumerRecord]:
-        """One micro-batch: waits up to 0.5 s for a first event, then ``batch_wait_ms``."""
+        """One micro-batch: waits up to 0.5 s for a first event, then ``batch_wait_ms`` more."""
         size = self.config.batch_size
         batch: list[ConsumerRecord] = []
         deadline = None
@@ -341,51 +347,13 @@ class Processor:
             time.sleep(0.5)
 
     def _process(self, consumer: KafkaConsumer, records: list[ConsumerRecord]) -> None:
-        assert self._producer is not None and self.model is not None
-        config, model, producer = self.config, self.model, self._producer
-        started = time.perf_counter()
-        decoded = decode(
-            [r.value for r in records], model.scorer.contract, config.max_message_bytes
-        )
-        scored = model.scorer.score(decoded.batch)
-        self.metrics.score_seconds.observe(time.perf_counter() - started)
-
-        refused: dict[int, Refused] = {r.index: r for r in decoded.refused}
-        scores, labels = scored.score.to_pylist(), scored.label.to_pylist()
-        reasons = scored.reason.to_pylist()
-        for row, index in enumerate(decoded.rows):
-            if not scored.valid[row]:
-                refused[index] = Refused(index, scored.kinds[row] or "invalid", reasons[row])
-        outcome = dict(zip(decoded.rows, range(len(decoded.rows)), strict=True))
-
+        messages, dead = self.route(records)
+        producer, config = self._producer, self.config
+        assert producer is not None
         if config.exactly_once:
             producer.begin_transaction()
-        key_field = model.scorer.contract.key
-        identity = (model.name, model.version)
-        version_headers = [
-            (H_MODEL_NAME, model.name.encode()),
-            (H_MODEL_VERSION, model.version.encode()),
-        ]
-        scored_ms = time.time_ns() // 1_000_000
-        dead = 0
-        for index, record in enumerate(records):
-            problem = refused.get(index)
-            if problem is not None:
-                self._dead_letter(record, problem, version_headers)
-                dead += 1
-                continue
-            row = outcome[index]
-            value = encode_prediction(
-                key_field,
-                decoded.keys[row],
-                scores[row],
-                labels[row],
-                identity,
-                record.timestamp,
-                scored_ms,
-            )
-            producer.send(config.output_topic, value=value, key=record.key, headers=version_headers)
-
+        for topic, key, value, headers in messages:
+            producer.send(topic, value=value, key=key, headers=headers)
         offsets = {}
         for record in records:
             offsets[TopicPartition(record.topic, record.partition)] = OffsetAndMetadata(
@@ -401,22 +369,70 @@ class Processor:
         done_ms = time.time_ns() // 1_000_000
         for record in records:
             self.metrics.end_to_end_seconds.observe(max(0, done_ms - record.timestamp) / 1000)
+        for kind in dead:
+            self.metrics.dead_letters.labels(kind).inc()
         n = len(records)
         self.metrics.events_in.inc(n)
-        self.metrics.events_out.inc(n - dead)
+        self.metrics.events_out.inc(n - len(dead))
         self.metrics.batches.inc()
         self.counts["events_in"] += n
-        self.counts["predictions"] += n - dead
-        self.counts["dead_letters"] += dead
+        self.counts["predictions"] += n - len(dead)
+        self.counts["dead_letters"] += len(dead)
         self.counts["batches"] += 1
+
+    def route(self, records: list[ConsumerRecord]) -> tuple[list[Message], list[str]]:
+        """Score a micro-batch: the messages to send, in input order, and dead-letter kinds."""
+        assert self.model is not None
+        config, model = self.config, self.model
+        started = time.perf_counter()
+        decoded = decode(
+            [r.value for r in records], model.scorer.contract, config.max_message_bytes
+        )
+        scored = model.scorer.score(decoded.batch)
+        self.metrics.score_seconds.observe(time.perf_counter() - started)
+
+        refused: dict[int, Refused] = {r.index: r for r in decoded.refused}
+        scores, labels = scored.score.to_pylist(), scored.label.to_pylist()
+        reasons = scored.reason.to_pylist()
+        for row, index in enumerate(decoded.rows):
+            if not scored.valid[row]:
+                refused[index] = Refused(index, scored.kinds[row] or "invalid", reasons[row])
+        row_of = {index: row for row, index in enumerate(decoded.rows)}
+
+        key_field = model.scorer.contract.key
+        identity = (model.name, model.version)
+        version_headers = [
+            (H_MODEL_NAME, model.name.encode()),
+            (H_MODEL_VERSION, model.version.encode()),
+        ]
+        scored_ms = time.time_ns() // 1_000_000
+        messages: list[Message] = []
+        dead: list[str] = []
+        for index, record in enumerate(records):
+            problem = refused.get(index)
+            if problem is not None:
+                messages.append(self._dead_letter(record, problem, version_headers))
+                dead.append(problem.kind)
+                continue
+            row = row_of[index]
+            value = encode_prediction(
+                key_field,
+                decoded.keys[row],
+                scores[row],
+                labels[row],
+                identity,
+                record.timestamp,
+                scored_ms,
+            )
+            messages.append((config.output_topic, record.key, value, version_headers))
+        return messages, dead
 
     def _dead_letter(
         self,
         record: ConsumerRecord,
         problem: Refused,
         version_headers: list[tuple[str, bytes]],
-    ) -> None:
-        assert self._producer is not None
+    ) -> Message:
         headers = [
             *(record.headers or []),
             (H_REASON, problem.reason.encode()),
@@ -426,10 +442,6 @@ class Processor:
             (H_ORIGIN_OFFSET, str(record.offset).encode()),
             *version_headers,
         ]
-        # Kafka needs a key or a value; a keyless empty event is forwarded as b"".
-        value = record.value if record.value is not None or record.key is not None else b""
-        self._producer.send(self.config.dlq_topic, value=value, key=record.key, headers=headers)
-        self.metrics.dead_letters.labels(problem.kind).inc()
         log.debug(
             "dead letter %s-%d@%d: %s",
             record.topic,
@@ -437,6 +449,9 @@ class Processor:
             record.offset,
             problem.reason,
         )
+        # Kafka needs a key or a value; a keyless empty event is forwarded as b"".
+        value = record.value if record.value is not None or record.key is not None else b""
+        return (self.config.dlq_topic, record.key, value, headers)
 
     def _abort(self) -> None:
         """Abort the open transaction; a producer in a fatal state is replaced."""

@@ -1,8 +1,10 @@
-"""``scoring demo``: the whole batch path end to end on embedded defaults.
+"""``scoring demo``: both paths end to end on embedded defaults.
 
 Generates a card-transaction Delta table, trains a fraud pipeline, packages and registers
-it as ONNX, promotes it to ``champion`` and scores the newest date with the batch job.
-Everything lands under the data dir (``SCORING_HOME``, default ``./.scoring``).
+it as ONNX, promotes it to ``champion`` and scores the newest date with the batch job;
+then streams some of that date's rows through Kafka and the stream processor and checks
+that both paths gave the same scores (:mod:`shared.demo.stream`). Everything lands under
+the data dir (``SCORING_HOME``, default ``./.scoring``).
 """
 
 from __future__ import annotations
@@ -15,13 +17,16 @@ from datetime import date, timedelta
 from pathlib import Path
 from typing import Any
 
+import pyarrow as pa
 from pyspark.sql import SparkSession
+from pyspark.sql import functions as F
 from rich.console import Console
 from rich.table import Table
 
 from shared import registry
 from shared.batch import BatchJob, run, table_version
-from shared.demo.data import DATE, write_parquet
+from shared.demo.data import DATE, FEATURES, KEY, write_parquet
+from shared.demo.stream import run_stream_demo
 from shared.demo.train import train
 from shared.packaging import package
 from shared.settings import load
@@ -60,12 +65,14 @@ def _step(console: Console, text: str) -> Iterator[None]:
     console.print(f"[green]✓[/] {text} [dim]({time.monotonic() - started:.1f}s)[/]")
 
 
-def run_demo(console: Console, rows_per_day: int = 20_000, days: int = 7) -> dict[str, Any]:
+def run_demo(
+    console: Console, rows_per_day: int = 20_000, days: int = 7, stream_events: int = 3_000
+) -> dict[str, Any]:
     settings = load()
     paths = lake_paths(settings.home)
     work = settings.home.resolve() / "demo"
     last_day = (START + timedelta(days=days - 1)).isoformat()
-    console.rule("[bold]scoring demo: one ONNX artifact, nightly batch on Spark + Delta")
+    console.rule("[bold]scoring demo: one ONNX artifact, nightly on Spark + Delta, live on Kafka")
     with _step(console, "Starting Spark (local, Delta Lake jars from infra/jars)"):
         spark = build_session("scoring-demo", settings=settings)
     with _step(console, f"Writing {days} days x {rows_per_day:,} transactions as Delta"):
@@ -98,7 +105,44 @@ def run_demo(console: Console, rows_per_day: int = 20_000, days: int = 7) -> dic
             ),
         )
     _show(console, spark, summary, trained.metrics, settings.mlflow_tracking_uri)
+    if stream_events > 0:
+        rows, batch_scores = _stream_sample(spark, paths, last_day, stream_events)
+        console.rule(f"[bold]The same champion, live: {len(rows):,} events of {last_day} on Kafka")
+        summary["stream"] = run_stream_demo(
+            console,
+            settings,
+            f"models:/{MODEL_NAME}@champion",
+            rows,
+            batch_scores,
+            [f.name for f in FEATURES],
+        )
     return summary
+
+
+def _stream_sample(
+    spark: SparkSession, paths: dict[str, str], day: str, n: int
+) -> tuple[pa.Table, dict[str, float]]:
+    """The first ``n`` source rows of ``day`` and the batch scores of those that were scored."""
+    rows = (
+        spark.read.format("delta")
+        .load(paths["transactions"])
+        .where(f"{DATE} = '{day}'")
+        .orderBy(KEY)
+        .limit(n)
+        .toArrow()
+    )
+    keys = rows.column(KEY).to_pylist()
+    scored = (
+        spark.read.format("delta")
+        .load(paths["fraud_scores"])
+        .where(f"{DATE} = '{day}'")
+        .where(F.col(KEY).isin(keys))
+        .select(KEY, "score")
+        .toArrow()
+    )
+    return rows, dict(
+        zip(scored.column(KEY).to_pylist(), scored.column("score").to_pylist(), strict=True)
+    )
 
 
 def _show(
