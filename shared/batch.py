@@ -34,6 +34,7 @@ __all__ = [
     "predictions",
     "read_source",
     "rejects",
+    "rows_for_date",
     "run",
     "score_frame",
     "write_delta",
@@ -125,7 +126,7 @@ def check_schema(
         raise SchemaMismatchError(source, problems)
 
 
-def _for_date(frame: DataFrame, date_column: str, date: str) -> DataFrame:
+def rows_for_date(frame: DataFrame, date_column: str, date: str) -> DataFrame:
     kind = frame.schema[date_column].dataType
     return frame.where(F.col(date_column) == F.lit(date).cast(kind))
 
@@ -254,7 +255,7 @@ def run(spark: SparkSession, job: BatchJob, artifact: Artifact | None = None) ->
         artifact.version,
     )
     if job.date:
-        source = _for_date(source, job.date_column, job.date)
+        source = rows_for_date(source, job.date_column, job.date)
     scored = score_frame(source, artifact, date_column).persist(StorageLevel.MEMORY_AND_DISK)
     try:
         counts = {

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import json
 import logging
 import os
 from collections.abc import Callable
@@ -117,13 +118,75 @@ def promote(
 @model_app.command("rollback")
 @_user_errors
 def rollback(
-    name: str, alias: Annotated[str, typer.Option(help="alias to move back")] = "champion"
+    name: str,
+    alias: Annotated[str, typer.Option(help="alias to move back")] = "champion",
+    if_version: Annotated[
+        str | None,
+        typer.Option(help="only if ALIAS is on this version (a failed rollout's candidate)"),
+    ] = None,
 ) -> None:
     """Point ALIAS back at the version that held it before the last promotion."""
     from shared import registry
 
+    if if_version is not None:
+        current = registry.resolve(f"models:/{name}@{alias}").version
+        if current != if_version:
+            console.print(f"{name}@{alias} is on {current}, not {if_version}: nothing rolled back")
+            return
     version = registry.rollback(name, alias)
     console.print(f"{name}@{alias} -> {version}")
+
+
+def _report(report: dict[str, Any]) -> None:
+    """Gate reports: readable on stderr, JSON as the last stdout line for schedulers."""
+    errors.print(report)
+    print(json.dumps(report, default=str))
+
+
+@model_app.command("validate")
+@_user_errors
+def validate(
+    name: str,
+    version: str,
+    source: Annotated[str, typer.Option(help="labelled Delta table (path or catalog name)")],
+    label: Annotated[str, typer.Option(help="the label column")],
+    date: Annotated[str | None, typer.Option(help="holdout date (default: all rows)")] = None,
+    date_column: Annotated[str, typer.Option(help="the source's date column")] = "ds",
+    metric: Annotated[str, typer.Option(help="auc or average_precision")] = "auc",
+    margin: Annotated[float, typer.Option(help="how far below the champion may pass")] = 0.0,
+) -> None:
+    """Gate a candidate: checksums, contract vs the source schema, metric vs the champion."""
+    from shared.rollout import quality_gate
+    from shared.spark import build_session
+
+    spark = build_session("scoring-validate")
+    _report(quality_gate(spark, name, version, source, label, date, date_column, metric, margin))
+
+
+@model_app.command("parity")
+@_user_errors
+def parity(
+    name: str,
+    version: str,
+    source: Annotated[str, typer.Option(help="Delta table holding the golden rows")],
+    bootstrap: Annotated[
+        str | None, typer.Option(help="Kafka host:port (default KAFKA_BOOTSTRAP_SERVERS)")
+    ] = None,
+    date: Annotated[str | None, typer.Option(help="take the golden rows from this date")] = None,
+    date_column: Annotated[str, typer.Option(help="the source's date column")] = "ds",
+    rows: Annotated[int, typer.Option(help="golden rows (the first, by key)")] = 1000,
+) -> None:
+    """Score golden rows through Spark and through a stream processor; all must be equal."""
+    from shared.errors import ConfigError
+    from shared.rollout import parity as run_parity
+    from shared.settings import ENV, load
+    from shared.spark import build_session
+
+    servers = load(kafka_bootstrap=bootstrap).kafka_bootstrap
+    if not servers:
+        raise ConfigError(f"no Kafka cluster: pass --bootstrap or set {ENV['kafka_bootstrap']}")
+    spark = build_session("scoring-parity")
+    _report(run_parity(spark, name, version, source, servers, date, date_column, rows))
 
 
 @model_app.command("list")
@@ -393,6 +456,22 @@ def stream_run(ctx: typer.Context) -> None:
     from jobs.stream.process import main as process_main
 
     raise typer.Exit(process_main(ctx.args))
+
+
+@stream_app.command("wait-version")
+@_user_errors
+def wait_version(
+    name: str,
+    version: str,
+    health_url: Annotated[
+        list[str], typer.Option(help="a processor's /health URL (repeat for each)")
+    ],
+    timeout: Annotated[float, typer.Option(help="seconds to wait")] = 120,
+) -> None:
+    """Wait until every listed stream processor reports NAME at VERSION."""
+    from shared.rollout import wait_for_version
+
+    _report(wait_for_version(health_url, name, version, timeout))
 
 
 def _broker_dir() -> Path:

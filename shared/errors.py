@@ -16,6 +16,7 @@ __all__ = [
     "ConfigError",
     "ContractError",
     "ConversionMismatchError",
+    "GateFailedError",
     "JarsMissingError",
     "ModelNotFoundError",
     "RollbackError",
@@ -128,3 +129,13 @@ class StreamError(ScoringError):
     """The stream processor cannot start or go on (missing topic, fenced, no broker)."""
 
     exit_code = 4
+
+
+class GateFailedError(ScoringError):
+    """A candidate model version failed a rollout gate; it must not become (or stay) champion."""
+
+    exit_code = 5
+
+    def __init__(self, gate: str, detail: str) -> None:
+        self.gate = gate
+        super().__init__(f"The {gate} failed: {detail}.")
