@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import os
 import re
 from collections.abc import Iterator
 from datetime import date
 from pathlib import Path
+from types import SimpleNamespace
+from typing import cast
 
 import pytest
 from pyspark.sql import SparkSession
@@ -60,7 +63,18 @@ def job_args(
 
 @pytest.fixture(scope="session")
 def kafka(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Broker]:
-    """One real KRaft broker on free loopback ports for the whole session."""
+    """One real KRaft broker on free loopback ports for the whole session.
+
+    Started from the Maven jars (no Docker needed). With ``SCORING_TEST_KAFKA=testcontainers``
+    on a machine with a Docker engine, testcontainers' Kafka is used instead; the tests
+    that stop and restart a broker always start their own from the jars.
+    """
+    if os.environ.get("SCORING_TEST_KAFKA") == "testcontainers":
+        from testcontainers.kafka import KafkaContainer
+
+        with KafkaContainer().with_kraft() as container:
+            yield cast(Broker, SimpleNamespace(bootstrap=container.get_bootstrap_server()))
+        return
     state_dir = tmp_path_factory.mktemp("kafka")
     broker = kafka_broker.start(state_dir)
     yield broker
