@@ -7,8 +7,10 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 JARS_STAMP := infra/jars/.resolved
 KAFKA_JARS_STAMP := infra/kafka/jars/.resolved
+AIRFLOW_VENV := .venv-airflow
+AIRFLOW_STAMP := $(AIRFLOW_VENV)/.installed
 
-.PHONY: demo test unit integration jars kafka-jars venv lint bench cluster-up cluster-down clean
+.PHONY: demo test unit integration jars kafka-jars venv airflow lint bench cluster-up cluster-down clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -27,20 +29,30 @@ $(KAFKA_JARS_STAMP): infra/kafka/pom.xml
 	mvn -q -B -f infra/kafka/pom.xml package
 	touch $@
 
+# Airflow in its own venv (its croniter>=6.2 clashes with faust-streaming's <6); the
+# project is not installed there: DAG tasks call the project venv's CLI and spark-submit.
+$(AIRFLOW_STAMP): infra/airflow/requirements.txt infra/airflow/constraints.txt
+	$(PYTHON) -m venv $(AIRFLOW_VENV)
+	$(AIRFLOW_VENV)/bin/python -m pip install -q --upgrade pip
+	$(AIRFLOW_VENV)/bin/python -m pip install -q -r infra/airflow/requirements.txt \
+		-c infra/airflow/constraints.txt
+	touch $@
+
 venv: $(STAMP)
 jars: $(JARS_STAMP)
 kafka-jars: $(KAFKA_JARS_STAMP)
+airflow: $(AIRFLOW_STAMP)
 
 demo: venv jars
 	$(VENV)/bin/scoring demo
 
-test: venv jars kafka-jars
+test: venv jars kafka-jars airflow
 	$(PY) -m pytest
 
 unit: venv
 	$(PY) -m pytest tests/unit
 
-integration: venv jars kafka-jars
+integration: venv jars kafka-jars airflow
 	$(PY) -m pytest tests/integration
 
 lint: venv
