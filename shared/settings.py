@@ -45,8 +45,14 @@ class Settings(BaseSettings):
 
     # Field names are accepted as keyword arguments (CLI flags); the environment is read
     # only under the declared names, so e.g. $HOME never leaks into `home`.
+    # An empty variable counts as unset: a scheduler that templates every variable (say
+    # MLFLOW_TRACKING_URI="" when none is configured) gets the default, not "".
     model_config = SettingsConfigDict(
-        frozen=True, extra="forbid", populate_by_name=True, case_sensitive=True
+        frozen=True,
+        extra="forbid",
+        populate_by_name=True,
+        case_sensitive=True,
+        env_ignore_empty=True,
     )
 
     home: Path = Field(

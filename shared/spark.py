@@ -17,7 +17,14 @@ from pyspark.sql import SparkSession
 from shared.errors import JarsMissingError
 from shared.settings import Settings, load
 
-__all__ = ["DELTA_EXTENSION", "build_session", "jar_paths", "session_conf", "submit_command"]
+__all__ = [
+    "DELTA_EXTENSION",
+    "build_session",
+    "jar_paths",
+    "properties_text",
+    "session_conf",
+    "submit_command",
+]
 
 DELTA_EXTENSION = "io.delta.sql.DeltaSparkSessionExtension"
 
@@ -57,6 +64,23 @@ def session_conf(settings: Settings) -> dict[str, str]:
         # Plans of 20+ feature columns exceed the default and log a warning on every job.
         "spark.sql.debug.maxToStringFields": "200",
     }
+
+
+def properties_text(conf: dict[str, str]) -> str:
+    """``conf`` as a Java properties file, for ``spark-submit --properties-file``.
+
+    Schedulers that build the spark-submit command themselves (Airflow's
+    SparkSubmitOperator) take the settings of :func:`session_conf` this way.
+    """
+
+    def escape(text: str, key: bool = False) -> str:
+        text = text.replace("\\", "\\\\").replace("\n", "\\n").replace("\r", "\\r")
+        if key:
+            for char in "=: ":
+                text = text.replace(char, "\\" + char)
+        return text
+
+    return "".join(f"{escape(k, key=True)}={escape(v)}\n" for k, v in conf.items())
 
 
 # On one machine, the cluster-sized defaults (200 shuffle partitions, 50 for rebuilding a

@@ -47,3 +47,12 @@ def test_missing_config_file_is_an_error(monkeypatch: pytest.MonkeyPatch) -> Non
     monkeypatch.setenv("SCORING_CONFIG", "/no/such/file.toml")
     with pytest.raises(ConfigError, match="SCORING_CONFIG"):
         load()
+
+
+def test_an_empty_variable_counts_as_unset(monkeypatch: pytest.MonkeyPatch) -> None:
+    # A scheduler may template every variable, passing "" for the ones not configured.
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "")
+    monkeypatch.delenv("SCORING_CONFIG", raising=False)
+    settings = load(home="/data")
+    assert settings.tracking_uri is None
+    assert settings.mlflow_tracking_uri == "sqlite:////data/mlflow.db"

@@ -33,3 +33,13 @@ def test_submit_command_carries_jars_and_delta_settings(tmp_path: Path) -> None:
 def test_missing_jars_say_how_to_get_them(tmp_path: Path) -> None:
     with pytest.raises(JarsMissingError, match="make jars"):
         submit_command(Path("job.py"), [], settings=load(jars_dir=tmp_path))
+
+
+def test_properties_file_carries_the_same_settings(tmp_path: Path) -> None:
+    from shared.spark import properties_text, session_conf
+
+    (tmp_path / "delta-spark_2.13-4.4.0.jar").write_bytes(b"")
+    conf = session_conf(load(jars_dir=tmp_path))
+    lines = properties_text(conf).splitlines()
+    assert dict(line.split("=", 1) for line in lines) == conf
+    assert properties_text({"a b": "c:\\d\ne"}) == "a\\ b=c:\\\\d\\ne\n"
