@@ -6,8 +6,10 @@ Run it with spark-submit (the jars and Delta settings come from shared.spark)::
         --source /lake/transactions --target /lake/fraud_scores --date 2026-11-20
 
 or through the CLI with the same options: ``scoring batch run ...``. The last line
-printed is a JSON summary (rows read/scored/rejected, versions, seconds, rows/s). Exit
-codes: 0 ok, 2 bad arguments or settings, 3 source/schema problem, 1 other failures.
+printed is a JSON summary (rows read/scored/rejected, versions, seconds, rows/s), also
+written to ``--summary-file`` when given (a scheduler reads it from there: spark-submit's
+own output is a log). Exit codes: 0 ok, 2 bad arguments or settings, 3 source/schema
+problem, 1 other failures.
 """
 
 from __future__ import annotations
@@ -18,6 +20,8 @@ import logging
 import sys
 from collections.abc import Sequence
 from datetime import date
+from pathlib import Path
+from typing import Any
 
 from shared.batch import BatchJob, run
 from shared.errors import ScoringError
@@ -45,7 +49,18 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--date-column", default="ds", help="the source's date column")
     parser.add_argument("--master", help="Spark master when not launched by spark-submit")
     parser.add_argument("--run-id", help="lineage id recorded on every row (default: random)")
+    parser.add_argument(
+        "--summary-file", type=Path, help="also write the JSON summary to this file"
+    )
     return parser.parse_args(argv)
+
+
+def _emit(summary: dict[str, Any], path: Path | None) -> None:
+    line = json.dumps(summary)
+    if path is not None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(line + "\n")
+    print(line)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -71,9 +86,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         summary = run(spark, job)
     except ScoringError as exc:
         print(f"error: {exc}", file=sys.stderr)
-        print(json.dumps({"status": "failed", "error": type(exc).__name__, "message": str(exc)}))
+        failed = {"status": "failed", "error": type(exc).__name__, "message": str(exc)}
+        _emit(failed, args.summary_file)
         return exc.exit_code
-    print(json.dumps({"status": "ok", **summary}))
+    _emit({"status": "ok", **summary}, args.summary_file)
     return 0
 
 

@@ -175,3 +175,14 @@ def test_catalog_table_names_work_like_paths(
     assert summary["source_version"] == table_version(spark, "transactions_catalog")
     assert spark.table("fraud_scores_catalog").count() == summary["rows_scored"] > 0
     assert spark.table("fraud_scores_catalog_rejects").count() == summary["rows_rejected"]
+
+
+def test_summary_file_carries_the_outcome_for_a_scheduler(
+    broken_source: str, artifact_dir: Path, lake: Path, tmp_path: Path
+) -> None:
+    summary = tmp_path / "reports" / "summary.json"
+    args = job_args(artifact_dir, broken_source, lake / "scores", DAYS[1])
+    assert main([*args, "--summary-file", str(summary)]) == 3
+    written = json.loads(summary.read_text())
+    assert written["status"] == "failed" and written["error"] == "SchemaMismatchError"
+    assert "missing column 'amount'" in written["message"]
