@@ -351,7 +351,9 @@ def _checked(
     report = run_checks(observed, thresholds)
     for check in report.checks:
         style = {"passed": "green", "failed": "bold red", "skipped": "yellow"}[check.status]
-        errors.print(f"[{style}]{check.status:>7}[/] {check.message}", highlight=False)
+        errors.print(
+            f"[{style}]{check.status:>7}[/] {check.message}", highlight=False, soft_wrap=True
+        )
     return tables, report
 
 
@@ -429,11 +431,12 @@ def batch_report(
         if summary.get("run_id") not in runs:
             errors.print(
                 f"[yellow]ignoring {summary_file}: it is from run {summary.get('run_id')}, "
-                f"the output from {sorted(runs)}[/]"
+                f"the output from {sorted(runs)}[/]",
+                soft_wrap=True,
             )
             summary = None
     elif summary_file is not None:
-        errors.print(f"[yellow]no batch summary at {summary_file}[/]")
+        errors.print(f"[yellow]no batch summary at {summary_file}[/]", soft_wrap=True)
     files = write_report(report, tables, thresholds, out_dir, summary)
     errors.print(f"report written to {out_dir}")
     result = {"report": str(files["report"]), "plot": str(files["plot"]), "mlflow_run_id": None}

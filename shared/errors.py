@@ -12,6 +12,7 @@ from collections.abc import Iterable
 __all__ = [
     "ArtifactIncompleteError",
     "BrokerError",
+    "ChecksFailedError",
     "ChecksumMismatchError",
     "ConfigError",
     "ContractError",
@@ -19,6 +20,7 @@ __all__ = [
     "GateFailedError",
     "JarsMissingError",
     "ModelNotFoundError",
+    "NoDataError",
     "RollbackError",
     "SchemaMismatchError",
     "ScoringError",
@@ -129,6 +131,33 @@ class StreamError(ScoringError):
     """The stream processor cannot start or go on (missing topic, fenced, no broker)."""
 
     exit_code = 4
+
+
+class NoDataError(ScoringError):
+    """The source has no rows for the date yet: a scheduler's sensor keeps waiting on it."""
+
+    exit_code = 4
+
+    def __init__(self, source: str, detail: str) -> None:
+        super().__init__(
+            f"The source {source} has no rows {detail} yet. Wait for the day's load to land, "
+            "or check the table path, the date and the date column."
+        )
+
+
+class ChecksFailedError(ScoringError):
+    """A batch run's output failed one or more data checks (counts, rejects, drift)."""
+
+    exit_code = 5
+
+    def __init__(self, what: str, failures: Iterable[str]) -> None:
+        self.failures = list(failures)
+        lines = "\n".join(f"  - {f}" for f in self.failures)
+        super().__init__(
+            f"Output checks failed for {what}:\n{lines}\nLook at the rejects table and the run "
+            "report; fix the source and re-run the date, or raise the threshold if the change "
+            "is expected."
+        )
 
 
 class GateFailedError(ScoringError):

@@ -35,6 +35,7 @@ __all__ = [
     "register",
     "resolve",
     "rollback",
+    "tracking",
 ]
 
 log = logging.getLogger(__name__)
@@ -69,10 +70,10 @@ class _Store:
     experiment_id: str
 
 
-_experiments: dict[str, str] = {}
+_experiments: dict[tuple[str, str], str] = {}
 
 
-def _store(settings: Settings | None = None) -> _Store:
+def _store(settings: Settings | None = None, experiment: str = EXPERIMENT) -> _Store:
     """The configured store; the experiment is created on first use.
 
     MLflow's global ``set_tracking_uri`` is never called: it exports
@@ -83,18 +84,28 @@ def _store(settings: Settings | None = None) -> _Store:
     uri = settings.mlflow_tracking_uri
     registry_uri = settings.registry_uri or uri
     mlc = MlflowClient(tracking_uri=uri, registry_uri=registry_uri)
-    if uri not in _experiments:
+    key = (uri, experiment)
+    if key not in _experiments:
         if uri.startswith("sqlite:///"):
             settings.home.mkdir(parents=True, exist_ok=True)
-        found = mlc.get_experiment_by_name(EXPERIMENT)
+        found = mlc.get_experiment_by_name(experiment)
         if found is None:
             # Without an explicit location a SQLite store puts artifacts under ./mlruns
             # of whatever directory the process happens to run in.
             location = None if settings.tracking_uri else settings.mlflow_artifacts.as_uri()
-            _experiments[uri] = mlc.create_experiment(EXPERIMENT, artifact_location=location)
+            _experiments[key] = mlc.create_experiment(experiment, artifact_location=location)
         else:
-            _experiments[uri] = found.experiment_id
-    return _Store(mlc, uri, registry_uri, _experiments[uri])
+            _experiments[key] = found.experiment_id
+    return _Store(mlc, uri, registry_uri, _experiments[key])
+
+
+def tracking(experiment: str, settings: Settings | None = None) -> tuple[MlflowClient, str]:
+    """A client for the configured tracking store and the id of ``experiment``.
+
+    The experiment is created on first use, with its artifacts beside the registry's.
+    """
+    store = _store(settings, experiment)
+    return store.client, store.experiment_id
 
 
 def client(settings: Settings | None = None) -> MlflowClient:
