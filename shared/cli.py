@@ -14,7 +14,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from shared.errors import ScoringError
+from shared.errors import ModelNotFoundError, ScoringError
 
 __all__ = ["app"]
 
@@ -129,7 +129,10 @@ def rollback(
     from shared import registry
 
     if if_version is not None:
-        current = registry.resolve(f"models:/{name}@{alias}").version
+        try:
+            current = registry.resolve(f"models:/{name}@{alias}").version
+        except ModelNotFoundError:
+            current = "no version"
         if current != if_version:
             console.print(f"{name}@{alias} is on {current}, not {if_version}: nothing rolled back")
             return
