@@ -70,4 +70,4 @@ cluster-down:
 	PYTHON=$(PY) infra/spark/standalone.sh stop
 
 clean:
-	rm -rf $(VENV) infra/jars infra/kafka/jars infra/target .scoring
+	rm -rf $(VENV) .venv-airflow infra/jars infra/kafka/jars infra/target .scoring
