@@ -18,7 +18,8 @@ default below, computed when a task runs. The shared ones:
                             (``127.0.0.1``; on a cluster, one the executors can reach)
 ==========================  ===========================================================
 
-Each DAG documents its own (``scoring_nightly_*`` for nightly_batch_scoring).
+Each DAG documents its own (``scoring_nightly_*`` for nightly_batch_scoring,
+``scoring_rollout_*`` for model_rollout).
 """
 
 from __future__ import annotations
@@ -81,6 +82,18 @@ DEFAULTS: dict[str, Callable[[], str]] = {
     "nightly_max_psi": lambda: "0.2",
     "nightly_reference_date": lambda: "",
     "nightly_experiment": lambda: "nightly_batch_scoring",
+    # model_rollout
+    "rollout_source": lambda: setting("nightly_source"),
+    "rollout_label": lambda: "is_fraud",
+    "rollout_holdout_date": lambda: "",
+    "rollout_metric": lambda: "auc",
+    "rollout_margin": lambda: "0.0",
+    "rollout_golden_date": lambda: "",
+    "rollout_golden_rows": lambda: "500",
+    "rollout_kafka_bootstrap": lambda: "",
+    "rollout_health_urls": lambda: "",
+    "rollout_confirm_timeout": lambda: "120",
+    "rollout_alias": lambda: "champion",
 }
 
 

@@ -10,13 +10,18 @@ from pathlib import Path
 from types import SimpleNamespace
 from typing import cast
 
+import numpy as np
+import pyarrow as pa
 import pytest
 from pyspark.sql import SparkSession
 
 from shared import kafka_broker
+from shared.demo.data import LABEL, generate_day
 from shared.demo.run import write_demo_table
+from shared.demo.train import TrainedModel, train
 from shared.kafka_broker import Broker
 from shared.spark import build_session
+from tests.integration.airflow_helpers import Airflow, airflow_in
 from tests.integration.kafka_helpers import Topics, create_topics
 
 START = date(2026, 11, 1)
@@ -88,3 +93,27 @@ def topics(kafka: Broker, request: pytest.FixtureRequest) -> Topics:
     made = Topics(f"{name}.in", f"{name}.out", f"{name}.dlq")
     create_topics(kafka.bootstrap, made)
     return made
+
+
+@pytest.fixture(scope="module")
+def home(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """A data dir for one test module: its MLflow registry, Airflow home and lake."""
+    path = tmp_path_factory.mktemp("airflow-home") / "scoring"
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("SCORING_HOME", str(path))
+        patch.delenv("MLFLOW_TRACKING_URI", raising=False)
+        yield path
+
+
+@pytest.fixture(scope="module")
+def airflow(home: Path) -> Airflow:
+    return airflow_in(home)
+
+
+@pytest.fixture(scope="module")
+def noise_model(tmp_path_factory: pytest.TempPathFactory) -> TrainedModel:
+    """A model trained on shuffled labels: it has learnt nothing."""
+    table = generate_day(START, 6000)
+    shuffled = np.random.default_rng(1).permutation(table.column(LABEL).to_numpy())
+    table = table.set_column(table.column_names.index(LABEL), LABEL, pa.array(shuffled))
+    return train(table, tmp_path_factory.mktemp("noise"), "noise", 0)

@@ -10,9 +10,7 @@ checks through the project CLI, the batch job through spark-submit on local[2].
 from __future__ import annotations
 
 import json
-import os
 import subprocess
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -23,80 +21,11 @@ from shared import registry
 from shared.batch import BatchJob, run
 from shared.demo.train import TrainedModel
 from shared.packaging import package
-from shared.settings import PROJECT_ROOT
+from tests.integration.airflow_helpers import AIRFLOW_VENV, Airflow
 from tests.integration.conftest import DAYS, ROWS_PER_DAY
 
-AIRFLOW_VENV = PROJECT_ROOT / ".venv-airflow"
 DAG_ID = "nightly_batch_scoring"
 DAY = DAYS[1]
-
-
-def _env_from_script(overrides: dict[str, str]) -> dict[str, str]:
-    """The environment infra/airflow/env.sh produces on top of ``overrides``."""
-    base = {
-        k: v for k, v in os.environ.items() if k not in {"VIRTUAL_ENV", "PYTHONPATH"}
-    } | overrides
-    dumped = subprocess.run(
-        ["bash", "-c", 'source infra/airflow/env.sh && python3 -c "import json, os; '
-         'print(json.dumps(dict(os.environ)))"'],
-        cwd=PROJECT_ROOT, env=base, capture_output=True, text=True, check=True,
-    )  # fmt: skip
-    return json.loads(dumped.stdout)
-
-
-class Airflow:
-    """Runs `airflow ...` of .venv-airflow in one AIRFLOW_HOME."""
-
-    def __init__(self, env: dict[str, str]) -> None:
-        self.env = env
-
-    def __call__(
-        self, *args: str, timeout: int = 600, **variables: str
-    ) -> subprocess.CompletedProcess[str]:
-        env = self.env | {f"AIRFLOW_VAR_SCORING_{k.upper()}": v for k, v in variables.items()}
-        return subprocess.run(
-            [str(AIRFLOW_VENV / "bin" / "airflow"), *args],
-            env=env,
-            cwd=self.env["AIRFLOW_HOME"],
-            capture_output=True,
-            text=True,
-            timeout=timeout,
-        )
-
-    def json(self, *args: str) -> list[dict]:
-        """The JSON a listing command prints (its last line; warnings may come first)."""
-        result = self(*args, "--output", "json")
-        assert result.returncode == 0, result.stderr[-3000:]
-        return list(json.loads(result.stdout.strip().splitlines()[-1]))
-
-    def task_states(self, run_id: str) -> dict[str, str]:
-        listed = self.json("tasks", "states-for-dag-run", DAG_ID, run_id)
-        return {t["task_id"]: t["state"] for t in listed}
-
-    def last_run_id(self) -> str:
-        runs = sorted(self.json("dags", "list-runs", DAG_ID), key=lambda r: r["run_after"])
-        return str(runs[-1]["run_id"])
-
-
-@pytest.fixture(scope="module")
-def home(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
-    """A data dir used by this module's MLflow registry, Airflow and lake."""
-    path = tmp_path_factory.mktemp("airflow-home") / "scoring"
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setenv("SCORING_HOME", str(path))
-        patch.delenv("MLFLOW_TRACKING_URI", raising=False)
-        yield path
-
-
-@pytest.fixture(scope="module")
-def airflow(home: Path) -> Airflow:
-    if not (AIRFLOW_VENV / "bin" / "airflow").is_file():
-        pytest.fail(f"No Airflow at {AIRFLOW_VENV}: create it with `make airflow`.")
-    runner = Airflow(_env_from_script({"SCORING_HOME": str(home)}))
-    assert runner.env["AIRFLOW_HOME"] == str(home / "airflow")
-    migrated = runner("db", "migrate")
-    assert migrated.returncode == 0, migrated.stderr[-3000:]
-    return runner
 
 
 @pytest.fixture(scope="module")
@@ -136,7 +65,7 @@ def _day(spark: SparkSession, table: str, day: str = DAY) -> list[tuple]:
 def _dags_test(airflow: Airflow, lake: dict[str, str]) -> tuple[str, int, str]:
     """`airflow dags test` for DAY: the run id, the exit code and the whole output."""
     result = airflow("dags", "test", DAG_ID, DAY, **lake)
-    return airflow.last_run_id(), result.returncode, result.stdout + result.stderr
+    return airflow.last_run_id(DAG_ID), result.returncode, result.stdout + result.stderr
 
 
 @pytest.fixture(scope="module")
@@ -204,7 +133,7 @@ def test_a_date_is_scored_checked_and_reported(
     spark: SparkSession,
 ) -> None:
     run_id, rows = first_run
-    assert set(airflow.task_states(run_id).values()) == {"success"}
+    assert set(airflow.task_states(DAG_ID, run_id).values()) == {"success"}
     rejects = spark.read.format("delta").load(lake["nightly_rejects"]).where(F.col("ds") == DAY)
     assert len(rows) + rejects.count() == ROWS_PER_DAY and len(rows) > 0
     assert len({r[0] for r in rows}) == len(rows)
@@ -278,7 +207,7 @@ def test_a_source_with_a_broken_schema_fails_at_the_batch_task(
     assert "Error code is: 3" in output  # the job's exit code for a schema problem
     assert "missing column 'amount'" in output
     assert "column 'country' is int, expected string" in output
-    states = airflow.task_states(run_id)
+    states = airflow.task_states(DAG_ID, run_id)
     assert states["wait_for_source"] == "success" and states["score"] == "failed"
     assert states["check_output"] == states["report"] == "upstream_failed"
     assert not Path(broken_lake["nightly_predictions"]).exists()

@@ -4,20 +4,18 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import numpy as np
-import pyarrow as pa
 import pytest
 from pyspark.sql import SparkSession
 from pyspark.sql import functions as F
 
 from shared import registry
-from shared.demo.data import LABEL, generate_day
-from shared.demo.train import TrainedModel, train
+from shared.demo.data import LABEL
+from shared.demo.train import TrainedModel
 from shared.errors import GateFailedError, SchemaMismatchError
 from shared.kafka_broker import Broker
 from shared.packaging import package
 from shared.rollout import parity, quality_gate, wait_for_version
-from tests.integration.conftest import DAYS, START
+from tests.integration.conftest import DAYS
 from tests.integration.kafka_helpers import ProcessorProcess, Topics, free_port
 
 pytestmark = pytest.mark.integration
@@ -27,15 +25,6 @@ def _register(trained: TrainedModel) -> str:
     return package(
         trained.model_file, "fraud", trained.sample_file, spec_file=trained.contract_file
     ).version
-
-
-@pytest.fixture(scope="module")
-def noise_model(tmp_path_factory: pytest.TempPathFactory) -> TrainedModel:
-    """A model trained on shuffled labels: it has learnt nothing."""
-    table = generate_day(START, 6000)
-    shuffled = np.random.default_rng(1).permutation(table.column(LABEL).to_numpy())
-    table = table.set_column(table.column_names.index(LABEL), LABEL, pa.array(shuffled))
-    return train(table, tmp_path_factory.mktemp("noise"), "noise", 0)
 
 
 def test_quality_gate_passes_a_good_candidate_and_stops_a_worse_one(
