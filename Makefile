@@ -1,5 +1,5 @@
 # Two commands do all the set-up on a fresh machine (Python 3.11, Java 17, Maven):
-#   make demo   package a model, register it, score a Delta table with Spark
+#   make demo   package a model, register it, score a Delta table with Spark, then live on Kafka
 #   make test   the whole test suite
 PYTHON ?= python3
 VENV := .venv
@@ -10,7 +10,7 @@ KAFKA_JARS_STAMP := infra/kafka/jars/.resolved
 AIRFLOW_VENV := .venv-airflow
 AIRFLOW_STAMP := $(AIRFLOW_VENV)/.installed
 
-.PHONY: demo test unit integration jars kafka-jars venv airflow lint bench cluster-up cluster-down clean
+.PHONY: demo test unit integration jars kafka-jars venv airflow lint bench bench-stream cluster-up cluster-down clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -43,7 +43,7 @@ jars: $(JARS_STAMP)
 kafka-jars: $(KAFKA_JARS_STAMP)
 airflow: $(AIRFLOW_STAMP)
 
-demo: venv jars
+demo: venv jars kafka-jars
 	$(VENV)/bin/scoring demo
 
 test: venv jars kafka-jars airflow
@@ -62,6 +62,9 @@ lint: venv
 
 bench: venv jars
 	$(PY) benchmarks/batch.py
+
+bench-stream: venv kafka-jars
+	$(PY) benchmarks/stream.py
 
 cluster-up: venv
 	PYTHON=$(PY) infra/spark/standalone.sh start
