@@ -38,6 +38,8 @@ from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer, TopicPartition
 from kafka.admin import NewTopic  # noqa: E402
 from kafka.consumer.fetcher import ConsumerRecord  # noqa: E402
 
+from jobs.stream import process as stream_job  # noqa: E402
+
 PARTITIONS = 3
 MODES = ("pass-through", "model")
 GUARANTEES = ("exactly-once", "at-least-once")
@@ -59,7 +61,6 @@ def main(argv: Sequence[str] | None = None) -> None:
 
 def _pass_through_worker(argv: list[str]) -> int:
     """The processor with its scoring step replaced by a copy: same loop, same clients."""
-    from jobs.stream import process
     from shared.stream import Message, Processor
 
     class PassThrough(Processor):
@@ -67,8 +68,8 @@ def _pass_through_worker(argv: list[str]) -> int:
             out = self.config.output_topic
             return [(out, r.key, r.value, []) for r in records], []
 
-    parsed = process.parse_args(argv)
-    PassThrough(process.config_from(parsed)).run()
+    parsed = stream_job.parse_args(argv)
+    PassThrough(stream_job.config_from(parsed)).run()
     return 0
 
 
@@ -172,16 +173,6 @@ class Run:
     def _start(self, topics: tuple[str, str, str]) -> tuple[subprocess.Popen[bytes], int]:
         port = _free_port()
         options = [
-            "--model",
-            str(self.model),
-            "--input-topic",
-            topics[0],
-            "--output-topic",
-            topics[1],
-            "--dlq-topic",
-            topics[2],
-            "--bootstrap",
-            self.bootstrap,
             "--group",
             f"bench-{topics[0]}",
             "--guarantee",
@@ -195,10 +186,9 @@ class Run:
             "--ort-threads",
             "1",
         ]
-        if self.mode == "model":
-            command = [sys.executable, "-m", "jobs.stream.process", *options]
-        else:
-            command = [sys.executable, __file__, "pass-through-worker", *options]
+        command = stream_job.command(str(self.model), topics, self.bootstrap, *options)
+        if self.mode == "pass-through":
+            command[1:3] = [__file__, "pass-through-worker"]
         log = (self.work / f"{topics[0]}.log").open("wb")
         process = subprocess.Popen(command, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
         _wait(lambda: (_health(port) or {}).get("assigned"), process, 60)

@@ -36,6 +36,9 @@ stream_app = typer.Typer(help="Real-time scoring of a Kafka topic.", no_args_is_
 app.add_typer(stream_app, name="stream")
 app.add_typer(dev_app, name="dev")
 
+# Commands that hand every argument, --help included, to a job's own parser.
+_FORWARD_ALL = {"allow_extra_args": True, "ignore_unknown_options": True, "help_option_names": []}
+
 console = Console()
 errors = Console(stderr=True)
 F = TypeVar("F", bound=Callable[..., Any])
@@ -215,11 +218,7 @@ def list_models(name: str) -> None:
 
 @batch_app.command(
     "run",
-    context_settings={
-        "allow_extra_args": True,
-        "ignore_unknown_options": True,
-        "help_option_names": [],
-    },
+    context_settings=_FORWARD_ALL,
     add_help_option=False,
 )
 def batch_run(ctx: typer.Context) -> None:
@@ -450,11 +449,7 @@ def batch_report(
 
 @stream_app.command(
     "run",
-    context_settings={
-        "allow_extra_args": True,
-        "ignore_unknown_options": True,
-        "help_option_names": [],
-    },
+    context_settings=_FORWARD_ALL,
     add_help_option=False,
 )
 def stream_run(ctx: typer.Context) -> None:

@@ -21,7 +21,7 @@ import numpy as np
 import pyarrow as pa
 from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer, TopicPartition
 from kafka.admin import NewTopic
-from pyspark.sql import SparkSession
+from pyspark.sql import DataFrame, SparkSession
 
 from shared.artifact import Artifact, load_artifact
 from shared.batch import REASON, check_schema, read_source, rows_for_date, score_frame
@@ -48,16 +48,17 @@ def _average_precision(labels: np.ndarray, scores: np.ndarray) -> float:
 METRICS = {"auc": _auc, "average_precision": _average_precision}
 
 
-def _holdout(
+def _source_rows(
     spark: SparkSession, artifact: Artifact, source: str, date: str | None, date_column: str
-) -> tuple[pa.Table, int]:
+) -> tuple[DataFrame, int]:
+    """The source (or one date of it) at its current version, once its schema fits."""
     frame, version = read_source(spark, source)
     check_schema(
         frame.schema, artifact.contract, date_column if date else None, f"{source} (v{version})"
     )
     if date:
         frame = rows_for_date(frame, date_column, date)
-    return frame.toArrow(), version
+    return frame, version
 
 
 def _metric(artifact: Artifact, holdout: pa.Table, label: str, metric: str) -> tuple[float, int]:
@@ -93,7 +94,8 @@ def quality_gate(
             "quality gate", f"unknown metric {metric!r}; use one of {list(METRICS)}"
         )
     candidate = load_artifact(f"models:/{name}/{version}")  # verifies both checksums
-    holdout, source_version = _holdout(spark, candidate, source, date, date_column)
+    frame, source_version = _source_rows(spark, candidate, source, date, date_column)
+    holdout = frame.toArrow()
     if label not in holdout.column_names:
         raise GateFailedError("quality gate", f"the holdout has no label column {label!r}")
     report: dict[str, Any] = {
@@ -143,10 +145,7 @@ def parity(
     uri = f"models:/{name}/{version}"
     artifact = load_artifact(uri)
     key = artifact.contract.key
-    frame, _ = read_source(spark, source)
-    check_schema(frame.schema, artifact.contract, date_column if date else None, source)
-    if date:
-        frame = rows_for_date(frame, date_column, date)
+    frame, _ = _source_rows(spark, artifact, source, date, date_column)
     golden = frame.orderBy(key).limit(rows).cache()
     batch = score_frame(golden, artifact, None).toArrow()
     batch_scores = {

@@ -103,6 +103,20 @@ def config_from(args: argparse.Namespace) -> StreamConfig:
     )
 
 
+def command(model: str, topics: Sequence[str], bootstrap: str, *options: str) -> list[str]:
+    """How to start a worker as a child process of this Python: (input, output, dlq) topics."""
+    input_topic, output_topic, dlq_topic = topics
+    return [
+        sys.executable, "-m", "jobs.stream.process",
+        "--model", model,
+        "--input-topic", input_topic,
+        "--output-topic", output_topic,
+        "--dlq-topic", dlq_topic,
+        "--bootstrap", bootstrap,
+        *options,
+    ]  # fmt: skip
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     logging.basicConfig(

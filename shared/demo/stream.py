@@ -12,7 +12,6 @@ import json
 import os
 import signal
 import subprocess
-import sys
 import time
 import urllib.request
 from pathlib import Path
@@ -25,6 +24,7 @@ from rich.console import Console
 from rich.live import Live
 from rich.table import Table
 
+from jobs.stream import process as stream_job
 from shared import kafka_broker
 from shared.demo.data import KEY
 from shared.errors import StreamError
@@ -118,25 +118,8 @@ def _start_processor(
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = int(s.getsockname()[1])
-    command = [
-        sys.executable,
-        "-m",
-        "jobs.stream.process",
-        "--model",
-        model_uri,
-        "--input-topic",
-        topics[0],
-        "--output-topic",
-        topics[1],
-        "--dlq-topic",
-        topics[2],
-        "--bootstrap",
-        bootstrap,
-        "--group",
-        f"demo-{topics[0]}",
-        "--metrics-port",
-        str(port),
-    ]
+    options = ("--group", f"demo-{topics[0]}", "--metrics-port", str(port))
+    command = stream_job.command(model_uri, topics, bootstrap, *options)
     with log_file.open("wb") as log:
         process = subprocess.Popen(
             command, cwd=PROJECT_ROOT, stdout=log, stderr=subprocess.STDOUT, env=dict(os.environ)

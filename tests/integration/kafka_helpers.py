@@ -7,7 +7,6 @@ import os
 import signal
 import socket
 import subprocess
-import sys
 import time
 import urllib.request
 from collections.abc import Iterable, Sequence
@@ -19,6 +18,7 @@ from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer, TopicPartition
 from kafka.admin import NewTopic
 from kafka.consumer.fetcher import ConsumerRecord
 
+from jobs.stream import process as stream_job
 from shared.settings import PROJECT_ROOT
 
 PARTITIONS = 3
@@ -112,26 +112,12 @@ class ProcessorProcess:
     ) -> None:
         self.metrics_port = free_port()
         self.log_file = log_dir / f"processor-{worker}-{time.monotonic_ns()}.log"
-        command = [
-            sys.executable,
-            "-m",
-            "jobs.stream.process",
-            "--model",
+        command = stream_job.command(
             str(model),
-            "--input-topic",
-            topics.input,
-            "--output-topic",
-            topics.output,
-            "--dlq-topic",
-            topics.dlq,
-            "--bootstrap",
+            (topics.input, topics.output, topics.dlq),
             bootstrap,
-            "--worker",
-            worker,
-            "--metrics-port",
-            str(self.metrics_port),
-            *extra,
-        ]
+            *("--worker", worker, "--metrics-port", str(self.metrics_port), *extra),
+        )
         self._log = self.log_file.open("wb")
         self.process = subprocess.Popen(
             command,
