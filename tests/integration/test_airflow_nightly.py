@@ -113,7 +113,7 @@ print(json.dumps({
     assert result.returncode == 0, result.stderr[-3000:]
     bag = json.loads(result.stdout.strip().splitlines()[-1])
     assert bag["import_errors"] == {}
-    assert DAG_ID in bag["dags"]
+    assert {DAG_ID, "model_rollout"} <= set(bag["dags"])
     for dag_id, dag in bag["dags"].items():
         assert dag["tags"], f"{dag_id} has no tags"
         assert dag["doc_md"], f"{dag_id} has no doc_md"
