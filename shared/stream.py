@@ -38,7 +38,7 @@ from kafka.structs import OffsetAndMetadata
 
 from shared.artifact import Artifact, Scorer, load_artifact
 from shared.errors import StreamError
-from shared.events import Refused, decode, encode_prediction
+from shared.events import Refused, decode, encode_prediction, iso_millis
 from shared.metrics import StreamMetrics, serve
 
 __all__ = ["LiveModel", "Processor", "StreamConfig"]
@@ -288,6 +288,9 @@ class Processor:
             enable_idempotence=True,
             acks="all",
             linger_ms=2,
+            # A transaction that begins right after the last commit can meet the
+            # coordinator still writing markers; retry that soon, not after 100 ms.
+            retry_backoff_ms=20,
             batch_size=256 * 1024,
             max_request_size=max(1_048_576, 2 * config.max_message_bytes),
         )
@@ -405,7 +408,7 @@ class Processor:
             (H_MODEL_NAME, model.name.encode()),
             (H_MODEL_VERSION, model.version.encode()),
         ]
-        scored_ms = time.time_ns() // 1_000_000
+        scored_time = iso_millis(time.time_ns() // 1_000_000)
         messages: list[Message] = []
         dead: list[str] = []
         for index, record in enumerate(records):
@@ -421,8 +424,8 @@ class Processor:
                 scores[row],
                 labels[row],
                 identity,
-                record.timestamp,
-                scored_ms,
+                iso_millis(record.timestamp),
+                scored_time,
             )
             messages.append((config.output_topic, record.key, value, version_headers))
         return messages, dead

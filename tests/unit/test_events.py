@@ -82,7 +82,7 @@ def test_nan_and_infinity_tokens_reach_the_contract_check() -> None:
 def test_predictions_round_trip_floats_exactly() -> None:
     score = 0.1 + 0.2
     value = encode_prediction(
-        "id", "k", score, 1, ("fraud", "3"), 1_700_000_000_123, 1_700_000_000_456
+        "id", "k", score, 1, ("fraud", "3"), iso_millis(1_700_000_000_123), "later"
     )
     parsed = orjson.loads(value)
     assert parsed["score"] == score
