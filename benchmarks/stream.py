@@ -25,7 +25,6 @@ import sys
 import tempfile
 import threading
 import time
-import urllib.request
 from collections.abc import Sequence
 from datetime import date
 from pathlib import Path
@@ -34,11 +33,13 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer, TopicPartition  # noqa: E402
-from kafka.admin import NewTopic  # noqa: E402
+from kafka import KafkaProducer  # noqa: E402
 from kafka.consumer.fetcher import ConsumerRecord  # noqa: E402
 
 from jobs.stream import process as stream_job  # noqa: E402
+from shared import topics as topics_io  # noqa: E402
+from shared.kafka_broker import free_port  # noqa: E402
+from shared.metrics import fetch_health  # noqa: E402
 
 PARTITIONS = 3
 MODES = ("pass-through", "model")
@@ -163,15 +164,11 @@ class Run:
         self.runs += 1
         base = f"{self.mode}-{self.guarantee}-{self.runs}"
         names = (f"{base}.in", f"{base}.out", f"{base}.dlq")
-        admin = KafkaAdminClient(bootstrap_servers=self.bootstrap)
-        try:
-            admin.create_topics([NewTopic(n, PARTITIONS, 1) for n in names])
-        finally:
-            admin.close()
+        topics_io.create(self.bootstrap, names, PARTITIONS)
         return names
 
     def _start(self, topics: tuple[str, str, str]) -> tuple[subprocess.Popen[bytes], int]:
-        port = _free_port()
+        port = free_port()
         options = [
             "--group",
             f"bench-{topics[0]}",
@@ -196,7 +193,7 @@ class Run:
 
     def throughput(self, events: list[tuple[bytes, bytes]]) -> float:
         topics = self._topics()
-        _produce(self.bootstrap, topics[0], events)
+        topics_io.produce(self.bootstrap, topics[0], events, linger_ms=20, batch_size=256 * 1024)
         process, port = self._start(topics)
         try:
             first = None
@@ -250,14 +247,7 @@ class Run:
 
 
 def _read(bootstrap: str, topic: str, arrived: dict[bytes, float], stop: threading.Event) -> None:
-    consumer = KafkaConsumer(
-        bootstrap_servers=bootstrap,
-        isolation_level="read_committed",
-        enable_auto_commit=False,
-        fetch_max_wait_ms=5,
-    )
-    consumer.assign([TopicPartition(topic, p) for p in range(PARTITIONS)])
-    consumer.seek_to_beginning()
+    consumer = topics_io.reader(bootstrap, topic, PARTITIONS, fetch_max_wait_ms=5)
     while not stop.is_set():
         for records in consumer.poll(timeout_ms=50).values():
             now = time.perf_counter()
@@ -266,19 +256,10 @@ def _read(bootstrap: str, topic: str, arrived: dict[bytes, float], stop: threadi
     consumer.close()
 
 
-def _produce(bootstrap: str, topic: str, events: list[tuple[bytes, bytes]]) -> None:
-    producer = KafkaProducer(bootstrap_servers=bootstrap, linger_ms=20, batch_size=256 * 1024)
-    for key, value in events:
-        producer.send(topic, key=key, value=value)
-    producer.flush()
-    producer.close()
-
-
 def _health(port: int) -> dict[str, Any] | None:
     try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2) as response:
-            return dict(json.load(response))
-    except OSError:
+        return fetch_health(f"http://127.0.0.1:{port}/health")
+    except (OSError, ValueError):
         return None
 
 
@@ -296,14 +277,6 @@ def _stop(process: subprocess.Popen[bytes]) -> None:
         process.wait(30)
     except subprocess.TimeoutExpired:
         process.kill()
-
-
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def _percentile(values: list[float], q: float) -> float:

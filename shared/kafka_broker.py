@@ -47,6 +47,7 @@ __all__ = [
     "DEFAULT_JARS_DIR",
     "HOST",
     "Broker",
+    "free_port",
     "is_running",
     "restart",
     "server_properties",
@@ -211,11 +212,11 @@ def start(
     if state is None:
         state = {
             "cluster_id": _cluster_id(),
-            "port": port if port is not None else _free_port(),
+            "port": port if port is not None else free_port(),
             "controller_port": controller_port if controller_port is not None else 0,
         }
         if not state["controller_port"]:
-            state["controller_port"] = _free_port(exclude={int(state["port"])})
+            state["controller_port"] = free_port(exclude={int(state["port"])})
         _save_state(state_dir, state)
     else:
         _check_ports(
@@ -373,7 +374,8 @@ def _cluster_id() -> str:
             return cid
 
 
-def _free_port(exclude: set[int] | None = None) -> int:
+def free_port(exclude: set[int] | None = None) -> int:
+    """A port nobody listens on at 127.0.0.1 now (not one of ``exclude``)."""
     while True:
         with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
             s.bind((HOST, 0))

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import threading
+import urllib.request
 from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
@@ -17,7 +18,7 @@ from typing import Any
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
-__all__ = ["StreamMetrics", "serve"]
+__all__ = ["StreamMetrics", "fetch_health", "serve"]
 
 # Seconds; micro-batches take milliseconds, a stalled broker takes seconds.
 _LATENCY_BUCKETS = (
@@ -124,3 +125,9 @@ def serve(
     server.daemon_threads = True
     threading.Thread(target=server.serve_forever, name="metrics-http", daemon=True).start()
     return server
+
+
+def fetch_health(url: str, timeout: float = 2) -> dict[str, Any]:
+    """A processor's ``/health`` document; raises OSError (503 while starting) or ValueError."""
+    with urllib.request.urlopen(url, timeout=timeout) as response:
+        return dict(json.load(response))

@@ -13,21 +13,21 @@ from __future__ import annotations
 import json
 import threading
 import time
-import urllib.request
 from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
 import pyarrow as pa
-from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer, TopicPartition
-from kafka.admin import NewTopic
+from kafka import KafkaAdminClient
 from pyspark.sql import DataFrame, SparkSession
 
 from shared.artifact import Artifact, load_artifact
 from shared.batch import REASON, check_schema, read_source, rows_for_date, score_frame
 from shared.errors import GateFailedError, ModelNotFoundError
 from shared.events import to_events
+from shared.metrics import fetch_health
 from shared.stream import Processor, StreamConfig
+from shared.topics import create, produce, reader
 
 __all__ = ["METRICS", "parity", "quality_gate", "wait_for_version"]
 
@@ -190,8 +190,7 @@ def _stream_scores(
     """Run a processor in this process on fresh topics and collect what it scores."""
     stamp = f"{artifact.name}-{artifact.version}-{time.time_ns()}"
     topics = (f"parity.{stamp}.in", f"parity.{stamp}.out", f"parity.{stamp}.dlq")
-    admin = KafkaAdminClient(bootstrap_servers=bootstrap)
-    admin.create_topics([NewTopic(t, 1, 1) for t in topics])
+    create(bootstrap, topics, partitions=1)
     processor = Processor(
         StreamConfig(uri, *topics, bootstrap=bootstrap, group=f"parity.{stamp}", worker=stamp)
     )
@@ -211,18 +210,8 @@ def _stream_scores(
         while processor.status != "ok" and not errors and time.monotonic() < deadline:
             time.sleep(0.1)
         contract = artifact.contract
-        producer = KafkaProducer(bootstrap_servers=bootstrap, linger_ms=5)
-        for k, v in to_events(table, contract.key, contract.feature_names):
-            producer.send(topics[0], key=k, value=v)
-        producer.flush()
-        producer.close()
-        consumer = KafkaConsumer(
-            bootstrap_servers=bootstrap,
-            isolation_level="read_committed",
-            enable_auto_commit=False,
-        )
-        consumer.assign([TopicPartition(topics[1], 0)])
-        consumer.seek_to_beginning()
+        produce(bootstrap, topics[0], to_events(table, contract.key, contract.feature_names))
+        consumer = reader(bootstrap, topics[1], partitions=1)
         while len(scores) < expected and not errors and time.monotonic() < deadline:
             for records in consumer.poll(timeout_ms=200).values():
                 for record in records:
@@ -232,6 +221,7 @@ def _stream_scores(
     finally:
         processor.stop()
         thread.join(60)
+        admin = KafkaAdminClient(bootstrap_servers=bootstrap)
         admin.delete_topics(list(topics))
         admin.close()
     if errors:
@@ -261,8 +251,7 @@ def wait_for_version(
 
 def _reported(url: str) -> str:
     try:
-        with urllib.request.urlopen(url, timeout=5) as response:
-            health = json.load(response)
+        health = fetch_health(url, timeout=5)
     except (OSError, ValueError) as exc:
         return f"unreachable ({exc})"
     return f"{health.get('model_name')} v{health.get('model_version')}"

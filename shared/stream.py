@@ -160,7 +160,6 @@ class Processor:
         self.metrics = StreamMetrics()
         self.model: LiveModel | None = None
         self.status = "starting"
-        self.metrics_address: tuple[str, int] | None = None
         self._stop = threading.Event()
         self._revoked: set[TopicPartition] = set()
         self._assigned: set[TopicPartition] = set()
@@ -227,9 +226,7 @@ class Processor:
         server = serve(
             self.metrics, self.health, self.config.metrics_host, self.config.metrics_port
         )
-        host, port = server.server_address[:2]
-        self.metrics_address = (str(host), int(port))
-        log.info("metrics and health on http://%s:%d/", host, port)
+        log.info("metrics and health on http://%s:%d/", *server.server_address[:2])
         try:
             yield
         finally:

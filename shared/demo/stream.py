@@ -13,22 +13,21 @@ import os
 import signal
 import subprocess
 import time
-import urllib.request
 from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
-from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer, TopicPartition
-from kafka.admin import NewTopic
 from rich.console import Console
 from rich.live import Live
 from rich.table import Table
 
 from jobs.stream import process as stream_job
 from shared import kafka_broker
+from shared import topics as topics_io
 from shared.demo.data import KEY
 from shared.errors import StreamError
 from shared.events import to_events
+from shared.metrics import fetch_health
 from shared.settings import PROJECT_ROOT, Settings
 
 __all__ = ["run_stream_demo"]
@@ -56,7 +55,7 @@ def run_stream_demo(
     )
     run = time.strftime("%Y%m%d-%H%M%S")
     topics = (f"demo-{run}.transactions", f"demo-{run}.fraud_scores", f"demo-{run}.dlq")
-    _create_topics(broker.bootstrap, topics)
+    topics_io.create(broker.bootstrap, topics, PARTITIONS)
     log_file = settings.home.resolve() / "demo" / f"processor-{run}.log"
     log_file.parent.mkdir(parents=True, exist_ok=True)
     processor, port = _start_processor(broker.bootstrap, model_uri, topics, log_file)
@@ -67,7 +66,8 @@ def run_stream_demo(
             f"v{health['model_version']} (health: http://127.0.0.1:{port}/health)"
         )
         events = list(to_events(rows, KEY, feature_names))
-        _produce(broker.bootstrap, topics[0], events)
+        # A steady stream rather than one burst, to watch it arrive.
+        topics_io.produce(broker.bootstrap, topics[0], events, pace=0.02)
         console.print(f"[green]✓[/] Produced {len(events):,} transaction events to {topics[0]}")
         stream_scores = _watch(console, broker.bootstrap, topics[1], len(batch_scores))
         dead = _count(broker.bootstrap, topics[2])
@@ -102,22 +102,10 @@ def run_stream_demo(
     return {"stream_scored": len(stream_scores), "dead_letters": dead, "identical": same}
 
 
-def _create_topics(bootstrap: str, topics: tuple[str, ...]) -> None:
-    admin = KafkaAdminClient(bootstrap_servers=bootstrap)
-    try:
-        admin.create_topics([NewTopic(t, PARTITIONS, 1) for t in topics])
-    finally:
-        admin.close()
-
-
 def _start_processor(
     bootstrap: str, model_uri: str, topics: tuple[str, ...], log_file: Path
 ) -> tuple[subprocess.Popen[bytes], int]:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = int(s.getsockname()[1])
+    port = kafka_broker.free_port()
     options = ("--group", f"demo-{topics[0]}", "--metrics-port", str(port))
     command = stream_job.command(model_uri, topics, bootstrap, *options)
     with log_file.open("wb") as log:
@@ -133,8 +121,7 @@ def _wait_ready(process: subprocess.Popen[bytes], port: int, log_file: Path) -> 
         if process.poll() is not None:
             raise StreamError(f"the processor exited with {process.returncode}; see {log_file}")
         try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2) as r:
-                health = dict(json.load(r))
+            health = fetch_health(f"http://127.0.0.1:{port}/health")
             if health["status"] == "ok" and health["assigned"]:
                 return health
         except OSError:
@@ -143,28 +130,9 @@ def _wait_ready(process: subprocess.Popen[bytes], port: int, log_file: Path) -> 
     raise StreamError(f"the processor did not become ready; see {log_file}")
 
 
-def _produce(bootstrap: str, topic: str, events: list[tuple[bytes, bytes]]) -> None:
-    producer = KafkaProducer(bootstrap_servers=bootstrap, linger_ms=5)
-    for i, (key, value) in enumerate(events):
-        producer.send(topic, key=key, value=value)
-        if i % 100 == 99:
-            time.sleep(0.02)  # a steady stream rather than one burst, to watch it arrive
-    producer.flush()
-    producer.close()
-
-
-def _consumer(bootstrap: str, topic: str) -> KafkaConsumer:
-    consumer = KafkaConsumer(
-        bootstrap_servers=bootstrap, isolation_level="read_committed", enable_auto_commit=False
-    )
-    consumer.assign([TopicPartition(topic, p) for p in range(PARTITIONS)])
-    consumer.seek_to_beginning()
-    return consumer
-
-
 def _watch(console: Console, bootstrap: str, topic: str, expected: int) -> dict[str, float]:
     """Read predictions as they are committed, showing the latest ones live."""
-    consumer = _consumer(bootstrap, topic)
+    consumer = topics_io.reader(bootstrap, topic, PARTITIONS)
     scores: dict[str, float] = {}
     latest: list[dict[str, Any]] = []
     deadline = time.monotonic() + 120
@@ -198,7 +166,7 @@ def _live_table(latest: list[dict[str, Any]], done: int, expected: int) -> Table
 
 
 def _count(bootstrap: str, topic: str) -> int:
-    consumer = _consumer(bootstrap, topic)
+    consumer = topics_io.reader(bootstrap, topic, PARTITIONS)
     n, idle = 0, 0
     while idle < 3:
         polled = consumer.poll(timeout_ms=300)

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import time
 import urllib.request
@@ -14,11 +13,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer, TopicPartition
-from kafka.admin import NewTopic
 from kafka.consumer.fetcher import ConsumerRecord
 
 from jobs.stream import process as stream_job
+from shared import topics as shared_topics
+from shared.kafka_broker import free_port
+from shared.metrics import fetch_health
 from shared.settings import PROJECT_ROOT
 
 PARTITIONS = 3
@@ -32,27 +32,11 @@ class Topics:
 
 
 def create_topics(bootstrap: str, topics: Topics, partitions: int = PARTITIONS) -> None:
-    admin = KafkaAdminClient(bootstrap_servers=bootstrap)
-    try:
-        admin.create_topics(
-            [
-                NewTopic(name, num_partitions=partitions, replication_factor=1)
-                for name in (topics.input, topics.output, topics.dlq)
-            ]
-        )
-    finally:
-        admin.close()
+    shared_topics.create(bootstrap, (topics.input, topics.output, topics.dlq), partitions)
 
 
 def produce(bootstrap: str, topic: str, events: Iterable[tuple[bytes | None, bytes | None]]) -> int:
-    producer = KafkaProducer(bootstrap_servers=bootstrap, linger_ms=5, retries=10)
-    n = 0
-    for key, value in events:
-        producer.send(topic, key=key, value=value)
-        n += 1
-    producer.flush()
-    producer.close()
-    return n
+    return shared_topics.produce(bootstrap, topic, events, retries=10)
 
 
 def read_all(
@@ -68,15 +52,8 @@ def read_all(
     After the count is reached, keeps reading for ``settle`` seconds so that duplicates
     beyond the expected count would be seen.
     """
-    consumer = KafkaConsumer(
-        bootstrap_servers=bootstrap,
-        isolation_level="read_committed",
-        enable_auto_commit=False,
-        auto_offset_reset="earliest",
-    )
+    consumer = shared_topics.reader(bootstrap, topic, partitions)
     try:
-        consumer.assign([TopicPartition(topic, p) for p in range(partitions)])
-        consumer.seek_to_beginning()
         records: list[ConsumerRecord] = []
         deadline = time.monotonic() + timeout
         while len(records) < expected and time.monotonic() < deadline:
@@ -89,12 +66,6 @@ def read_all(
         return records
     finally:
         consumer.close()
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 class ProcessorProcess:
@@ -128,11 +99,9 @@ class ProcessorProcess:
         )
 
     def health(self) -> dict[str, Any] | None:
-        url = f"http://127.0.0.1:{self.metrics_port}/health"
         try:
-            with urllib.request.urlopen(url, timeout=2) as response:
-                return dict(json.load(response))
-        except OSError:
+            return fetch_health(f"http://127.0.0.1:{self.metrics_port}/health")
+        except (OSError, ValueError):
             return None
 
     def metrics(self) -> str:

@@ -16,11 +16,11 @@ import pytest
 
 from shared import registry
 from shared.demo.train import TrainedModel
-from shared.kafka_broker import Broker
+from shared.kafka_broker import Broker, free_port
 from shared.packaging import package
 from tests.integration.airflow_helpers import Airflow
 from tests.integration.conftest import DAYS
-from tests.integration.kafka_helpers import ProcessorProcess, Topics, create_topics, free_port
+from tests.integration.kafka_helpers import ProcessorProcess, Topics, create_topics
 
 pytestmark = pytest.mark.integration
 

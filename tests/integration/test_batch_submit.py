@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -15,6 +14,7 @@ from pathlib import Path
 
 import pytest
 
+from shared.kafka_broker import free_port
 from shared.settings import PROJECT_ROOT
 from shared.spark import submit_command
 from tests.integration.conftest import DAYS, ROWS_PER_DAY, job_args
@@ -74,12 +74,6 @@ def test_spark_submit_without_the_jars_says_how_to_launch(
     assert not (lake / "scores").exists()
 
 
-def _free_port() -> str:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return str(probe.getsockname()[1])
-
-
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     state = tmp_path_factory.mktemp("spark-cluster")
@@ -87,9 +81,9 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         **os.environ,
         "PYTHON": sys.executable,
         "SPARK_STATE_DIR": str(state),
-        "SPARK_MASTER_PORT": _free_port(),
-        "SPARK_MASTER_WEBUI_PORT": _free_port(),
-        "SPARK_WORKER_WEBUI_PORT": _free_port(),
+        "SPARK_MASTER_PORT": str(free_port()),
+        "SPARK_MASTER_WEBUI_PORT": str(free_port()),
+        "SPARK_WORKER_WEBUI_PORT": str(free_port()),
         "SPARK_WORKER_MEMORY": "2g",
     }
     started = subprocess.run(

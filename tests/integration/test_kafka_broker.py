@@ -10,10 +10,10 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer, TopicPartition
+from kafka import KafkaAdminClient, KafkaProducer
 from kafka.admin import NewTopic
 
-from shared import kafka_broker
+from shared import kafka_broker, topics
 from shared.errors import BrokerError
 
 pytestmark = pytest.mark.integration
@@ -55,15 +55,8 @@ def _produce_transactionally(bootstrap: str) -> None:
 
 
 def _consume_all(bootstrap: str, expected: int, timeout: float = 20) -> list[bytes]:
-    consumer = KafkaConsumer(
-        bootstrap_servers=bootstrap,
-        isolation_level="read_committed",
-        auto_offset_reset="earliest",
-        enable_auto_commit=False,
-    )
+    consumer = topics.reader(bootstrap, TOPIC, PARTITIONS)
     try:
-        consumer.assign([TopicPartition(TOPIC, p) for p in range(PARTITIONS)])
-        consumer.seek_to_beginning()
         values: list[bytes] = []
         deadline = time.monotonic() + timeout
         while len(values) < expected and time.monotonic() < deadline:

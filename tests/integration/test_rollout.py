@@ -12,11 +12,11 @@ from shared import registry
 from shared.demo.data import LABEL
 from shared.demo.train import TrainedModel
 from shared.errors import GateFailedError, SchemaMismatchError
-from shared.kafka_broker import Broker
+from shared.kafka_broker import Broker, free_port
 from shared.packaging import package
 from shared.rollout import parity, quality_gate, wait_for_version
 from tests.integration.conftest import DAYS
-from tests.integration.kafka_helpers import ProcessorProcess, Topics, free_port
+from tests.integration.kafka_helpers import ProcessorProcess, Topics
 
 pytestmark = pytest.mark.integration
 
