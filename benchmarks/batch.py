@@ -54,15 +54,14 @@ def main() -> None:
     import pyarrow.dataset as ds
     from mlflow.models import infer_signature
     from pyspark.sql import functions as F
-
-    from shared import registry
-    from shared.artifact import load_artifact
-    from shared.batch import BatchJob, run
-    from shared.demo.data import FEATURES, KEY
-    from shared.demo.run import START, write_demo_table
-    from shared.demo.train import train
-    from shared.packaging import package
-    from shared.spark import build_session
+    from scoring.batch.job import BatchJob, run
+    from scoring.batch.spark import build_session
+    from scoring.dev.demo.data import FEATURES, KEY
+    from scoring.dev.demo.run import START, write_demo_table
+    from scoring.dev.demo.train import train
+    from scoring.lifecycle import registry
+    from scoring.lifecycle.packaging import package
+    from scoring.model.artifact import load_artifact
 
     spark = build_session("scoring-bench", master=args.master)
     source = str(work / "transactions")

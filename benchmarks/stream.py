@@ -6,7 +6,7 @@ run, against one local broker started for the purpose, for each delivery guarant
 (a) a pass-through worker: the processor's own loop, consumer, producer, transactions and
     commits, with the scoring step replaced by copying each event to the output topic
     (the ceiling this client stack allows);
-(b) the processor with the demo model (``python -m jobs.stream.process``).
+(b) the processor with the demo model (``python -m scoring.stream.main``).
 
 Throughput: ``--events`` events are loaded into the input topic first, then a worker is
 started and timed from its first committed batch to its last (events/s at saturation).
@@ -35,11 +35,10 @@ sys.path.insert(0, str(ROOT))
 
 from kafka import KafkaProducer  # noqa: E402
 from kafka.consumer.fetcher import ConsumerRecord  # noqa: E402
-
-from jobs.stream import process as stream_job  # noqa: E402
-from shared import topics as topics_io  # noqa: E402
-from shared.kafka_broker import free_port  # noqa: E402
-from shared.metrics import fetch_health  # noqa: E402
+from scoring.dev.kafka_broker import free_port  # noqa: E402
+from scoring.stream import main as stream_job  # noqa: E402
+from scoring.stream import topics as topics_io  # noqa: E402
+from scoring.stream.metrics import fetch_health  # noqa: E402
 
 PARTITIONS = 3
 MODES = ("pass-through", "model")
@@ -62,7 +61,7 @@ def main(argv: Sequence[str] | None = None) -> None:
 
 def _pass_through_worker(argv: list[str]) -> int:
     """The processor with its scoring step replaced by a copy: same loop, same clients."""
-    from shared.stream import Message, Processor
+    from scoring.stream.processor import Message, Processor
 
     class PassThrough(Processor):
         def route(self, records: list[ConsumerRecord]) -> tuple[list[Message], list[str]]:
@@ -77,12 +76,11 @@ def _pass_through_worker(argv: list[str]) -> int:
 def _benchmark(args: argparse.Namespace) -> None:
     from rich.console import Console
     from rich.table import Table
-
-    from shared import kafka_broker
-    from shared.demo.data import KEY, generate_day
-    from shared.demo.train import train
-    from shared.events import to_events
-    from shared.packaging import build, write_artifact
+    from scoring.dev import kafka_broker
+    from scoring.dev.demo.data import KEY, generate_day
+    from scoring.dev.demo.train import train
+    from scoring.lifecycle.packaging import build, write_artifact
+    from scoring.stream.events import to_events
 
     console = Console()
     work = Path(tempfile.mkdtemp(prefix="scoring-stream-bench-"))

@@ -7,10 +7,9 @@ from pathlib import Path
 
 import pyarrow as pa
 import pytest
-
-from shared.demo.data import generate_day
-from shared.demo.train import TrainedModel, train
-from shared.packaging import build, write_artifact
+from scoring.dev.demo.data import generate_day
+from scoring.dev.demo.train import TrainedModel, train
+from scoring.lifecycle.packaging import build, write_artifact
 
 DAY = date(2026, 11, 1)
 

@@ -14,14 +14,14 @@ import numpy as np
 import pyarrow as pa
 import pytest
 from pyspark.sql import SparkSession
+from scoring.batch.spark import build_session
+from scoring.dev import kafka_broker
+from scoring.dev.demo.data import LABEL, generate_day
+from scoring.dev.demo.run import write_demo_table
+from scoring.dev.demo.train import TrainedModel, train
+from scoring.dev.kafka_broker import Broker
 
-from shared import kafka_broker
-from shared.demo.data import LABEL, generate_day
-from shared.demo.run import write_demo_table
-from shared.demo.train import TrainedModel, train
-from shared.kafka_broker import Broker
-from shared.spark import build_session
-from tests.integration.airflow_helpers import Airflow, airflow_in
+from tests.integration.airflow.airflow_helpers import Airflow, airflow_in
 from tests.integration.kafka_helpers import Topics, create_topics
 
 START = date(2026, 11, 1)

@@ -14,12 +14,11 @@ from pathlib import Path
 from typing import Any
 
 from kafka.consumer.fetcher import ConsumerRecord
-
-from jobs.stream import process as stream_job
-from shared import topics as shared_topics
-from shared.kafka_broker import free_port
-from shared.metrics import fetch_health
-from shared.settings import PROJECT_ROOT
+from scoring.dev.kafka_broker import free_port
+from scoring.settings import PROJECT_ROOT
+from scoring.stream import main as stream_job
+from scoring.stream import topics as shared_topics
+from scoring.stream.metrics import fetch_health
 
 PARTITIONS = 3
 

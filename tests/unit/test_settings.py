@@ -5,9 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-
-from shared.errors import ConfigError
-from shared.settings import load
+from scoring.errors import ConfigError
+from scoring.settings import load
 
 
 def test_precedence(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -1,1 +1,0 @@
-"""Entry points: thin wrappers that parse arguments and call :mod:`shared`."""

@@ -1,1 +1,0 @@
-"""spark-submit entry points for nightly batch scoring."""

@@ -1,1 +1,0 @@
-"""The Kafka stream processor (faust-streaming) that scores events with the same artifact."""

@@ -1,0 +1,98 @@
+"""Score a Delta table with a registered model, in place, on any Spark master.
+
+Run it with spark-submit (the jars and Delta settings come from scoring.batch.spark;
+``scoring batch submit`` adds them)::
+
+    spark-submit jobs/batch/score.py --model models:/fraud@champion \
+        --source /lake/transactions --target /lake/fraud_scores --date 2026-11-20
+
+or through the CLI with the same options: ``scoring batch run ...``. The last line
+printed is a JSON summary (rows read/scored/rejected, versions, seconds, rows/s), also
+written to ``--summary-file`` when given (a scheduler reads it from there: spark-submit's
+own output is a log). Exit codes: 0 ok, 2 bad arguments or settings, 3 source/schema
+problem, 1 other failures.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from collections.abc import Sequence
+from datetime import date
+from pathlib import Path
+from typing import Any
+
+from scoring.batch.job import BatchJob, run
+from scoring.batch.spark import build_session
+from scoring.errors import ScoringError
+
+log = logging.getLogger(__name__)
+
+
+def _date(text: str) -> str:
+    try:
+        return date.fromisoformat(text).isoformat()
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a date like 2026-11-20") from exc
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="score", description=__doc__.splitlines()[0])
+    parser.add_argument(
+        "--model", required=True, help="models:/NAME@ALIAS, models:/NAME/VERSION or a local folder"
+    )
+    parser.add_argument("--source", required=True, help="Delta table path or catalog name")
+    parser.add_argument("--target", required=True, help="Delta table for predictions")
+    parser.add_argument("--rejects", help="Delta table for refused rows (default TARGET_rejects)")
+    parser.add_argument("--date", type=_date, help="score only this date (YYYY-MM-DD)")
+    parser.add_argument("--date-column", default="ds", help="the source's date column")
+    parser.add_argument("--master", help="Spark master when not launched by spark-submit")
+    parser.add_argument("--run-id", help="lineage id recorded on every row (default: random)")
+    parser.add_argument(
+        "--summary-file", type=Path, help="also write the JSON summary to this file"
+    )
+    return parser.parse_args(argv)
+
+
+def _emit(summary: dict[str, Any], path: Path | None) -> None:
+    line = json.dumps(summary)
+    if path is not None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(line + "\n")
+    print(line)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    # Logs go to stderr: stdout carries only the JSON summary, read by Airflow.
+    logging.basicConfig(
+        level=logging.INFO,
+        stream=sys.stderr,
+        format="%(asctime)s %(levelname)s %(name)s %(message)s",
+    )
+    logging.getLogger("py4j").setLevel(logging.WARNING)
+    job = BatchJob(
+        model=args.model,
+        source=args.source,
+        target=args.target,
+        rejects=args.rejects,
+        date=args.date,
+        date_column=args.date_column,
+        **({"run_id": args.run_id} if args.run_id else {}),
+    )
+    try:
+        spark = build_session("scoring-batch", master=args.master)
+        summary = run(spark, job)
+    except ScoringError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        failed = {"status": "failed", "error": type(exc).__name__, "message": str(exc)}
+        _emit(failed, args.summary_file)
+        return exc.exit_code
+    _emit({"status": "ok", **summary}, args.summary_file)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,524 @@
+"""The ``scoring`` command line: model packaging and registry operations, batch runs, demo."""
+
+from __future__ import annotations
+
+import functools
+import json
+import logging
+import os
+from collections.abc import Callable
+from pathlib import Path
+from typing import Annotated, Any, TypeVar
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from scoring.errors import ModelNotFoundError, ScoringError
+
+__all__ = ["app"]
+
+app = typer.Typer(
+    help="Score one ONNX model artifact on Spark + Delta and on Kafka.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+)
+model_app = typer.Typer(
+    help="Package, list, promote and roll back model versions.", no_args_is_help=True
+)
+batch_app = typer.Typer(help="Nightly batch scoring on Spark + Delta.", no_args_is_help=True)
+dev_app = typer.Typer(
+    help="Local services for development: a Kafka broker on loopback.", no_args_is_help=True
+)
+app.add_typer(model_app, name="model")
+app.add_typer(batch_app, name="batch")
+stream_app = typer.Typer(help="Real-time scoring of a Kafka topic.", no_args_is_help=True)
+app.add_typer(stream_app, name="stream")
+app.add_typer(dev_app, name="dev")
+
+# Commands that hand every argument, --help included, to a job's own parser.
+_FORWARD_ALL = {"allow_extra_args": True, "ignore_unknown_options": True, "help_option_names": []}
+
+console = Console()
+errors = Console(stderr=True)
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def _user_errors(func: F) -> F:
+    """Turn a ScoringError into its message and exit code instead of a traceback."""
+
+    @functools.wraps(func)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return func(*args, **kwargs)
+        except ScoringError as exc:
+            errors.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
+            raise typer.Exit(exc.exit_code) from exc
+
+    return wrapper  # type: ignore[return-value]
+
+
+@app.callback()
+def main(verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False) -> None:
+    level = logging.INFO if verbose else logging.WARNING
+    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    # mlflow sets its own level when it is (lazily) imported and logs migrations at INFO.
+    os.environ.setdefault("MLFLOW_LOGGING_LEVEL", logging.getLevelName(level))
+
+
+@model_app.command("package")
+@_user_errors
+def package(
+    path: Annotated[
+        Path,
+        typer.Argument(
+            exists=True,
+            dir_okay=False,
+            help=".onnx, scikit-learn (.joblib/.skops), LightGBM (.txt) or XGBoost (.json/.ubj)",
+        ),
+    ],
+    name: Annotated[str, typer.Option(help="registered model name")],
+    sample: Annotated[
+        Path | None,
+        typer.Option(exists=True, dir_okay=False, help="parquet rows to check the conversion"),
+    ] = None,
+    features: Annotated[str | None, typer.Option(help="comma-separated feature names")] = None,
+    key: Annotated[str | None, typer.Option(help="the key column")] = None,
+    contract: Annotated[
+        Path | None,
+        typer.Option(
+            exists=True,
+            dir_okay=False,
+            help="JSON partial contract: ranges, nullability, threshold, lineage",
+        ),
+    ] = None,
+    tolerance: Annotated[float, typer.Option(help="max |score difference| native vs ONNX")] = 1e-4,
+) -> None:
+    """Convert a trained model to ONNX, verify it, write its contract and register it."""
+    from scoring.lifecycle.packaging import package as do_package
+
+    names = [f.strip() for f in features.split(",") if f.strip()] if features else None
+    info = do_package(path, name, sample, names, key, contract, tolerance)
+    errors.print(
+        f"registered [bold]{info.name}[/] version [bold]{info.version}[/] "
+        f"(sha256 {info.sha256[:12]}…)"
+    )
+    print(info.version)
+
+
+@model_app.command("promote")
+@_user_errors
+def promote(
+    name: str, version: str, alias: Annotated[str, typer.Option(help="alias to move")] = "champion"
+) -> None:
+    """Point ALIAS at VERSION (the previous holder is remembered for rollback)."""
+    from scoring.lifecycle import registry
+
+    previous = registry.promote(name, version, alias)
+    console.print(f"{name}@{alias}: {previous or '-'} -> {version}")
+
+
+@model_app.command("rollback")
+@_user_errors
+def rollback(
+    name: str,
+    alias: Annotated[str, typer.Option(help="alias to move back")] = "champion",
+    if_version: Annotated[
+        str | None,
+        typer.Option(help="only if ALIAS is on this version (a failed rollout's candidate)"),
+    ] = None,
+) -> None:
+    """Point ALIAS back at the version that held it before the last promotion."""
+    from scoring.lifecycle import registry
+
+    if if_version is not None:
+        try:
+            current = registry.resolve(f"models:/{name}@{alias}").version
+        except ModelNotFoundError:
+            current = "no version"
+        if current != if_version:
+            console.print(f"{name}@{alias} is on {current}, not {if_version}: nothing rolled back")
+            return
+    version = registry.rollback(name, alias)
+    console.print(f"{name}@{alias} -> {version}")
+
+
+def _report(report: dict[str, Any]) -> None:
+    """Gate reports: readable on stderr, JSON as the last stdout line for schedulers."""
+    errors.print(report)
+    print(json.dumps(report, default=str))
+
+
+@model_app.command("validate")
+@_user_errors
+def validate(
+    name: str,
+    version: str,
+    source: Annotated[str, typer.Option(help="labelled Delta table (path or catalog name)")],
+    label: Annotated[str, typer.Option(help="the label column")],
+    date: Annotated[str | None, typer.Option(help="holdout date (default: all rows)")] = None,
+    date_column: Annotated[str, typer.Option(help="the source's date column")] = "ds",
+    metric: Annotated[str, typer.Option(help="auc or average_precision")] = "auc",
+    margin: Annotated[float, typer.Option(help="how far below the champion may pass")] = 0.0,
+) -> None:
+    """Gate a candidate: checksums, contract vs the source schema, metric vs the champion."""
+    from scoring.batch.spark import build_session
+    from scoring.lifecycle.rollout import quality_gate
+
+    spark = build_session("scoring-validate")
+    _report(quality_gate(spark, name, version, source, label, date, date_column, metric, margin))
+
+
+@model_app.command("parity")
+@_user_errors
+def parity(
+    name: str,
+    version: str,
+    source: Annotated[str, typer.Option(help="Delta table holding the golden rows")],
+    bootstrap: Annotated[
+        str | None, typer.Option(help="Kafka host:port (default KAFKA_BOOTSTRAP_SERVERS)")
+    ] = None,
+    date: Annotated[str | None, typer.Option(help="take the golden rows from this date")] = None,
+    date_column: Annotated[str, typer.Option(help="the source's date column")] = "ds",
+    rows: Annotated[int, typer.Option(help="golden rows (the first, by key)")] = 1000,
+) -> None:
+    """Score golden rows through Spark and through a stream processor; all must be equal."""
+    from scoring.batch.spark import build_session
+    from scoring.errors import ConfigError
+    from scoring.lifecycle.rollout import parity as run_parity
+    from scoring.settings import ENV, load
+
+    servers = load(kafka_bootstrap=bootstrap).kafka_bootstrap
+    if not servers:
+        raise ConfigError(f"no Kafka cluster: pass --bootstrap or set {ENV['kafka_bootstrap']}")
+    spark = build_session("scoring-parity")
+    _report(run_parity(spark, name, version, source, servers, date, date_column, rows))
+
+
+@model_app.command("list")
+@_user_errors
+def list_models(name: str) -> None:
+    """Versions of NAME with aliases, checksum, creation time and metrics."""
+    from scoring.lifecycle import registry
+
+    table = Table(title=f"model {name}")
+    for column in ("version", "aliases", "sha256", "created (UTC)", "metrics"):
+        table.add_column(column)
+    for info in registry.list_versions(name):
+        metrics = ", ".join(f"{k}={v:.4g}" for k, v in sorted(info.metrics.items()))
+        table.add_row(
+            info.version,
+            ", ".join(info.aliases),
+            (info.sha256 or "?")[:12],
+            info.created.strftime("%Y-%m-%d %H:%M:%S"),
+            metrics,
+        )
+    console.print(table)
+
+
+@batch_app.command(
+    "run",
+    context_settings=_FORWARD_ALL,
+    add_help_option=False,
+)
+def batch_run(ctx: typer.Context) -> None:
+    """Score a Delta table in this process; same options as spark-submit's job (see --help)."""
+    from scoring.batch.main import main as score_main
+
+    raise typer.Exit(score_main(ctx.args))
+
+
+@batch_app.command(
+    "submit",
+    context_settings={"allow_extra_args": True, "ignore_unknown_options": True},
+)
+@_user_errors
+def batch_submit(
+    ctx: typer.Context,
+    master: Annotated[str | None, typer.Option(help="Spark master (default: settings)")] = None,
+    dry_run: Annotated[bool, typer.Option(help="print the command instead of running it")] = False,
+) -> None:
+    """spark-submit the batch job with the jars and Delta settings; job options follow."""
+    import shlex
+    import subprocess
+
+    from scoring.batch.spark import submit_command
+    from scoring.entrypoints import batch_score
+
+    command = submit_command(Path(batch_score.__file__), ctx.args, master=master)
+    if dry_run:
+        print(shlex.join(command))
+        return
+    raise typer.Exit(subprocess.run(command, check=False).returncode)
+
+
+def _iso_date(text: str | None) -> str | None:
+    from datetime import date
+
+    if text is None:
+        return None
+    try:
+        return date.fromisoformat(text).isoformat()
+    except ValueError as exc:
+        raise typer.BadParameter(f"{text!r} is not a date like 2026-11-20") from exc
+
+
+# Options of the commands a scheduler runs around the batch job (has-data, check, report).
+Source = Annotated[str, typer.Option(help="source Delta table (path or URI)")]
+Predictions = Annotated[str, typer.Option(help="predictions Delta table (path or URI)")]
+Rejects = Annotated[
+    str | None, typer.Option(help="rejects Delta table (default PREDICTIONS_rejects)")
+]
+Day = Annotated[str, typer.Option(callback=_iso_date, help="the date (YYYY-MM-DD)")]
+DateColumn = Annotated[str, typer.Option(help="the tables' date column")]
+MaxRejectsRatio = Annotated[
+    float, typer.Option(min=0.0, max=1.0, help="highest share of refused rows")
+]
+MaxPsi = Annotated[float, typer.Option(min=0.0, help="highest score PSI against the reference")]
+PsiBins = Annotated[int, typer.Option(min=2, max=100, help="quantile bins of the PSI")]
+ReferenceDate = Annotated[
+    str | None,
+    typer.Option(
+        callback=_iso_date,
+        help="date whose scores are the drift reference (default: the newest earlier date "
+        "scored by the same model version)",
+    ),
+]
+LookbackDays = Annotated[
+    int, typer.Option(min=1, help="earlier dates searched for a default reference")
+]
+
+
+@batch_app.command("spark-conf")
+@_user_errors
+def batch_spark_conf(
+    output: Annotated[
+        Path | None, typer.Option(help="write to this file (printed) instead of stdout")
+    ] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="JSON instead of properties")] = False,
+) -> None:
+    """The Spark settings every scoring job needs (jars, Delta, Arrow, Python).
+
+    As a properties file for `spark-submit --properties-file` (what Airflow's
+    SparkSubmitOperator takes), or as JSON.
+    """
+    import json
+
+    from scoring.batch.spark import properties_text, session_conf
+    from scoring.settings import load
+
+    conf = session_conf(load())
+    text = json.dumps(conf, indent=2) + "\n" if as_json else properties_text(conf)
+    if output is None:
+        print(text, end="")
+        return
+    output.parent.mkdir(parents=True, exist_ok=True)
+    output.write_text(text)
+    print(output)
+
+
+@batch_app.command("has-data")
+@_user_errors
+def batch_has_data(source: Source, date: Day, date_column: DateColumn = "ds") -> None:
+    """Exit 0 if SOURCE has rows for DATE, 4 if not yet (a sensor's poke); prints the count.
+
+    Reads the Delta log and that date's files only: no Spark, no JVM.
+    """
+    import json
+
+    from scoring.batch import lake
+    from scoring.errors import NoDataError
+
+    rows = lake.count_rows(source, date, date_column)
+    if rows == 0:
+        raise NoDataError(source, f"for {date_column} = {date}")
+    print(json.dumps({"source": source, "date": date, "rows": rows}))
+
+
+def _checked(
+    source: str,
+    predictions: str,
+    rejects: str | None,
+    date: str,
+    date_column: str,
+    thresholds: Any,
+    reference_date: str | None,
+    lookback_days: int,
+) -> Any:
+    from scoring.batch.checks import run_checks
+    from scoring.batch.report import Tables, observe
+
+    tables = Tables(source, predictions, rejects, date_column)
+    observed = observe(tables, date, reference_date, lookback_days)
+    report = run_checks(observed, thresholds)
+    for check in report.checks:
+        style = {"passed": "green", "failed": "bold red", "skipped": "yellow"}[check.status]
+        errors.print(
+            f"[{style}]{check.status:>7}[/] {check.message}", highlight=False, soft_wrap=True
+        )
+    return tables, report
+
+
+@batch_app.command("check")
+@_user_errors
+def batch_check(
+    source: Source,
+    predictions: Predictions,
+    date: Day,
+    rejects: Rejects = None,
+    date_column: DateColumn = "ds",
+    max_rejects_ratio: MaxRejectsRatio = 0.05,
+    max_psi: MaxPsi = 0.2,
+    psi_bins: PsiBins = 10,
+    reference_date: ReferenceDate = None,
+    lookback_days: LookbackDays = 7,
+) -> None:
+    """Check one date of a batch run's output; exit 5 naming each failed check.
+
+    Predictions + rejects must equal the source rows of the date (at the source version
+    the run recorded), the rejects ratio must be at most --max-rejects-ratio, and the
+    scores' PSI against the reference at most --max-psi. Prints the results as JSON.
+    """
+    import json
+
+    from scoring.batch.checks import Thresholds
+
+    thresholds = Thresholds(max_rejects_ratio=max_rejects_ratio, max_psi=max_psi, psi_bins=psi_bins)
+    _, report = _checked(
+        source, predictions, rejects, date, date_column, thresholds, reference_date, lookback_days
+    )
+    print(json.dumps(report.as_dict(), default=str))
+    report.raise_for_failures(f"{date_column} = {date} in {predictions}")
+
+
+@batch_app.command("report")
+@_user_errors
+def batch_report(
+    source: Source,
+    predictions: Predictions,
+    date: Day,
+    out_dir: Annotated[Path, typer.Option(help="folder for report.json and the plot")],
+    rejects: Rejects = None,
+    date_column: DateColumn = "ds",
+    max_rejects_ratio: MaxRejectsRatio = 0.05,
+    max_psi: MaxPsi = 0.2,
+    psi_bins: PsiBins = 10,
+    reference_date: ReferenceDate = None,
+    lookback_days: LookbackDays = 7,
+    summary_file: Annotated[
+        Path | None, typer.Option(help="the batch job's --summary-file, logged with the report")
+    ] = None,
+    experiment: Annotated[
+        str | None, typer.Option(help="MLflow experiment to log the report to (none: skip)")
+    ] = "nightly_batch_scoring",
+) -> None:
+    """Write one date's run report (counts, checks, drift, score plot) and log it to MLflow.
+
+    Reports failed checks without failing itself (`scoring batch check` is the gate), so
+    the numbers are recorded when they matter most. Prints the MLflow run id last.
+    """
+    import json
+
+    from scoring.batch.checks import Thresholds
+    from scoring.batch.report import log_report, write_report
+
+    thresholds = Thresholds(max_rejects_ratio=max_rejects_ratio, max_psi=max_psi, psi_bins=psi_bins)
+    tables, report = _checked(
+        source, predictions, rejects, date, date_column, thresholds, reference_date, lookback_days
+    )
+    summary = None
+    if summary_file is not None and summary_file.is_file():
+        summary = json.loads(summary_file.read_text().strip().splitlines()[-1])
+        runs = set(report.observed.prediction_run_ids)
+        if summary.get("run_id") not in runs:
+            errors.print(
+                f"[yellow]ignoring {summary_file}: it is from run {summary.get('run_id')}, "
+                f"the output from {sorted(runs)}[/]",
+                soft_wrap=True,
+            )
+            summary = None
+    elif summary_file is not None:
+        errors.print(f"[yellow]no batch summary at {summary_file}[/]", soft_wrap=True)
+    files = write_report(report, tables, thresholds, out_dir, summary)
+    errors.print(f"report written to {out_dir}")
+    result = {"report": str(files["report"]), "plot": str(files["plot"]), "mlflow_run_id": None}
+    if experiment:
+        result["mlflow_run_id"] = log_report(report, tables, thresholds, files, experiment, summary)
+    print(json.dumps({**report.as_dict(), **result}, default=str))
+
+
+@stream_app.command(
+    "run",
+    context_settings=_FORWARD_ALL,
+    add_help_option=False,
+)
+def stream_run(ctx: typer.Context) -> None:
+    """Score a Kafka topic until SIGTERM (see --help for the options)."""
+    from scoring.stream.main import main as process_main
+
+    raise typer.Exit(process_main(ctx.args))
+
+
+@stream_app.command("wait-version")
+@_user_errors
+def wait_version(
+    name: str,
+    version: str,
+    health_url: Annotated[
+        list[str], typer.Option(help="a processor's /health URL (repeat for each)")
+    ],
+    timeout: Annotated[float, typer.Option(help="seconds to wait")] = 120,
+) -> None:
+    """Wait until every listed stream processor reports NAME at VERSION."""
+    from scoring.lifecycle.rollout import wait_for_version
+
+    _report(wait_for_version(health_url, name, version, timeout))
+
+
+def _broker_dir() -> Path:
+    from scoring.settings import load
+
+    return load().home.resolve() / "kafka"
+
+
+@dev_app.command("up")
+@_user_errors
+def dev_up(
+    port: Annotated[
+        int | None, typer.Option(help="client port (default: a free one, kept across restarts)")
+    ] = None,
+) -> None:
+    """Start a single-node Kafka broker (KRaft) on 127.0.0.1; prints its bootstrap address."""
+    from scoring.dev import kafka_broker
+
+    broker = kafka_broker.start(_broker_dir(), port=port)
+    errors.print(
+        f"Kafka broker running (pid {broker.pid}), data in {broker.state_dir}; "
+        "stop it with `scoring dev down`"
+    )
+    print(broker.bootstrap)
+
+
+@dev_app.command("down")
+@_user_errors
+def dev_down() -> None:
+    """Stop the broker started by `scoring dev up` (its data is kept)."""
+    from scoring.dev import kafka_broker
+
+    stopped = kafka_broker.stop(_broker_dir())
+    console.print("Kafka broker stopped" if stopped else "no Kafka broker was running")
+
+
+@app.command("demo")
+@_user_errors
+def demo(
+    rows_per_day: Annotated[int, typer.Option(help="demo rows per day")] = 20_000,
+    days: Annotated[int, typer.Option(help="days of demo data")] = 7,
+    stream_events: Annotated[
+        int, typer.Option(help="events streamed through Kafka afterwards (0: batch only)")
+    ] = 3_000,
+) -> None:
+    """Train, package, promote, batch-score one date, then score it live on Kafka."""
+    from scoring.dev.demo.run import run_demo
+
+    run_demo(console, rows_per_day=rows_per_day, days=days, stream_events=stream_events)

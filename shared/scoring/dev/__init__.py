@@ -1,0 +1,1 @@
+"""Local components for development and tests (the Kafka broker) and the demo."""

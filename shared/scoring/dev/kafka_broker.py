@@ -1,0 +1,610 @@
+"""A real single-node Apache Kafka broker for tests and local development.
+
+The broker runs in KRaft mode as a combined broker and controller (``node.id=1``), from the
+jars Maven resolved into ``infra/kafka/jars`` (``make kafka-jars``; see
+``infra/kafka/pom.xml``). Every listener binds ``127.0.0.1`` only.
+
+Everything lives in one state directory::
+
+    broker.json         cluster id and the two ports, kept across restarts
+    broker.pid          pid of the running JVM (absent when stopped)
+    server.properties   the broker config, rewritten on every start
+    log4j2.properties   logging config for the JVM
+    kafka.log           the JVM's stdout, stderr and log4j output
+    data/               log.dirs: topic partitions and the KRaft metadata log
+
+The storage is formatted on the first start only, and the ports are picked on the first
+start only, so :func:`stop` then :func:`start` on the same directory brings back the same
+broker with its data at the same address. The JVM runs in its own session, so it outlives
+the Python process that started it until :func:`stop` is called.
+
+Example:
+    >>> broker = start(Path(".scoring/kafka"))  # doctest: +SKIP
+    >>> broker.bootstrap  # doctest: +SKIP
+    '127.0.0.1:40123'
+    >>> stop(broker)  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import json
+import logging
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import time
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+
+from scoring.errors import BrokerError
+from scoring.settings import PROJECT_ROOT
+
+__all__ = [
+    "DEFAULT_JARS_DIR",
+    "HOST",
+    "Broker",
+    "free_port",
+    "is_running",
+    "restart",
+    "server_properties",
+    "start",
+    "stop",
+]
+
+log = logging.getLogger(__name__)
+
+HOST = "127.0.0.1"
+DEFAULT_JARS_DIR = PROJECT_ROOT / "infra" / "kafka" / "jars"
+
+_STATE_FILE = "broker.json"
+_PID_FILE = "broker.pid"
+_PROPERTIES_FILE = "server.properties"
+_LOG4J_FILE = "log4j2.properties"
+_LOG_FILE = "kafka.log"
+_DATA_DIR = "data"
+_MAIN_CLASS = "kafka.Kafka"
+_JVM_OPTS = (
+    "-Xms128m",
+    "-Xmx512m",
+    "-XX:+ExitOnOutOfMemoryError",
+    "-Djava.awt.headless=true",
+    # Plain IPv4 sockets: `ss` shows 127.0.0.1:<port>, not [::ffff:127.0.0.1]:<port>.
+    "-Djava.net.preferIPv4Stack=true",
+    # Keep logging through Kafka's own shutdown hook (log4j2's hook would stop it first).
+    "-Dlog4j2.shutdownHookEnabled=false",
+)
+_TOOL_JVM_OPTS = ("-Xmx256m", "-Djava.awt.headless=true", "-Djava.net.preferIPv4Stack=true")
+
+# INFO from the broker itself; the per-request and state-change chatter only when it matters.
+_LOG4J2 = """\
+status = error
+name = scoring-kafka
+appender.console.type = Console
+appender.console.name = STDOUT
+appender.console.layout.type = PatternLayout
+appender.console.layout.pattern = [%d] %p %m (%c)%n
+rootLogger.level = INFO
+rootLogger.appenderRef.stdout.ref = STDOUT
+logger.request.name = kafka.request.logger
+logger.request.level = WARN
+logger.state.name = state.change.logger
+logger.state.level = WARN
+logger.clients.name = org.apache.kafka.clients
+logger.clients.level = WARN
+"""
+
+# Children started by this process, kept so they can be reaped (no zombies) on stop().
+_children: dict[int, subprocess.Popen[bytes]] = {}
+
+
+@dataclass(frozen=True)
+class Broker:
+    """A running broker started by :func:`start`.
+
+    Attributes:
+        bootstrap: ``host:port`` of the PLAINTEXT listener, for ``bootstrap_servers``.
+        pid: Process id of the broker JVM.
+        port: PLAINTEXT (client) port on 127.0.0.1.
+        controller_port: KRaft CONTROLLER port on 127.0.0.1.
+        cluster_id: The cluster id the storage was formatted with.
+        state_dir: The broker's state directory (config, data, log, pid).
+        log_file: The JVM's log file inside ``state_dir``.
+    """
+
+    bootstrap: str
+    pid: int
+    port: int
+    controller_port: int
+    cluster_id: str
+    state_dir: Path
+    log_file: Path
+
+
+def server_properties(data_dir: Path, port: int, controller_port: int) -> dict[str, str]:
+    """The broker config: one combined broker+controller node on loopback.
+
+    Args:
+        data_dir: Directory for ``log.dirs`` (partitions and the KRaft metadata log).
+        port: PLAINTEXT (client) port.
+        controller_port: CONTROLLER (KRaft quorum) port.
+
+    Returns:
+        The ``server.properties`` entries, in file order.
+    """
+    return {
+        "process.roles": "broker,controller",
+        "node.id": "1",
+        "controller.quorum.voters": f"1@{HOST}:{controller_port}",
+        "listeners": f"PLAINTEXT://{HOST}:{port},CONTROLLER://{HOST}:{controller_port}",
+        "advertised.listeners": f"PLAINTEXT://{HOST}:{port}",
+        "controller.listener.names": "CONTROLLER",
+        "inter.broker.listener.name": "PLAINTEXT",
+        "listener.security.protocol.map": "PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT",
+        "log.dirs": str(data_dir),
+        "num.partitions": "3",
+        "default.replication.factor": "1",
+        "min.insync.replicas": "1",
+        # Internal topics: one replica (one broker) and, unlike the default 50, one
+        # partition each, so the first consumer group or transaction starts fast.
+        "offsets.topic.replication.factor": "1",
+        "offsets.topic.num.partitions": "1",
+        "transaction.state.log.replication.factor": "1",
+        "transaction.state.log.min.isr": "1",
+        "transaction.state.log.num.partitions": "1",
+        "share.coordinator.state.topic.replication.factor": "1",
+        "share.coordinator.state.topic.min.isr": "1",
+        "group.initial.rebalance.delay.ms": "0",
+        "auto.create.topics.enable": "true",
+        "delete.topic.enable": "true",
+        # A dev broker: keep the footprint small.
+        "num.network.threads": "2",
+        "num.io.threads": "4",
+        "num.recovery.threads.per.data.dir": "1",
+        "log.retention.hours": "168",
+        "log.segment.bytes": str(64 * 1024 * 1024),
+    }
+
+
+def start(
+    state_dir: Path,
+    port: int | None = None,
+    controller_port: int | None = None,
+    jars_dir: Path = DEFAULT_JARS_DIR,
+    timeout: float = 60,
+) -> Broker:
+    """Start the broker of ``state_dir`` and wait until it answers metadata requests.
+
+    On the first start of a directory, free ports are picked (unless given), a cluster id is
+    generated and the storage is formatted. Later starts reuse all three, so the data and
+    the address survive a :func:`stop`. If the broker of ``state_dir`` is already running,
+    it is returned as is.
+
+    Args:
+        state_dir: The broker's state directory; created if missing.
+        port: PLAINTEXT port; a free one when None (or the saved one on a restart).
+        controller_port: CONTROLLER port; a free one when None (or the saved one).
+        jars_dir: Folder with the Kafka jars (``make kafka-jars``).
+        timeout: Seconds to wait for the broker to answer.
+
+    Returns:
+        The running broker.
+
+    Raises:
+        BrokerError: The jars or Java are missing, a port differs from the saved one or is
+            taken, formatting failed, or the broker died or did not answer in time (the
+            message ends with the tail of its log).
+    """
+    state_dir = Path(state_dir).resolve()
+    state_dir.mkdir(parents=True, exist_ok=True)
+    running = _running_broker(state_dir)
+    if running is not None:
+        _check_ports(state_dir, running.port, running.controller_port, port, controller_port)
+        log.info("Kafka broker of %s is already running (pid %d)", state_dir, running.pid)
+        return running
+
+    java = _java()
+    classpath = _classpath(jars_dir)
+    state = _load_state(state_dir)
+    if state is None:
+        state = {
+            "cluster_id": _cluster_id(),
+            "port": port if port is not None else free_port(),
+            "controller_port": controller_port if controller_port is not None else 0,
+        }
+        if not state["controller_port"]:
+            state["controller_port"] = free_port(exclude={int(state["port"])})
+        _save_state(state_dir, state)
+    else:
+        _check_ports(
+            state_dir, int(state["port"]), int(state["controller_port"]), port, controller_port
+        )
+    port_, cport = int(state["port"]), int(state["controller_port"])
+    cluster_id = str(state["cluster_id"])
+    for p in (port_, cport):
+        if not _port_is_free(p):
+            raise BrokerError(
+                f"Port {HOST}:{p} saved for the Kafka broker of {state_dir} is taken by another "
+                "process. Free it, or delete that directory to start a new broker on new ports."
+            )
+
+    data_dir = state_dir / _DATA_DIR
+    props_file = state_dir / _PROPERTIES_FILE
+    log4j_file = state_dir / _LOG4J_FILE
+    props = server_properties(data_dir, port_, cport)
+    props_file.write_text("".join(f"{k}={v}\n" for k, v in props.items()))
+    log4j_file.write_text(_LOG4J2)
+    log4j_opt = f"-Dlog4j2.configurationFile={log4j_file}"
+
+    if not (data_dir / "meta.properties").exists():
+        _format(java, classpath, log4j_opt, cluster_id, props_file, timeout)
+
+    log_file = state_dir / _LOG_FILE
+    command = [java, *_JVM_OPTS, log4j_opt, "-cp", classpath, _MAIN_CLASS, str(props_file)]
+    began = time.monotonic()
+    with log_file.open("ab") as out:
+        proc = subprocess.Popen(
+            command,
+            stdin=subprocess.DEVNULL,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            cwd=state_dir,
+            start_new_session=True,
+        )
+    _children[proc.pid] = proc
+    (state_dir / _PID_FILE).write_text(f"{proc.pid}\n")
+    broker = Broker(
+        bootstrap=f"{HOST}:{port_}",
+        pid=proc.pid,
+        port=port_,
+        controller_port=cport,
+        cluster_id=cluster_id,
+        state_dir=state_dir,
+        log_file=log_file,
+    )
+    try:
+        _wait_ready(broker, began + timeout)
+    except BaseException:
+        stop(state_dir, timeout=10)
+        raise
+    log.info(
+        "Kafka broker up at %s (pid %d) in %.1fs",
+        broker.bootstrap,
+        proc.pid,
+        time.monotonic() - began,
+    )
+    return broker
+
+
+def stop(broker_or_state_dir: Broker | Path, timeout: float = 30) -> bool:
+    """Stop a broker: SIGTERM (controlled shutdown), then SIGKILL after ``timeout``.
+
+    Idempotent: stopping a broker that is not running does nothing.
+
+    Args:
+        broker_or_state_dir: The broker, or its state directory.
+        timeout: Seconds to wait after SIGTERM before SIGKILL.
+
+    Returns:
+        True if a running broker was stopped, False if none was running.
+
+    Raises:
+        BrokerError: The process survived SIGKILL.
+    """
+    state_dir = _state_dir_of(broker_or_state_dir)
+    pid = _live_pid(state_dir)
+    if pid is None:
+        _forget(state_dir)
+        return False
+    began = time.monotonic()
+    _signal(pid, signal.SIGTERM)
+    if not _wait_exit(pid, timeout):
+        log.warning("Kafka broker pid %d ignored SIGTERM for %.0fs; killing it", pid, timeout)
+        _signal(pid, signal.SIGKILL)
+        if not _wait_exit(pid, 10):
+            raise BrokerError(f"The Kafka broker (pid {pid}) of {state_dir} survived SIGKILL.")
+    _forget(state_dir)
+    log.info("Kafka broker pid %d stopped in %.1fs", pid, time.monotonic() - began)
+    return True
+
+
+def restart(
+    broker_or_state_dir: Broker | Path,
+    jars_dir: Path = DEFAULT_JARS_DIR,
+    timeout: float = 60,
+) -> Broker:
+    """Stop the broker (if running) and start it again on the same directory and ports.
+
+    Args:
+        broker_or_state_dir: The broker, or its state directory.
+        jars_dir: Folder with the Kafka jars.
+        timeout: Seconds to wait for the stop and, separately, for the start.
+
+    Returns:
+        The restarted broker, with the same bootstrap address and data.
+    """
+    state_dir = _state_dir_of(broker_or_state_dir)
+    stop(state_dir, timeout=timeout)
+    return start(state_dir, jars_dir=jars_dir, timeout=timeout)
+
+
+def is_running(state_dir: Path) -> bool:
+    """Whether the broker JVM of ``state_dir`` is alive (it may still be starting)."""
+    return _live_pid(Path(state_dir).resolve()) is not None
+
+
+# --- internals -------------------------------------------------------------------------
+
+
+def _state_dir_of(broker_or_state_dir: Broker | Path) -> Path:
+    if isinstance(broker_or_state_dir, Broker):
+        return broker_or_state_dir.state_dir
+    return Path(broker_or_state_dir).resolve()
+
+
+def _java() -> str:
+    java_home = os.environ.get("JAVA_HOME")
+    if java_home and (Path(java_home) / "bin" / "java").is_file():
+        return str(Path(java_home) / "bin" / "java")
+    found = shutil.which("java")
+    if found is None:
+        raise BrokerError("No `java` found (JAVA_HOME or PATH); Kafka 4 needs Java 17 or later.")
+    return found
+
+
+def _classpath(jars_dir: Path) -> str:
+    jars_dir = Path(jars_dir).resolve()
+    if not any(jars_dir.glob("kafka_2.13-*.jar")):
+        raise BrokerError(
+            f"No Kafka jars in {jars_dir}. Resolve them once with `make kafka-jars` "
+            "(Maven, infra/kafka/pom.xml)."
+        )
+    return f"{jars_dir}/*"  # the JVM expands the wildcard itself
+
+
+def _cluster_id() -> str:
+    # What kafka.tools.StorageTool random-uuid prints (Kafka's Uuid.randomUuid): 16 random
+    # bytes, URL-safe base64 without padding, never starting with "-" (read as an option).
+    while True:
+        cid = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+        if not cid.startswith("-"):
+            return cid
+
+
+def free_port(exclude: set[int] | None = None) -> int:
+    """A port nobody listens on at 127.0.0.1 now (not one of ``exclude``)."""
+    while True:
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+            s.bind((HOST, 0))
+            port = int(s.getsockname()[1])
+        if port not in (exclude or set()):
+            return port
+
+
+def _port_is_free(port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind((HOST, port))
+        except OSError:
+            return False
+    return True
+
+
+def _load_state(state_dir: Path) -> dict[str, str | int] | None:
+    path = state_dir / _STATE_FILE
+    if not path.exists():
+        return None
+    try:
+        raw = json.loads(path.read_text())
+        state: dict[str, str | int] = {
+            "cluster_id": str(raw["cluster_id"]),
+            "port": int(raw["port"]),
+            "controller_port": int(raw["controller_port"]),
+        }
+    except (ValueError, KeyError, TypeError) as exc:
+        raise BrokerError(
+            f"{path} is unreadable ({exc}). Delete {state_dir} to start a new broker."
+        ) from exc
+    return state
+
+
+def _save_state(state_dir: Path, state: dict[str, str | int]) -> None:
+    tmp = state_dir / f"{_STATE_FILE}.tmp"
+    tmp.write_text(json.dumps(state, indent=2) + "\n")
+    tmp.replace(state_dir / _STATE_FILE)
+
+
+def _check_ports(
+    state_dir: Path, saved: int, saved_c: int, port: int | None, controller_port: int | None
+) -> None:
+    if (port is not None and port != saved) or (
+        controller_port is not None and controller_port != saved_c
+    ):
+        raise BrokerError(
+            f"The Kafka broker of {state_dir} uses ports {saved} (client) and {saved_c} "
+            f"(controller), not {port} and {controller_port}. Omit the ports to reuse them, "
+            "or use a new state directory."
+        )
+
+
+def _format(
+    java: str, classpath: str, log4j_opt: str, cluster_id: str, props: Path, timeout: float
+) -> None:
+    command = [
+        java,
+        *_TOOL_JVM_OPTS,
+        log4j_opt,
+        "-cp",
+        classpath,
+        "kafka.tools.StorageTool",
+        "format",
+        "-t",
+        cluster_id,
+        "-c",
+        str(props),
+    ]
+    try:
+        done = subprocess.run(command, capture_output=True, text=True, timeout=timeout)
+    except subprocess.TimeoutExpired as exc:
+        raise BrokerError(f"Formatting Kafka storage took over {timeout:.0f}s.") from exc
+    if done.returncode != 0:
+        raise BrokerError(
+            f"Formatting Kafka storage failed (exit {done.returncode}):\n"
+            f"{(done.stdout + done.stderr).strip()}"
+        )
+    log.debug("StorageTool format output:\n%s", done.stdout)
+    log.info("Formatted Kafka storage in %s (cluster id %s)", props.parent, cluster_id)
+
+
+def _wait_ready(broker: Broker, deadline: float) -> None:
+    """Poll until a KafkaAdminClient metadata request lists the broker."""
+    from kafka import KafkaAdminClient  # imported here: only needed while starting
+
+    last_error = "no answer"
+    while True:
+        if _live_pid(broker.state_dir) is None:
+            raise BrokerError(
+                f"The Kafka broker (pid {broker.pid}) exited while starting.\n"
+                + _log_tail(broker.log_file)
+            )
+        left = deadline - time.monotonic()
+        if left <= 0:
+            raise BrokerError(
+                f"The Kafka broker at {broker.bootstrap} did not answer a metadata request in "
+                f"time (last error: {last_error}).\n" + _log_tail(broker.log_file)
+            )
+        if _accepts(broker.port):
+            admin = None
+            try:
+                ms = int(max(1.0, min(left, 5.0)) * 1000)
+                admin = KafkaAdminClient(
+                    bootstrap_servers=broker.bootstrap,
+                    client_id="scoring-broker-probe",
+                    request_timeout_ms=ms,
+                    bootstrap_timeout_ms=ms,
+                )
+                cluster = admin.describe_cluster()
+                if cluster.get("brokers"):
+                    return
+                last_error = "metadata lists no broker yet"
+            except Exception as exc:  # kafka-python raises many types while booting
+                last_error = f"{type(exc).__name__}: {exc}"
+            finally:
+                if admin is not None:
+                    with contextlib.suppress(Exception):
+                        admin.close()
+        time.sleep(0.2)
+
+
+def _accepts(port: int) -> bool:
+    try:
+        with socket.create_connection((HOST, port), timeout=0.5):
+            return True
+    except OSError:
+        return False
+
+
+def _log_tail(log_file: Path, lines: int = 40) -> str:
+    try:
+        text = log_file.read_text(errors="replace").splitlines()
+    except OSError:
+        return f"(no log at {log_file})"
+    return f"Last lines of {log_file}:\n" + "\n".join(text[-lines:])
+
+
+def _read_pid(state_dir: Path) -> int | None:
+    try:
+        return int((state_dir / _PID_FILE).read_text().strip())
+    except (OSError, ValueError):
+        return None
+
+
+def _live_pid(state_dir: Path) -> int | None:
+    """The broker pid of ``state_dir`` if that process is alive and is this broker."""
+    pid = _read_pid(state_dir)
+    if pid is None:
+        return None
+    child = _children.get(pid)
+    if child is not None:
+        return pid if child.poll() is None else None
+    proc = Path(f"/proc/{pid}")
+    if proc.is_dir():  # Linux: also rule out a zombie or a recycled pid
+        try:
+            status = (proc / "stat").read_text().rsplit(")", 1)[1].split()[0]
+            cmdline = (proc / "cmdline").read_bytes().split(b"\0")
+        except OSError:
+            return None
+        props = str(state_dir / _PROPERTIES_FILE).encode()
+        return pid if status != "Z" and props in cmdline else None
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return None
+    except PermissionError:
+        return pid
+    return pid
+
+
+def _running_broker(state_dir: Path) -> Broker | None:
+    pid = _live_pid(state_dir)
+    state = _load_state(state_dir) if pid is not None else None
+    if pid is None or state is None:
+        return None
+    port = int(state["port"])
+    return Broker(
+        bootstrap=f"{HOST}:{port}",
+        pid=pid,
+        port=port,
+        controller_port=int(state["controller_port"]),
+        cluster_id=str(state["cluster_id"]),
+        state_dir=state_dir,
+        log_file=state_dir / _LOG_FILE,
+    )
+
+
+def _signal(pid: int, sig: signal.Signals) -> None:
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(pid, sig)
+
+
+def _wait_exit(pid: int, timeout: float) -> bool:
+    deadline = time.monotonic() + timeout
+    child = _children.get(pid)
+    while True:
+        if child is not None:
+            if child.poll() is not None:
+                return True
+        elif not _pid_alive(pid):
+            return True
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(0.1)
+
+
+def _pid_alive(pid: int) -> bool:
+    stat = Path(f"/proc/{pid}/stat")
+    if stat.parent.is_dir():
+        try:
+            return stat.read_text().rsplit(")", 1)[1].split()[0] != "Z"
+        except (OSError, IndexError):
+            return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _forget(state_dir: Path) -> None:
+    pid = _read_pid(state_dir)
+    if pid is not None:
+        _children.pop(pid, None)
+    with contextlib.suppress(FileNotFoundError):
+        (state_dir / _PID_FILE).unlink()

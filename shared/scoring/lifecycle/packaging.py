@@ -1,0 +1,388 @@
+"""``scoring model package``: a trained model in, a verified and registered artifact out.
+
+Converters have real bugs, so a converted graph is only registered after it has been run
+through the same :class:`~scoring.model.artifact.Scorer` the jobs use and compared with the
+native model on sample rows.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import subprocess
+import tempfile
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from scoring.errors import ContractError, ConversionMismatchError, UnsupportedModelError
+from scoring.model.artifact import Scorer, read_artifact_dir, sha256_bytes
+from scoring.model.contract import CONTRACT_FILE, Contract, Feature, FeatureType, Output
+from scoring.model.features import model_frame
+
+__all__ = ["DEFAULT_TOLERANCE", "Packaged", "build", "package"]
+
+log = logging.getLogger(__name__)
+
+# Graphs compute in float32; sklearn in float64. 1e-4 on a probability is far below any
+# decision threshold's resolution and far above float32 rounding noise.
+DEFAULT_TOLERANCE = 1e-4
+SKLEARN_SUFFIXES = {".joblib", ".pkl", ".pickle", ".skops"}
+LIGHTGBM_SUFFIXES = {".txt", ".lgb"}
+XGBOOST_SUFFIXES = {".json", ".ubj", ".xgb"}
+
+
+@dataclass(frozen=True)
+class Packaged:
+    """A converted, verified graph with its contract, ready to register."""
+
+    onnx_model: onnx.ModelProto
+    contract: Contract
+    max_diff: float | None
+    sample_rows: int
+    flavor: str
+
+
+def _read_sample(sample: Path | None, limit: int = 5000) -> pa.Table | None:
+    if sample is None:
+        return None
+    table = pq.read_table(sample)
+    return table.slice(0, limit) if table.num_rows > limit else table
+
+
+def _feature_type(kind: pa.DataType) -> FeatureType:
+    if pa.types.is_dictionary(kind):
+        kind = kind.value_type
+    if pa.types.is_string(kind) or pa.types.is_large_string(kind):
+        return "string"
+    if (
+        pa.types.is_integer(kind)
+        or pa.types.is_floating(kind)
+        or pa.types.is_boolean(kind)
+        or pa.types.is_decimal(kind)
+    ):
+        return "double"
+    raise UnsupportedModelError(f"sample column type {kind} is not supported as a feature")
+
+
+def _git_commit() -> str | None:
+    try:
+        out = subprocess.run(
+            ["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=True, timeout=5
+        )
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return out.stdout.strip() or None
+
+
+def _load_native(path: Path) -> tuple[str, Any]:
+    suffix = path.suffix.lower()
+    if suffix == ".onnx":
+        return "onnx", onnx.load(str(path))
+    if suffix == ".skops":
+        import skops.io
+
+        # The user vouches for their own file at packaging time; the registered artifact
+        # that jobs load later is ONNX only.
+        return "sklearn", skops.io.load(path, trusted=skops.io.get_untrusted_types(file=path))
+    if suffix in SKLEARN_SUFFIXES:
+        import joblib
+
+        model = joblib.load(path)
+        module = type(model).__module__
+        if module.startswith("lightgbm"):
+            return "lightgbm", model.booster_
+        if module.startswith("xgboost"):
+            return "xgboost", model.get_booster()
+        return "sklearn", model
+    if suffix in LIGHTGBM_SUFFIXES:
+        import lightgbm
+
+        return "lightgbm", lightgbm.Booster(model_file=str(path))
+    if suffix in XGBOOST_SUFFIXES:
+        import xgboost
+
+        booster = xgboost.Booster()
+        booster.load_model(str(path))
+        return "xgboost", booster
+    raise UnsupportedModelError(
+        f"Cannot tell what kind of model {path} is from its suffix {suffix!r}. Use .onnx, "
+        ".joblib/.pkl/.skops (scikit-learn), .txt (LightGBM) or .json/.ubj (XGBoost)."
+    )
+
+
+def _encoder_categories(model: Any) -> dict[str, tuple[str, ...]]:
+    """Categories a fitted OneHotEncoder learned, by input column, found in a pipeline."""
+    from sklearn.compose import ColumnTransformer
+    from sklearn.pipeline import Pipeline
+    from sklearn.preprocessing import OneHotEncoder
+
+    found: dict[str, tuple[str, ...]] = {}
+
+    def visit(step: Any, columns: Sequence[str] | None) -> None:
+        if isinstance(step, Pipeline):
+            for _, sub in step.steps:
+                visit(sub, columns)
+        elif isinstance(step, ColumnTransformer):
+            for _, sub, cols in step.transformers_:
+                if isinstance(cols, list | tuple) and all(isinstance(c, str) for c in cols):
+                    visit(sub, cols)
+        elif isinstance(step, OneHotEncoder) and columns is not None:
+            for column, cats in zip(columns, step.categories_, strict=False):
+                if all(isinstance(c, str) for c in cats):
+                    found[column] = tuple(str(c) for c in cats)
+
+    visit(model, None)
+    return found
+
+
+def _convert_sklearn(model: Any, features: list[Feature]) -> onnx.ModelProto:
+    from skl2onnx import convert_sklearn
+    from skl2onnx.common.data_types import FloatTensorType, StringTensorType
+
+    types = [
+        (f.name, StringTensorType([None, 1]) if f.type == "string" else FloatTensorType([None, 1]))
+        for f in features
+    ]
+    options = {id(model): {"zipmap": False}} if hasattr(model, "predict_proba") else None
+    return convert_sklearn(model, initial_types=types, options=options)
+
+
+def _convert_booster(flavor: str, booster: Any, width: int) -> onnx.ModelProto:
+    import onnxmltools
+    from onnxmltools.convert.common.data_types import FloatTensorType
+
+    types = [("input", FloatTensorType([None, width]))]
+    if flavor == "lightgbm":
+        return onnxmltools.convert_lightgbm(booster, initial_types=types, zipmap=False)
+    # The XGBoost converter only reads positional names (f0, f1, ...); the contract keeps
+    # the real ones and feeds columns in that order.
+    positional = booster.copy()
+    positional.feature_names = None
+    return onnxmltools.convert_xgboost(positional, initial_types=types)
+
+
+def _score_output(graph: onnx.ModelProto, classifier: bool) -> Output:
+    names = [o.name for o in graph.graph.output]
+    probability = [n for n in names if "prob" in n.lower()]
+    if classifier or probability:
+        if not probability:
+            raise ContractError(f"no probability output among the graph outputs {names}")
+        return Output(task="binary_classification", score_output=probability[0], score_index=1)
+    return Output(task="regression", score_output=names[-1], score_index=None)
+
+
+def _booster_is_classifier(flavor: str, booster: Any) -> bool:
+    if flavor == "lightgbm":
+        return str(booster.params.get("objective", "")).startswith(("binary", "cross"))
+    config = json.loads(booster.save_config())
+    return str(config["learner"]["objective"]["name"]).startswith("binary")
+
+
+def _onnx_features(
+    graph: onnx.ModelProto, names: Sequence[str] | None, sample: pa.Table | None, key: str | None
+) -> tuple[list[Feature], str | None]:
+    """Features of a raw ONNX graph: per-column named inputs, or one [n, F] tensor."""
+    to_type: dict[int, FeatureType] = {
+        onnx.TensorProto.STRING: "string",
+        onnx.TensorProto.INT64: "int64",
+        onnx.TensorProto.INT32: "int64",
+    }
+    inputs = list(graph.graph.input)
+    initializers = {i.name for i in graph.graph.initializer}
+    inputs = [i for i in inputs if i.name not in initializers]
+    dims = [d.dim_value for d in inputs[0].type.tensor_type.shape.dim] if inputs else []
+    if len(inputs) == 1 and not (len(dims) == 2 and dims[1] == 1):
+        columns = (
+            list(names)
+            if names
+            else ([c for c in sample.column_names if c != key] if sample is not None else None)
+        )
+        if not columns:
+            raise ContractError(
+                f"The graph takes one tensor {inputs[0].name!r}; name its columns with "
+                "--features a,b,c or --sample FILE.parquet."
+            )
+        if len(dims) == 2 and dims[1] and dims[1] != len(columns):
+            raise ContractError(f"The graph expects {dims[1]} columns, {len(columns)} named.")
+        return [Feature(name=c, type="double") for c in columns], inputs[0].name
+    features = [
+        Feature(name=i.name, type=to_type.get(i.type.tensor_type.elem_type, "double"))
+        for i in inputs
+    ]
+    return features, None
+
+
+def _overlay(contract: dict[str, Any], spec: dict[str, Any]) -> dict[str, Any]:
+    """Apply a user's partial contract (ranges, nullability, key, threshold, lineage)."""
+    merged = {**contract, **{k: v for k, v in spec.items() if k not in {"features", "output"}}}
+    by_name = {f["name"]: dict(f) for f in contract["features"]}
+    for given in spec.get("features", []):
+        if given.get("name") not in by_name:
+            raise ContractError(
+                f"--contract names feature {given.get('name')!r}, which the model does not "
+                f"take (it takes {sorted(by_name)})."
+            )
+        by_name[given["name"]].update(given)
+    merged["features"] = list(by_name.values())
+    merged["output"] = {**contract["output"], **spec.get("output", {})}
+    return merged
+
+
+def build(
+    path: Path,
+    sample: Path | None = None,
+    feature_names: Sequence[str] | None = None,
+    key: str | None = None,
+    spec: dict[str, Any] | None = None,
+    tolerance: float = DEFAULT_TOLERANCE,
+) -> Packaged:
+    """Convert ``path`` to ONNX, write its contract, and check it against the native model."""
+    spec = spec or {}
+    key = key or spec.get("key")
+    if not key:
+        raise ContractError("Name the key column with --key (or 'key' in --contract).")
+    flavor, native = _load_native(path)
+    table = _read_sample(sample)
+    tensor_input: str | None = None
+    if flavor == "onnx":
+        graph = native
+        features, tensor_input = _onnx_features(graph, feature_names, table, key)
+        classifier = False
+    elif flavor == "sklearn":
+        if table is None:
+            raise ContractError(
+                "Packaging a scikit-learn model needs --sample FILE.parquet: "
+                "its columns give the input types and the rows verify the "
+                "conversion."
+            )
+        wanted = list(getattr(native, "feature_names_in_", [])) or [
+            c for c in table.column_names if c != key
+        ]
+        missing = [c for c in wanted if c not in table.column_names]
+        if missing:
+            raise ContractError(f"The sample lacks the model's input columns {missing}.")
+        categories = _encoder_categories(native)
+        features = [
+            Feature(
+                name=c, type=_feature_type(table.schema.field(c).type), categories=categories.get(c)
+            )
+            for c in wanted
+        ]
+        graph = _convert_sklearn(native, features)
+        classifier = hasattr(native, "predict_proba")
+    else:
+        names = list(
+            feature_names
+            or (native.feature_name() if flavor == "lightgbm" else native.feature_names or [])
+        )
+        if not names:
+            raise ContractError("Name the booster's features with --features or --sample.")
+        features = [Feature(name=n, type="double") for n in names]
+        graph = _convert_booster(flavor, native, len(names))
+        tensor_input = "input"
+        classifier = _booster_is_classifier(flavor, native)
+    draft: dict[str, Any] = {
+        "key": key,
+        "features": [f.model_dump(exclude_none=True) for f in features],
+        "input_mode": "tensor" if tensor_input else "columns",
+        "tensor_input": tensor_input,
+        "output": _score_output(graph, classifier).model_dump(),
+        "onnx_sha256": sha256_bytes(graph.SerializeToString()),
+        "code_commit": _git_commit(),
+    }
+    contract = Contract.model_validate(_overlay(draft, spec))
+    max_diff = _verify(flavor, native, graph, contract, table, tolerance)
+    return Packaged(graph, contract, max_diff, 0 if table is None else table.num_rows, flavor)
+
+
+def _native_scores(flavor: str, native: Any, table: pa.Table, contract: Contract) -> np.ndarray:
+    frame = model_frame(table, contract.features)
+    if flavor == "sklearn":
+        if contract.output.task == "binary_classification":
+            return np.asarray(native.predict_proba(frame))[:, 1]
+        return np.asarray(native.predict(frame), dtype=np.float64).reshape(-1)
+    matrix = frame.to_numpy(dtype=np.float64)
+    if flavor == "lightgbm":
+        return np.asarray(native.predict(matrix), dtype=np.float64).reshape(-1)
+    import xgboost
+
+    dmatrix = xgboost.DMatrix(matrix, feature_names=contract.feature_names)
+    return np.asarray(native.predict(dmatrix), dtype=np.float64).reshape(-1)
+
+
+def _verify(
+    flavor: str,
+    native: Any,
+    graph: onnx.ModelProto,
+    contract: Contract,
+    table: pa.Table | None,
+    tolerance: float,
+) -> float | None:
+    """Score the sample through the real scoring path and compare with the native model."""
+    scorer = Scorer(graph.SerializeToString(), contract)
+    if table is None:
+        return None
+    converted = scorer.predict(table)
+    if flavor == "onnx":
+        return None
+    expected = _native_scores(flavor, native, table, contract)
+    diff = np.abs(converted - expected)
+    diff[np.isnan(diff)] = np.inf
+    worst = int(np.argmax(diff)) if diff.size else 0
+    max_diff = float(diff[worst]) if diff.size else 0.0
+    log.info(
+        "converted graph vs native %s: max |diff| %.3g on %d rows", flavor, max_diff, table.num_rows
+    )
+    if max_diff > tolerance:
+        raise ConversionMismatchError(max_diff, tolerance, table.num_rows, worst)
+    return max_diff
+
+
+def write_artifact(packaged: Packaged, directory: Path) -> Contract:
+    """Write the MLflow model folder (ONNX flavour) plus ``scoring.json`` into ``directory``."""
+    import mlflow.onnx
+
+    mlflow.onnx.save_model(packaged.onnx_model, str(directory), save_as_external_data=False)
+    contract = packaged.contract.model_copy(
+        update={
+            "onnx_sha256": sha256_bytes((directory / "model.onnx").read_bytes()),
+            "onnx_file": "model.onnx",
+        }
+    )
+    (directory / CONTRACT_FILE).write_text(contract.to_json())
+    read_artifact_dir(directory, str(directory))  # what we register must load
+    return contract
+
+
+def package(
+    path: Path,
+    name: str,
+    sample: Path | None = None,
+    feature_names: Sequence[str] | None = None,
+    key: str | None = None,
+    spec_file: Path | None = None,
+    tolerance: float = DEFAULT_TOLERANCE,
+) -> Any:
+    """Build, verify, write and register; returns the registry's version record."""
+    from scoring.lifecycle import registry
+
+    spec = json.loads(spec_file.read_text()) if spec_file else None
+    packaged = build(path, sample, feature_names, key, spec, tolerance)
+    with tempfile.TemporaryDirectory(prefix="scoring-package-") as tmp:
+        directory = Path(tmp) / "model"
+        contract = write_artifact(packaged, directory)
+        params = {
+            "flavor": packaged.flavor,
+            "source_file": str(path),
+            "sample_rows": packaged.sample_rows,
+            "tolerance": tolerance,
+        }
+        metrics = {} if packaged.max_diff is None else {"conversion_max_diff": packaged.max_diff}
+        return registry.register(directory, name, contract, params, metrics)

@@ -1,0 +1,249 @@
+"""The MLflow Model Registry: where artifacts are stored, versioned and aliased.
+
+MLflow is used for storage, registry and metadata only; scoring never goes through an
+MLflow flavour. The embedded default is a SQLite store and a local artifact folder under
+the data dir; ``MLFLOW_TRACKING_URI`` points anywhere else.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+import time
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import mlflow
+from mlflow.entities import Metric, Param
+from mlflow.exceptions import MlflowException
+from mlflow.tracking import MlflowClient
+
+from scoring.errors import ModelNotFoundError, RollbackError
+from scoring.model.contract import Contract
+from scoring.settings import Settings, load
+
+__all__ = [
+    "EXPERIMENT",
+    "ModelVersionInfo",
+    "client",
+    "download",
+    "list_versions",
+    "promote",
+    "register",
+    "resolve",
+    "rollback",
+    "tracking",
+]
+
+log = logging.getLogger(__name__)
+
+EXPERIMENT = "scoring"
+SHA_TAG = "scoring.onnx_sha256"
+METRICS_TAG = "scoring.metrics"
+HISTORY_TAG = "scoring.alias_history.{alias}"
+_URI = re.compile(r"^models:/(?P<name>[^/@]+)(?:/(?P<version>\d+)|@(?P<alias>[\w-]+))$")
+
+
+@dataclass(frozen=True)
+class ModelVersionInfo:
+    name: str
+    version: str
+    sha256: str | None
+    aliases: tuple[str, ...]
+    created: datetime
+    metrics: dict[str, float]
+    source: str
+
+    @property
+    def uri(self) -> str:
+        return f"models:/{self.name}/{self.version}"
+
+
+@dataclass(frozen=True)
+class _Store:
+    client: MlflowClient
+    tracking_uri: str
+    registry_uri: str
+    experiment_id: str
+
+
+_experiments: dict[tuple[str, str], str] = {}
+
+
+def _store(settings: Settings | None = None, experiment: str = EXPERIMENT) -> _Store:
+    """The configured store; the experiment is created on first use.
+
+    MLflow's global ``set_tracking_uri`` is never called: it exports
+    ``MLFLOW_TRACKING_URI`` into this process's environment, which would then override
+    the settings of everything that runs after it.
+    """
+    settings = settings or load()
+    uri = settings.mlflow_tracking_uri
+    registry_uri = settings.registry_uri or uri
+    mlc = MlflowClient(tracking_uri=uri, registry_uri=registry_uri)
+    key = (uri, experiment)
+    if key not in _experiments:
+        if uri.startswith("sqlite:///"):
+            settings.home.mkdir(parents=True, exist_ok=True)
+        found = mlc.get_experiment_by_name(experiment)
+        if found is None:
+            # Without an explicit location a SQLite store puts artifacts under ./mlruns
+            # of whatever directory the process happens to run in.
+            location = None if settings.tracking_uri else settings.mlflow_artifacts.as_uri()
+            _experiments[key] = mlc.create_experiment(experiment, artifact_location=location)
+        else:
+            _experiments[key] = found.experiment_id
+    return _Store(mlc, uri, registry_uri, _experiments[key])
+
+
+def tracking(experiment: str, settings: Settings | None = None) -> tuple[MlflowClient, str]:
+    """A client for the configured tracking store and the id of ``experiment``.
+
+    The experiment is created on first use, with its artifacts beside the registry's.
+    """
+    store = _store(settings, experiment)
+    return store.client, store.experiment_id
+
+
+def client(settings: Settings | None = None) -> MlflowClient:
+    """A client for the configured tracking store and registry."""
+    return _store(settings).client
+
+
+def _info(mv: Any) -> ModelVersionInfo:
+    tags = mv.tags or {}
+    return ModelVersionInfo(
+        name=mv.name,
+        version=str(mv.version),
+        sha256=tags.get(SHA_TAG),
+        aliases=tuple(getattr(mv, "aliases", ()) or ()),
+        created=datetime.fromtimestamp(mv.creation_timestamp / 1000, tz=UTC),
+        metrics=json.loads(tags.get(METRICS_TAG, "{}")),
+        source=mv.source,
+    )
+
+
+def resolve(uri: str) -> ModelVersionInfo:
+    """``models:/NAME/VERSION`` or ``models:/NAME@ALIAS`` to one immutable version."""
+    match = _URI.match(uri)
+    if not match:
+        raise ModelNotFoundError(uri, "expected models:/NAME/VERSION or models:/NAME@ALIAS")
+    mlc = client()
+    name = match["name"]
+    try:
+        if match["alias"]:
+            mv = mlc.get_model_version_by_alias(name, match["alias"])
+        else:
+            mv = mlc.get_model_version(name, match["version"])
+    except MlflowException as exc:
+        raise ModelNotFoundError(uri, exc.message) from exc
+    return _info(mv)
+
+
+def download(info: ModelVersionInfo, destination: Path) -> Path:
+    """Copy a version's artifact folder to ``destination`` and return its path."""
+    # The version's source is the artifact location itself (file:, s3:, ...); a models:/
+    # URI here would be resolved against MLflow's process-global registry instead.
+    store = _store()
+    return Path(
+        mlflow.artifacts.download_artifacts(
+            artifact_uri=info.source, dst_path=str(destination), tracking_uri=store.tracking_uri
+        )
+    )
+
+
+def register(
+    model_dir: Path,
+    name: str,
+    contract: Contract,
+    params: dict[str, Any] | None = None,
+    metrics: dict[str, float] | None = None,
+) -> ModelVersionInfo:
+    """Log ``model_dir`` as a run's artifact and register it as a new version of ``name``."""
+    store = _store()
+    mlc = store.client
+    run = mlc.create_run(
+        store.experiment_id, run_name=f"package-{name}", tags={SHA_TAG: contract.onnx_sha256}
+    )
+    run_id = run.info.run_id
+    now = int(time.time() * 1000)
+    mlc.log_batch(
+        run_id,
+        metrics=[
+            Metric(k, float(v), now, 0) for k, v in {**contract.metrics, **(metrics or {})}.items()
+        ],
+        params=[Param(k, str(v)) for k, v in (params or {}).items()],
+    )
+    mlc.log_artifacts(run_id, str(model_dir), artifact_path="model")
+    mlc.set_terminated(run_id)
+    try:
+        mlc.get_registered_model(name)
+    except MlflowException:
+        mlc.create_registered_model(name, description="Scored by the scoring pipelines.")
+    mv = mlc.create_model_version(
+        name,
+        source=f"{run.info.artifact_uri}/model",
+        run_id=run_id,
+        tags={SHA_TAG: contract.onnx_sha256, METRICS_TAG: json.dumps(contract.metrics)},
+    )
+    log.info("registered %s version %s", name, mv.version)
+    return _info(mlc.get_model_version(name, mv.version))
+
+
+def _history(mlc: MlflowClient, name: str, alias: str) -> list[str]:
+    tags = mlc.get_registered_model(name).tags or {}
+    return list(json.loads(tags.get(HISTORY_TAG.format(alias=alias), "[]")))
+
+
+def promote(name: str, version: str, alias: str = "champion") -> str | None:
+    """Point ``alias`` at ``version``; remember the previous holder for :func:`rollback`.
+
+    Returns the version that held the alias before, if any.
+    """
+    mlc = client()
+    target = resolve(f"models:/{name}/{version}")
+    try:
+        previous: str | None = resolve(f"models:/{name}@{alias}").version
+    except ModelNotFoundError:
+        previous = None
+    if previous == target.version:
+        return previous
+    history = _history(mlc, name, alias)
+    if previous is not None:
+        history.append(previous)
+        mlc.set_registered_model_tag(name, HISTORY_TAG.format(alias=alias), json.dumps(history))
+    mlc.set_registered_model_alias(name, alias, target.version)
+    log.info("%s@%s: %s -> %s", name, alias, previous, target.version)
+    return previous
+
+
+def rollback(name: str, alias: str = "champion") -> str:
+    """Point ``alias`` back at the version that held it before the last promotion."""
+    mlc = client()
+    history = _history(mlc, name, alias)
+    if not history:
+        raise RollbackError(
+            f"No earlier version of {name} held the alias {alias!r}; nothing to roll back "
+            f"to. Promote a version explicitly with `scoring model promote {name} VERSION`."
+        )
+    version = history.pop()
+    resolve(f"models:/{name}/{version}")
+    mlc.set_registered_model_alias(name, alias, version)
+    mlc.set_registered_model_tag(name, HISTORY_TAG.format(alias=alias), json.dumps(history))
+    log.info("%s@%s rolled back to %s", name, alias, version)
+    return version
+
+
+def list_versions(name: str) -> list[ModelVersionInfo]:
+    mlc = client()
+    try:
+        mlc.get_registered_model(name)
+    except MlflowException as exc:
+        raise ModelNotFoundError(name, exc.message) from exc
+    found = mlc.search_model_versions(f"name = '{name}'")
+    # Search results carry no aliases; the per-version record does.
+    versions = sorted(int(mv.version) for mv in found)
+    return [_info(mlc.get_model_version(name, str(v))) for v in versions]

@@ -1,0 +1,257 @@
+"""The gates a candidate model version passes before and after it becomes champion.
+
+Each gate returns a JSON-able report or raises: :class:`SchemaMismatchError` when the
+candidate's contract does not fit the source table, :class:`GateFailedError` when the
+candidate is worse than the champion on the labelled holdout, scores the golden rows
+differently on the batch and stream paths, or is not picked up by the running stream
+processors in time. The rollout DAG runs them through ``scoring model validate``,
+``scoring model parity`` and ``scoring stream wait-version``.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+from kafka import KafkaAdminClient
+from pyspark.sql import DataFrame, SparkSession
+
+from scoring.batch.job import REASON, check_schema, read_source, rows_for_date, score_frame
+from scoring.errors import GateFailedError, ModelNotFoundError
+from scoring.model.artifact import Artifact, load_artifact
+from scoring.stream.events import to_events
+from scoring.stream.metrics import fetch_health
+from scoring.stream.processor import Processor, StreamConfig
+from scoring.stream.topics import create, produce, reader
+
+__all__ = ["METRICS", "parity", "quality_gate", "wait_for_version"]
+
+
+def _auc(labels: np.ndarray, scores: np.ndarray) -> float:
+    from sklearn.metrics import roc_auc_score
+
+    return float(roc_auc_score(labels, scores))
+
+
+def _average_precision(labels: np.ndarray, scores: np.ndarray) -> float:
+    from sklearn.metrics import average_precision_score
+
+    return float(average_precision_score(labels, scores))
+
+
+# Higher is better for each.
+METRICS = {"auc": _auc, "average_precision": _average_precision}
+
+
+def _source_rows(
+    spark: SparkSession, artifact: Artifact, source: str, date: str | None, date_column: str
+) -> tuple[DataFrame, int]:
+    """The source (or one date of it) at its current version, once its schema fits."""
+    frame, version = read_source(spark, source)
+    check_schema(
+        frame.schema, artifact.contract, date_column if date else None, f"{source} (v{version})"
+    )
+    if date:
+        frame = rows_for_date(frame, date_column, date)
+    return frame, version
+
+
+def _metric(artifact: Artifact, holdout: pa.Table, label: str, metric: str) -> tuple[float, int]:
+    scored = artifact.scorer().score(holdout)
+    labels = holdout.column(label).to_numpy(zero_copy_only=False)[scored.valid]
+    scores = scored.score.to_numpy(zero_copy_only=False)[scored.valid]
+    if len(np.unique(labels)) < 2:
+        raise GateFailedError(
+            "quality gate", f"the holdout has only one class in {label!r}; pick another date"
+        )
+    return METRICS[metric](labels.astype(int), scores), int(scored.valid.sum())
+
+
+def quality_gate(
+    spark: SparkSession,
+    name: str,
+    version: str,
+    source: str,
+    label: str,
+    date: str | None = None,
+    date_column: str = "ds",
+    metric: str = "auc",
+    margin: float = 0.0,
+    alias: str = "champion",
+) -> dict[str, Any]:
+    """Checksum, contract against the source schema, and metric against the champion.
+
+    Passes when ``candidate >= champion - margin`` on the holdout rows (the source, or
+    one date of it). Without a champion the candidate passes on the other checks alone.
+    """
+    if metric not in METRICS:
+        raise GateFailedError(
+            "quality gate", f"unknown metric {metric!r}; use one of {list(METRICS)}"
+        )
+    candidate = load_artifact(f"models:/{name}/{version}")  # verifies both checksums
+    frame, source_version = _source_rows(spark, candidate, source, date, date_column)
+    holdout = frame.toArrow()
+    if label not in holdout.column_names:
+        raise GateFailedError("quality gate", f"the holdout has no label column {label!r}")
+    report: dict[str, Any] = {
+        "model": name,
+        "candidate": version,
+        "holdout": source,
+        "holdout_version": source_version,
+        "date": date,
+        "metric": metric,
+        "margin": margin,
+    }
+    report["candidate_value"], report["rows"] = _metric(candidate, holdout, label, metric)
+    try:
+        champion = load_artifact(f"models:/{name}@{alias}")
+    except ModelNotFoundError:
+        report.update(champion=None, passed=True)
+        return report
+    report["champion"] = champion.version
+    report["champion_value"], _ = _metric(champion, holdout, label, metric)
+    report["passed"] = report["candidate_value"] >= report["champion_value"] - margin
+    if not report["passed"]:
+        raise GateFailedError(
+            "quality gate",
+            f"{metric} {report['candidate_value']:.4f} on {report['rows']:,} holdout rows is "
+            f"below champion v{champion.version}'s {report['champion_value']:.4f} minus margin "
+            f"{margin}",
+        )
+    return report
+
+
+def parity(
+    spark: SparkSession,
+    name: str,
+    version: str,
+    source: str,
+    bootstrap: str,
+    date: str | None = None,
+    date_column: str = "ds",
+    rows: int = 1000,
+    timeout: float = 120,
+) -> dict[str, Any]:
+    """Score golden rows through the batch code (Spark) and a stream processor (Kafka).
+
+    The golden rows are the first ``rows`` of the source (or of one date), by key. Every
+    score must be identical, bit for bit, and both paths must refuse the same rows.
+    """
+    uri = f"models:/{name}/{version}"
+    artifact = load_artifact(uri)
+    key = artifact.contract.key
+    frame, _ = _source_rows(spark, artifact, source, date, date_column)
+    golden = frame.orderBy(key).limit(rows).cache()
+    batch = score_frame(golden, artifact, None).toArrow()
+    batch_scores = {
+        str(k): s
+        for k, s, r in zip(
+            batch.column(key).to_pylist(),
+            batch.column("score").to_pylist(),
+            batch.column(REASON).to_pylist(),
+            strict=True,
+        )
+        if r is None
+    }
+    table = golden.toArrow()
+    golden.unpersist()
+    stream_scores = _stream_scores(uri, artifact, table, bootstrap, len(batch_scores), timeout)
+    differ = sorted(
+        k
+        for k in batch_scores.keys() | stream_scores.keys()
+        if batch_scores.get(k) != stream_scores.get(k)
+    )
+    report = {
+        "model": name,
+        "version": version,
+        "golden_rows": table.num_rows,
+        "batch_scored": len(batch_scores),
+        "stream_scored": len(stream_scores),
+        "different": len(differ),
+    }
+    if differ:
+        first = differ[0]
+        raise GateFailedError(
+            "batch/stream parity",
+            f"{len(differ)} of {table.num_rows} golden rows differ (first: key {first}, batch "
+            f"{batch_scores.get(first)!r}, stream {stream_scores.get(first)!r})",
+        )
+    return report
+
+
+def _stream_scores(
+    uri: str, artifact: Artifact, table: pa.Table, bootstrap: str, expected: int, timeout: float
+) -> dict[str, float]:
+    """Run a processor in this process on fresh topics and collect what it scores."""
+    stamp = f"{artifact.name}-{artifact.version}-{time.time_ns()}"
+    topics = (f"parity.{stamp}.in", f"parity.{stamp}.out", f"parity.{stamp}.dlq")
+    create(bootstrap, topics, partitions=1)
+    processor = Processor(
+        StreamConfig(uri, *topics, bootstrap=bootstrap, group=f"parity.{stamp}", worker=stamp)
+    )
+    errors: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            processor.run()
+        except BaseException as exc:  # reported below
+            errors.append(exc)
+
+    thread = threading.Thread(target=run, name="parity-processor", daemon=True)
+    thread.start()
+    scores: dict[str, float] = {}
+    try:
+        deadline = time.monotonic() + timeout
+        while processor.status != "ok" and not errors and time.monotonic() < deadline:
+            time.sleep(0.1)
+        contract = artifact.contract
+        produce(bootstrap, topics[0], to_events(table, contract.key, contract.feature_names))
+        consumer = reader(bootstrap, topics[1], partitions=1)
+        while len(scores) < expected and not errors and time.monotonic() < deadline:
+            for records in consumer.poll(timeout_ms=200).values():
+                for record in records:
+                    prediction = json.loads(record.value)
+                    scores[str(prediction[contract.key])] = prediction["score"]
+        consumer.close()
+    finally:
+        processor.stop()
+        thread.join(60)
+        admin = KafkaAdminClient(bootstrap_servers=bootstrap)
+        admin.delete_topics(list(topics))
+        admin.close()
+    if errors:
+        raise errors[0]
+    return scores
+
+
+def wait_for_version(
+    urls: Sequence[str], name: str, version: str, timeout: float = 120, interval: float = 1.0
+) -> dict[str, Any]:
+    """Wait until every processor's ``/health`` reports ``name`` at ``version``."""
+    deadline = time.monotonic() + timeout
+    seen: dict[str, str] = {}
+    while True:
+        for url in urls:
+            seen[url] = _reported(url)
+        if all(s == f"{name} v{version}" for s in seen.values()):
+            return {"model": name, "version": version, "processors": seen}
+        if time.monotonic() >= deadline:
+            lagging = "; ".join(f"{u}: {s}" for u, s in seen.items() if s != f"{name} v{version}")
+            raise GateFailedError(
+                "stream confirmation",
+                f"after {timeout:.0f}s not every processor reports {name} v{version} ({lagging})",
+            )
+        time.sleep(interval)
+
+
+def _reported(url: str) -> str:
+    try:
+        health = fetch_health(url, timeout=5)
+    except (OSError, ValueError) as exc:
+        return f"unreachable ({exc})"
+    return f"{health.get('model_name')} v{health.get('model_version')}"

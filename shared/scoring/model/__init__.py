@@ -1,0 +1,1 @@
+"""The model core both paths share: the artifact, its scoring contract, feature encoding."""

@@ -1,0 +1,213 @@
+"""Kafka message values to Arrow rows and back: the stream path's wire format.
+
+An input event is one JSON object holding the contract's key and features (other fields
+are ignored). :func:`decode` turns a micro-batch of raw values into one Arrow batch of the
+events that parse, plus a reason for every one that does not; range, category and
+finiteness checks are left to :func:`scoring.model.contract.validate`, exactly as on the batch
+path. A feature that is absent from an event is refused (a producer that drops a field is
+broken); an explicit ``null`` is a missing value, allowed where the feature is nullable.
+Numbers are carried as float64, which is what the graph is fed on both paths.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import math
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+import orjson
+import pyarrow as pa
+
+from scoring.model.contract import Contract
+
+__all__ = [
+    "PARSE_KINDS",
+    "Decoded",
+    "Refused",
+    "decode",
+    "encode_prediction",
+    "iso_millis",
+    "to_events",
+]
+
+# Categories of events refused before the contract is checked (see contract.REASON_KINDS).
+PARSE_KINDS = (
+    "empty",
+    "oversized",
+    "not_json",
+    "not_object",
+    "missing_key",
+    "missing_field",
+    "wrong_type",
+)
+
+
+@dataclass(frozen=True)
+class Refused:
+    """Event ``index`` of the micro-batch, refused with a category and a reason."""
+
+    index: int
+    kind: str
+    reason: str
+
+
+@dataclass(frozen=True)
+class Decoded:
+    """The parsed events as Arrow columns; ``rows[i]`` is the batch index of row ``i``."""
+
+    batch: pa.RecordBatch
+    rows: list[int]
+    keys: list[str | int]
+    refused: list[Refused]
+
+
+def decode(values: Sequence[bytes | None], contract: Contract, max_bytes: int) -> Decoded:
+    """Parse raw message values; never raises on any input.
+
+    Column-wise: each feature's values are checked for their Python types in one pass
+    (a set of types per column), so a clean batch costs one JSON parse per event plus
+    one Arrow conversion per feature. Only a column holding a wrong type is walked
+    value by value to find the events to refuse.
+    """
+    names = contract.feature_names
+    required = frozenset(names)
+    events: list[dict[str, Any]] = []
+    rows: list[int] = []
+    keys: list[str | int] = []
+    refused: dict[int, Refused] = {}
+    for index, value in enumerate(values):
+        parsed = _parse(value, contract, max_bytes)
+        if isinstance(parsed, Refused):
+            refused[index] = Refused(index, parsed.kind, parsed.reason)
+            continue
+        key, event = parsed
+        if not required <= event.keys():
+            missing = next(n for n in names if n not in event)
+            refused[index] = Refused(index, "missing_field", f"{missing}: missing")
+            continue
+        events.append(event)
+        rows.append(index)
+        keys.append(key)
+    columns = [[event[name] for event in events] for name in names]
+    wrong: dict[int, Refused] = {}
+    for feature, column in zip(contract.features, columns, strict=True):
+        allowed = _STRING if feature.type == "string" else _NUMBER
+        if not set(map(type, column)) <= allowed:
+            expected = "a string" if feature.type == "string" else "a number"
+            for row, item in enumerate(column):
+                if type(item) not in allowed and row not in wrong:
+                    wrong[row] = _wrong(feature.name, expected, item)
+    if wrong:
+        keep = [row for row in range(len(events)) if row not in wrong]
+        refused.update(
+            {rows[row]: Refused(rows[row], r.kind, r.reason) for row, r in wrong.items()}
+        )
+        columns = [[column[row] for row in keep] for column in columns]
+        rows, keys = [rows[row] for row in keep], [keys[row] for row in keep]
+    arrays = [
+        pa.array(column, pa.string()) if f.type == "string" else _numbers(column)
+        for f, column in zip(contract.features, columns, strict=True)
+    ]
+    batch = pa.RecordBatch.from_arrays(arrays, names=names)
+    return Decoded(batch=batch, rows=rows, keys=keys, refused=sorted(refused.values(), key=_index))
+
+
+_STRING = frozenset({str, type(None)})
+_NUMBER = frozenset({int, float, type(None)})  # bool is its own type: refused
+
+
+def _index(refused: Refused) -> int:
+    return refused.index
+
+
+def _numbers(column: list[Any]) -> pa.Array:
+    try:
+        return pa.array(column, pa.float64())
+    except (OverflowError, pa.ArrowInvalid):
+        # An integer beyond float64 becomes inf, which the contract refuses as non-finite.
+        return pa.array([None if v is None else _to_float(v) for v in column], pa.float64())
+
+
+def _to_float(value: int | float) -> float:
+    try:
+        return float(value)
+    except OverflowError:
+        return math.inf if value > 0 else -math.inf
+
+
+def _parse(
+    value: bytes | None, contract: Contract, max_bytes: int
+) -> Refused | tuple[str | int, dict[str, Any]]:
+    if not value:
+        return Refused(-1, "empty", "empty message")
+    if len(value) > max_bytes:
+        return Refused(-1, "oversized", f"message is {len(value)} bytes, above {max_bytes}")
+    try:
+        event = orjson.loads(value)
+    except orjson.JSONDecodeError as exc:
+        try:
+            # The slow parser reads NaN/Infinity tokens, so such events are refused by
+            # the contract as non-finite rather than as unreadable.
+            event = json.loads(value)
+        except (ValueError, RecursionError):
+            return Refused(-1, "not_json", f"not valid JSON: {exc}")
+    if not isinstance(event, dict):
+        return Refused(-1, "not_object", f"expected a JSON object, got {type(event).__name__}")
+    key = event.get(contract.key)
+    if isinstance(key, bool) or not isinstance(key, str | int) or key == "":
+        return Refused(-1, "missing_key", f"key field {contract.key!r} is missing or not a value")
+    return key, event
+
+
+def _wrong(name: str, expected: str, value: Any) -> Refused:
+    shown = orjson.dumps(value).decode()
+    shown = shown if len(shown) <= 60 else shown[:57] + "..."
+    return Refused(-1, "wrong_type", f"{name}: expected {expected}, got {shown}")
+
+
+@functools.lru_cache(maxsize=4096)  # events of a burst share their millisecond
+def iso_millis(epoch_ms: int) -> str:
+    """``2026-11-22T03:04:05.678Z`` for a Kafka timestamp."""
+    moment = datetime.fromtimestamp(epoch_ms / 1000, UTC)
+    return moment.strftime("%Y-%m-%dT%H:%M:%S.") + f"{epoch_ms % 1000:03d}Z"
+
+
+def encode_prediction(
+    key_field: str,
+    key: str | int,
+    score: float,
+    label: int | None,
+    model: tuple[str, str],
+    event_time: str,
+    scored_time: str,
+) -> bytes:
+    """One output record. Floats are written shortest-round-trip, so they parse back exact.
+
+    Times are ISO-8601 strings (:func:`iso_millis`).
+    """
+    return orjson.dumps(
+        {
+            key_field: key,
+            "score": score,
+            "label": label,
+            "model_name": model[0],
+            "model_version": model[1],
+            "event_time": event_time,
+            "scored_time": scored_time,
+        }
+    )
+
+
+def to_events(table: pa.Table, key: str, columns: Iterable[str]) -> Iterator[tuple[bytes, bytes]]:
+    """(Kafka key, JSON value) for every row of ``table``: how tests and the demo produce.
+
+    Written with the standard library, which spells NaN and infinities as the bare tokens
+    ``NaN``/``Infinity`` (not JSON, but what careless producers send); the processor
+    refuses those rows as non-finite, as the batch job does.
+    """
+    for row in table.select([key, *columns]).to_pylist():
+        yield str(row[key]).encode(), json.dumps(row, separators=(",", ":")).encode()

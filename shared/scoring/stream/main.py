@@ -1,0 +1,139 @@
+"""Score every event of a Kafka topic with a registered model, exactly once.
+
+    python jobs/stream/process.py --model models:/fraud@champion \
+        --input-topic transactions --output-topic fraud_scores --dlq-topic transactions_dlq
+
+or through the CLI with the same options: ``scoring stream run ...``. Runs until SIGTERM
+or Ctrl-C, which finish and commit the current micro-batch; the last line printed is a
+JSON summary of what was processed. Exit codes: 0 stopped cleanly, 2 bad arguments or
+settings, 4 Kafka problem (no broker, missing input topic, fenced worker), 1 other.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+from collections.abc import Sequence
+
+from scoring.errors import ConfigError, ScoringError
+from scoring.settings import ENV, load
+from scoring.stream.processor import Processor, StreamConfig
+
+log = logging.getLogger(__name__)
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    defaults = StreamConfig("", "", "", "", "")
+    parser = argparse.ArgumentParser(prog="process", description=__doc__.splitlines()[0])
+    add = parser.add_argument
+    add("--model", required=True, help="models:/NAME@ALIAS (followed), models:/NAME/N or a folder")
+    add("--input-topic", required=True, help="topic of JSON feature events")
+    add("--output-topic", required=True, help="topic for predictions (created if missing)")
+    add("--dlq-topic", required=True, help="dead-letter topic for refused events")
+    add("--bootstrap", help=f"Kafka host:port (default ${ENV['kafka_bootstrap']})")
+    add("--group", default=defaults.group, help="consumer group (default %(default)s)")
+    add(
+        "--worker",
+        default=os.environ.get("SCORING_STREAM_WORKER", defaults.worker),
+        help="this worker's id, unique in the group and stable across restarts "
+        "(default $SCORING_STREAM_WORKER or %(default)s)",
+    )
+    add(
+        "--guarantee",
+        choices=("exactly-once", "at-least-once"),
+        default="exactly-once",
+        help="delivery guarantee (default %(default)s)",
+    )
+    add("--batch-size", type=int, default=defaults.batch_size, help="max events per micro-batch")
+    add(
+        "--batch-wait-ms",
+        type=int,
+        default=defaults.batch_wait_ms,
+        help="max wait after a batch's first event (default %(default)s)",
+    )
+    add(
+        "--model-poll-seconds",
+        type=float,
+        default=defaults.model_poll_s,
+        help="how often the registry alias is checked (default %(default)s)",
+    )
+    add(
+        "--max-message-bytes",
+        type=int,
+        default=defaults.max_message_bytes,
+        help="larger events go to the dead-letter topic (default %(default)s)",
+    )
+    add("--metrics-port", type=int, help="serve /metrics and /health here (0: any free port)")
+    add("--metrics-host", default=defaults.metrics_host, help="(default %(default)s)")
+    add(
+        "--start-from",
+        choices=("earliest", "latest"),
+        default=defaults.start_from,
+        help="where a new group starts reading (default %(default)s)",
+    )
+    add("--ort-threads", type=int, help=f"onnxruntime threads (default ${ENV['ort_threads']} or 1)")
+    add("--verbose", "-v", action="store_true", help="log every dead letter")
+    return parser.parse_args(argv)
+
+
+def config_from(args: argparse.Namespace) -> StreamConfig:
+    settings = load(kafka_bootstrap=args.bootstrap, ort_threads=args.ort_threads)
+    if not settings.kafka_bootstrap:
+        raise ConfigError(f"no Kafka cluster: pass --bootstrap or set {ENV['kafka_bootstrap']}")
+    return StreamConfig(
+        model=args.model,
+        input_topic=args.input_topic,
+        output_topic=args.output_topic,
+        dlq_topic=args.dlq_topic,
+        bootstrap=settings.kafka_bootstrap,
+        group=args.group,
+        worker=args.worker,
+        exactly_once=args.guarantee == "exactly-once",
+        batch_size=args.batch_size,
+        batch_wait_ms=args.batch_wait_ms,
+        model_poll_s=args.model_poll_seconds,
+        max_message_bytes=args.max_message_bytes,
+        ort_threads=settings.ort_threads,
+        metrics_host=args.metrics_host,
+        metrics_port=args.metrics_port,
+        start_from=args.start_from,
+    )
+
+
+def command(model: str, topics: Sequence[str], bootstrap: str, *options: str) -> list[str]:
+    """How to start a worker as a child process of this Python: (input, output, dlq) topics."""
+    input_topic, output_topic, dlq_topic = topics
+    return [
+        sys.executable, "-m", "scoring.stream.main",
+        "--model", model,
+        "--input-topic", input_topic,
+        "--output-topic", output_topic,
+        "--dlq-topic", dlq_topic,
+        "--bootstrap", bootstrap,
+        *options,
+    ]  # fmt: skip
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        stream=sys.stderr,
+        format="%(asctime)s %(levelname)s %(name)s %(message)s",
+    )
+    for noisy in ("kafka", "mlflow", "alembic"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+    try:
+        summary = Processor(config_from(args)).run()
+    except ScoringError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    print(json.dumps({"status": "stopped", **summary}))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

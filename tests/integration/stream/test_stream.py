@@ -1,0 +1,215 @@
+"""The stream processor against a real Kafka broker: results, dead letters, metrics.
+
+The processor runs as a child process (``python -m scoring.stream.main``), as in
+production; expected scores come from the same artifact scored directly on the table.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pyarrow as pa
+import pytest
+from pyspark.sql import SparkSession
+from pyspark.sql import functions as F
+from scoring.batch.job import BatchJob, run
+from scoring.dev.demo.data import KEY
+from scoring.dev.kafka_broker import Broker
+from scoring.model.artifact import load_artifact
+from scoring.stream.events import to_events
+
+from tests.integration.conftest import DAYS
+from tests.integration.kafka_helpers import (
+    ProcessorProcess,
+    Topics,
+    headers,
+    outputs_by_key,
+    produce,
+    read_all,
+)
+
+pytestmark = pytest.mark.integration
+
+
+def expected_scores(artifact_dir: Path, table: pa.Table) -> tuple[dict[bytes, float], set[bytes]]:
+    """Score of every valid row by Kafka key, and the keys of the rows the contract refuses."""
+    scored = load_artifact(str(artifact_dir)).scorer().score(table)
+    keys = [str(k).encode() for k in table.column(KEY).to_pylist()]
+    scores = scored.score.to_pylist()
+    valid = {k: s for k, s, ok in zip(keys, scores, scored.valid, strict=True) if ok}
+    return valid, {k for k, ok in zip(keys, scored.valid, strict=True) if not ok}
+
+
+def events_of(artifact_dir: Path, table: pa.Table) -> list[tuple[bytes, bytes]]:
+    contract = load_artifact(str(artifact_dir)).contract
+    return list(to_events(table, contract.key, contract.feature_names))
+
+
+def test_every_valid_event_gets_exactly_one_prediction(
+    kafka: Broker, topics: Topics, artifact_dir: Path, demo_table: pa.Table, tmp_path: Path
+) -> None:
+    events = events_of(artifact_dir, demo_table)
+    valid, refused = expected_scores(artifact_dir, demo_table)
+    assert refused, "the demo data carries some contract-breaking rows"
+    processor = ProcessorProcess(kafka.bootstrap, artifact_dir, topics, tmp_path)
+    try:
+        processor.wait_ready()
+        produce(kafka.bootstrap, topics.input, events)
+        out = read_all(kafka.bootstrap, topics.output, len(valid))
+        dead = read_all(kafka.bootstrap, topics.dlq, len(refused))
+        processor.wait_until(lambda h: h["events_in"] == len(events), what="all events counted")
+        metrics = processor.metrics()
+        assert processor.terminate() == 0, processor.log()
+    finally:
+        processor.stop()
+
+    by_key = outputs_by_key(out)
+    assert set(by_key) == set(valid)
+    assert all(len(predictions) == 1 for predictions in by_key.values())
+    threshold = load_artifact(str(artifact_dir)).contract.output.threshold
+    for key, (prediction,) in by_key.items():
+        assert prediction[KEY].encode() == key
+        assert prediction["score"] == valid[key]  # bit for bit: floats round-trip exactly
+        assert prediction["label"] == int(prediction["score"] >= threshold)
+        assert (prediction["model_name"], prediction["model_version"]) == ("model", "local")
+        assert (
+            prediction["event_time"].endswith("Z")
+            and prediction["scored_time"] >= prediction["event_time"][:19]
+        )
+    assert {headers(r)["model_version"] for r in out} == {"local"}
+
+    assert {r.key for r in dead} == refused
+    assert {headers(r)["reason_kind"] for r in dead} <= {
+        "not_finite",
+        "out_of_range",
+        "null",
+        "unknown_category",
+    }
+
+    assert f"scoring_stream_events_in_total {float(len(events))}" in metrics
+    assert f"scoring_stream_events_out_total {float(len(valid))}" in metrics
+    assert 'scoring_stream_model_version{model="model"}' in metrics
+    assert "scoring_stream_end_to_end_seconds_count" in metrics
+    assert "scoring_stream_consumer_lag" in metrics
+
+
+def _bad_corpus(good: list[tuple[bytes, bytes]]) -> list[tuple[bytes, bytes | None, str]]:
+    """(key, value, expected reason kind) for every way an event can be bad."""
+    template = json.loads(good[0][1])
+
+    def variant(**changes: object) -> bytes:
+        event = {**template, **changes}
+        return json.dumps({k: v for k, v in event.items() if v is not _DROP}).encode()
+
+    cases: list[tuple[bytes | None, str]] = [
+        (b"", "empty"),
+        (None, "empty"),
+        (b"x" * 70_000, "oversized"),
+        (b"{not json", "not_json"),
+        (b"\xff\xfe\x00", "not_json"),
+        (b"[" * 5_000, "not_json"),
+        (b"[1, 2]", "not_object"),
+        (b'"a string"', "not_object"),
+        (variant(**{KEY: _DROP}), "missing_key"),
+        (variant(**{KEY: None}), "missing_key"),
+        (variant(amount=_DROP), "missing_field"),
+        (variant(amount="12.5"), "wrong_type"),
+        (variant(amount=True), "wrong_type"),
+        (variant(country=3), "wrong_type"),
+        (variant(amount=float("nan")), "not_finite"),
+        (variant(amount=float("inf")), "not_finite"),
+        (variant(amount=-5.0), "out_of_range"),
+        (variant(hour=24.0), "out_of_range"),
+        (variant(country="XX"), "unknown_category"),
+        (variant(amount=None), "null"),
+    ]
+    return [(f"bad-{i}".encode(), value, kind) for i, (value, kind) in enumerate(cases)]
+
+
+_DROP = object()
+
+
+def test_bad_events_go_to_the_dead_letter_topic_and_the_rest_is_scored(
+    kafka: Broker, topics: Topics, artifact_dir: Path, demo_table: pa.Table, tmp_path: Path
+) -> None:
+    table = demo_table.slice(0, 400)
+    valid, refused = expected_scores(artifact_dir, table)
+    good = events_of(artifact_dir, table)
+    bad = _bad_corpus(good)
+    # Interleave: a bad event after every 20 good ones, in one stream.
+    mixed: list[tuple[bytes | None, bytes | None]] = []
+    for i, event in enumerate(good):
+        mixed.append(event)
+        if i % 20 == 0 and i // 20 < len(bad):
+            mixed.append(bad[i // 20][:2])
+    assert len(mixed) == len(good) + len(bad)
+
+    processor = ProcessorProcess(
+        kafka.bootstrap, artifact_dir, topics, tmp_path, extra=["--batch-size", "50"]
+    )
+    try:
+        processor.wait_ready()
+        produce(kafka.bootstrap, topics.input, mixed)
+        out = read_all(kafka.bootstrap, topics.output, len(valid))
+        dead = read_all(kafka.bootstrap, topics.dlq, len(refused) + len(bad))
+        processor.wait_until(lambda h: h["events_in"] == len(mixed), what="all events counted")
+        inputs = read_all(kafka.bootstrap, topics.input, len(mixed), settle=0)
+        metrics = processor.metrics()
+        assert processor.health() is not None  # alive after all of it
+        assert processor.terminate() == 0, processor.log()
+    finally:
+        processor.stop()
+
+    assert set(outputs_by_key(out)) == set(valid)
+    origin = {(r.partition, r.offset): r for r in inputs}
+    by_key = {r.key: r for r in dead}
+    assert set(by_key) == refused | {key for key, _, _ in bad}
+    assert len(dead) == len(by_key)
+    for key, value, kind in bad:
+        record = by_key[key]
+        h = headers(record)
+        assert h["reason_kind"] == kind, (key, h)
+        assert h["reason"]
+        assert h["origin_topic"] == topics.input
+        source = origin[(int(h["origin_partition"]), int(h["origin_offset"]))]
+        assert source.key == key
+        assert record.value == (value if value is not None else None)
+    kinds = {kind for _, _, kind in bad}
+    for kind in kinds:
+        assert f'scoring_stream_dead_letters_total{{reason="{kind}"}}' in metrics
+
+
+def test_stream_and_batch_scores_agree_bit_for_bit(
+    kafka: Broker,
+    topics: Topics,
+    artifact_dir: Path,
+    spark: SparkSession,
+    source_table: str,
+    tmp_path: Path,
+) -> None:
+    """The demo table's rows for one date through the batch job and through the stream."""
+    day = DAYS[0]
+    target = str(tmp_path / "lake" / "scores")
+    summary = run(
+        spark, BatchJob(model=str(artifact_dir), source=source_table, target=target, date=day)
+    )
+    batch = spark.read.format("delta").load(target).where(F.col("ds") == day).toArrow()
+    batch_scores = dict(
+        zip(batch.column(KEY).to_pylist(), batch.column("score").to_pylist(), strict=True)
+    )
+    rows = spark.read.format("delta").load(source_table).where(F.col("ds") == day).toArrow()
+    assert summary["rows_scored"] == len(batch_scores) > 0
+
+    processor = ProcessorProcess(kafka.bootstrap, artifact_dir, topics, tmp_path)
+    try:
+        processor.wait_ready()
+        produce(kafka.bootstrap, topics.input, events_of(artifact_dir, rows))
+        out = read_all(kafka.bootstrap, topics.output, len(batch_scores))
+        assert processor.terminate() == 0, processor.log()
+    finally:
+        processor.stop()
+
+    stream_scores = {p[KEY]: p["score"] for r in out for p in [json.loads(r.value)]}
+    assert len(out) == len(stream_scores)
+    assert stream_scores == batch_scores

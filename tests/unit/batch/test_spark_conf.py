@@ -1,0 +1,44 @@
+"""The spark-submit command carries the jars and the Delta settings (no JVM started)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from scoring.batch.spark import submit_command
+from scoring.errors import JarsMissingError
+from scoring.settings import load
+
+
+def test_submit_command_carries_jars_and_delta_settings(tmp_path: Path) -> None:
+    (tmp_path / "delta-spark_2.13-4.4.0.jar").write_bytes(b"")
+    (tmp_path / "delta-storage-4.4.0.jar").write_bytes(b"")
+    command = submit_command(
+        Path("job.py"),
+        ["--date", "2026-11-01"],
+        master="spark://h:7077",
+        settings=load(jars_dir=tmp_path),
+        conf={"spark.executor.memory": "1g"},
+    )
+    assert command[1:3] == ["--master", "spark://h:7077"]
+    confs = dict(c.split("=", 1) for c in command[4:-3:2])
+    assert confs["spark.jars"].split(",") == sorted(str(p) for p in tmp_path.glob("*.jar"))
+    assert confs["spark.sql.extensions"] == "io.delta.sql.DeltaSparkSessionExtension"
+    assert confs["spark.driver.bindAddress"] == "127.0.0.1"
+    assert confs["spark.executor.memory"] == "1g"
+    assert command[-3:] == ["job.py", "--date", "2026-11-01"]
+
+
+def test_missing_jars_say_how_to_get_them(tmp_path: Path) -> None:
+    with pytest.raises(JarsMissingError, match="make jars"):
+        submit_command(Path("job.py"), [], settings=load(jars_dir=tmp_path))
+
+
+def test_properties_file_carries_the_same_settings(tmp_path: Path) -> None:
+    from scoring.batch.spark import properties_text, session_conf
+
+    (tmp_path / "delta-spark_2.13-4.4.0.jar").write_bytes(b"")
+    conf = session_conf(load(jars_dir=tmp_path))
+    lines = properties_text(conf).splitlines()
+    assert dict(line.split("=", 1) for line in lines) == conf
+    assert properties_text({"a b": "c:\\d\ne"}) == "a\\ b=c:\\\\d\\ne\n"

@@ -1,0 +1,153 @@
+"""Packaging converts, verifies against the native model, and refuses what disagrees."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import joblib
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from scoring.dev.demo.data import CATEGORIES
+from scoring.dev.demo.train import TrainedModel
+from scoring.errors import ContractError, ConversionMismatchError, UnsupportedModelError
+from scoring.lifecycle.packaging import build, write_artifact
+from scoring.model.artifact import load_artifact
+from sklearn.linear_model import LinearRegression, LogisticRegression
+
+
+def test_sklearn_pipeline_is_converted_and_verified(trained: TrainedModel) -> None:
+    spec = json.loads(trained.contract_file.read_text())
+    packaged = build(trained.model_file, trained.sample_file, spec=spec)
+    assert packaged.max_diff is not None and packaged.max_diff < 1e-5
+    contract = packaged.contract
+    assert contract.key == "transaction_id"
+    assert contract.output.score_output == "probabilities"
+    by_name = {f.name: f for f in contract.features}
+    assert by_name["amount"].min == 0.0 and not by_name["amount"].nullable
+    # categories come from the fitted encoder, not from the hints
+    assert set(by_name["channel"].categories or ()) == set(CATEGORIES["channel"])
+    assert contract.training_data is not None and contract.metrics["auc"] > 0.6
+
+
+def test_a_conversion_that_disagrees_with_the_native_model_is_refused(tmp_path: Path) -> None:
+    # The converted regressor computes in float32; around 1e7 float32 steps are 1.0 apart,
+    # so the 0.01 steps this model relies on vanish and its scores move by whole units.
+    x = 1e7 + np.arange(200) * 0.01
+    frame = pd.DataFrame({"id": [str(i) for i in range(200)], "x": x})
+    model = LinearRegression().fit(frame[["x"]], (x - 1e7) * 100)
+    joblib.dump(model, tmp_path / "linear.joblib")
+    pq.write_table(pa.Table.from_pandas(frame), tmp_path / "sample.parquet")
+    with pytest.raises(ConversionMismatchError, match="disagrees with the native model") as exc:
+        build(tmp_path / "linear.joblib", tmp_path / "sample.parquet", key="id")
+    assert exc.value.max_diff >= 1.0
+
+
+def test_raw_onnx_with_named_inputs_needs_no_flags(artifact_dir: Path) -> None:
+    packaged = build(artifact_dir / "model.onnx", key="transaction_id")
+    assert packaged.contract.input_mode == "columns"
+    assert len(packaged.contract.features) == 20
+
+
+def _write_sample(tmp_path: Path, X: np.ndarray, names: list[str]) -> Path:
+    """The first 500 rows of ``X`` as parquet, with an ``id`` key column."""
+    sample = tmp_path / "sample.parquet"
+    rows = X[:500]
+    pq.write_table(
+        pa.table({"id": np.arange(len(rows)), **{n: rows[:, i] for i, n in enumerate(names)}}),
+        sample,
+    )
+    return sample
+
+
+def _tensor_model(tmp_path: Path) -> tuple[Path, Path]:
+    from skl2onnx import convert_sklearn
+    from skl2onnx.common.data_types import FloatTensorType
+
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(500, 3))
+    model = LogisticRegression().fit(X, X[:, 0] > 0)
+    graph = convert_sklearn(
+        model,
+        initial_types=[("input", FloatTensorType([None, 3]))],
+        options={id(model): {"zipmap": False}},
+    )
+    path = tmp_path / "model.onnx"
+    path.write_bytes(graph.SerializeToString())
+    return path, _write_sample(tmp_path, X, ["a", "b", "c"])
+
+
+def test_raw_onnx_with_one_tensor_input_needs_column_names(tmp_path: Path) -> None:
+    path, sample = _tensor_model(tmp_path)
+    with pytest.raises(ContractError, match="--features"):
+        build(path, key="id")
+    with pytest.raises(ContractError, match="expects 3 columns"):
+        build(path, key="id", feature_names=["a", "b"])
+    packaged = build(path, key="id", feature_names=["a", "b", "c"])
+    assert packaged.contract.input_mode == "tensor"
+    from_sample = build(path, sample, key="id")
+    assert from_sample.contract.feature_names == ["a", "b", "c"]
+    write_artifact(from_sample, tmp_path / "artifact")
+    scored = load_artifact(str(tmp_path / "artifact")).scorer().score(pq.read_table(sample))
+    assert scored.rejected == 0
+
+
+def test_lightgbm_booster_is_converted_and_verified(tmp_path: Path) -> None:
+    lightgbm = pytest.importorskip("lightgbm")
+    rng = np.random.default_rng(1)
+    X = rng.normal(size=(2000, 4))
+    y = (X[:, 0] + X[:, 1] * X[:, 2] > 0).astype(int)
+    names = ["f0", "f1", "f2", "f3"]
+    booster = lightgbm.train(
+        {"objective": "binary", "verbose": -1, "num_leaves": 15},
+        lightgbm.Dataset(X, y, feature_name=names),
+        num_boost_round=20,
+    )
+    booster.save_model(str(tmp_path / "model.txt"))
+    sample = _write_sample(tmp_path, X, names)
+    packaged = build(tmp_path / "model.txt", sample, key="id")
+    assert packaged.flavor == "lightgbm" and packaged.max_diff is not None
+    assert packaged.contract.input_mode == "tensor"
+    assert packaged.contract.output.task == "binary_classification"
+
+
+def test_sklearn_model_without_sample_is_refused(trained: TrainedModel) -> None:
+    with pytest.raises(ContractError, match="--sample"):
+        build(trained.model_file, key="transaction_id")
+
+
+def test_unknown_model_file_is_refused(tmp_path: Path) -> None:
+    (tmp_path / "model.bin").write_bytes(b"x")
+    with pytest.raises(UnsupportedModelError, match="suffix"):
+        build(tmp_path / "model.bin", key="id")
+
+
+def test_contract_hints_must_name_real_features(trained: TrainedModel) -> None:
+    with pytest.raises(ContractError, match="does not take"):
+        build(
+            trained.model_file,
+            trained.sample_file,
+            key="transaction_id",
+            spec={"features": [{"name": "nope", "min": 0}]},
+        )
+
+
+def test_xgboost_booster_is_converted_and_verified(tmp_path: Path) -> None:
+    xgboost = pytest.importorskip("xgboost")
+    rng = np.random.default_rng(2)
+    X = rng.normal(size=(2000, 3))
+    y = (X[:, 0] - X[:, 2] > 0).astype(int)
+    names = ["a", "b", "c"]
+    booster = xgboost.train(
+        {"objective": "binary:logistic", "max_depth": 3},
+        xgboost.DMatrix(X, y, feature_names=names),
+        num_boost_round=20,
+    )
+    booster.save_model(str(tmp_path / "model.json"))
+    sample = _write_sample(tmp_path, X, names)
+    packaged = build(tmp_path / "model.json", sample, key="id")
+    assert packaged.flavor == "xgboost" and packaged.max_diff is not None
+    assert packaged.contract.feature_names == names

@@ -1,0 +1,104 @@
+"""Decoding Kafka event values against a contract (scoring.stream.events); no broker involved."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import orjson
+import pyarrow as pa
+from hypothesis import given
+from hypothesis import strategies as st
+from scoring.model.contract import Contract, Feature, Output
+from scoring.stream.events import decode, encode_prediction, iso_millis, to_events
+
+CONTRACT = Contract(
+    key="id",
+    features=(
+        Feature(name="amount", type="double", nullable=False, min=0),
+        Feature(name="age", type="int64", nullable=True),
+        Feature(name="country", type="string", categories=("US", "GB")),
+    ),
+    output=Output(score_output="probabilities"),
+    onnx_sha256="0" * 64,
+)
+GOOD = {"id": "t-1", "amount": 12.5, "age": 40, "country": "US", "extra": [1, 2]}
+
+
+def _decode(*values: bytes | None, max_bytes: int = 1000):  # type: ignore[no-untyped-def]
+    return decode(list(values), CONTRACT, max_bytes)
+
+
+def test_good_events_become_arrow_rows_in_order() -> None:
+    second = {**GOOD, "id": 7, "age": None, "country": None}
+    decoded = _decode(json.dumps(GOOD).encode(), json.dumps(second).encode())
+    assert decoded.refused == []
+    assert decoded.rows == [0, 1] and decoded.keys == ["t-1", 7]
+    assert decoded.batch.schema == pa.schema(
+        [("amount", pa.float64()), ("age", pa.float64()), ("country", pa.string())]
+    )
+    assert decoded.batch.to_pydict() == {
+        "amount": [12.5, 12.5],
+        "age": [40.0, None],
+        "country": ["US", None],
+    }
+
+
+def test_every_unreadable_event_is_refused_with_its_kind() -> None:
+    cases = {
+        b"": "empty",
+        None: "empty",
+        b"x" * 1001: "oversized",
+        b"{nope": "not_json",
+        b"\xff\xfe": "not_json",
+        b"[" * 900: "not_json",
+        b"[1]": "not_object",
+        b"3": "not_object",
+        json.dumps({**GOOD, "id": None}).encode(): "missing_key",
+        json.dumps({**GOOD, "id": True}).encode(): "missing_key",
+        json.dumps({k: v for k, v in GOOD.items() if k != "id"}).encode(): "missing_key",
+        json.dumps({k: v for k, v in GOOD.items() if k != "age"}).encode(): "missing_field",
+        json.dumps({**GOOD, "amount": "1"}).encode(): "wrong_type",
+        json.dumps({**GOOD, "amount": False}).encode(): "wrong_type",
+        json.dumps({**GOOD, "country": 1}).encode(): "wrong_type",
+    }
+    values = list(cases)
+    decoded = decode([*values, json.dumps(GOOD).encode()], CONTRACT, 1000)
+    assert decoded.rows == [len(values)]
+    assert [(r.index, r.kind) for r in decoded.refused] == [
+        (i, cases[v]) for i, v in enumerate(values)
+    ]
+    assert all(r.reason for r in decoded.refused)
+
+
+def test_nan_and_infinity_tokens_reach_the_contract_check() -> None:
+    text = json.dumps({**GOOD, "amount": math.nan}).encode()
+    assert b"NaN" in text
+    decoded = _decode(text)
+    assert decoded.refused == [] and math.isnan(decoded.batch.column(0)[0].as_py())
+
+
+def test_predictions_round_trip_floats_exactly() -> None:
+    score = 0.1 + 0.2
+    value = encode_prediction(
+        "id", "k", score, 1, ("fraud", "3"), iso_millis(1_700_000_000_123), "later"
+    )
+    parsed = orjson.loads(value)
+    assert parsed["score"] == score
+    assert parsed["event_time"] == "2023-11-14T22:13:20.123Z"
+    assert (parsed["model_name"], parsed["model_version"], parsed["label"]) == ("fraud", "3", 1)
+    assert iso_millis(5) == "1970-01-01T00:00:00.005Z"
+
+
+@given(st.binary(max_size=200))
+def test_decode_never_raises(value: bytes) -> None:
+    decoded = _decode(value)
+    assert len(decoded.rows) + len(decoded.refused) == 1
+
+
+def test_to_events_keys_and_values() -> None:
+    table = pa.table({"id": ["a", "b"], "amount": [1.0, math.inf], "age": [1, None], "x": [0, 0]})
+    events = list(to_events(table, "id", ["amount", "age"]))
+    assert [k for k, _ in events] == [b"a", b"b"]
+    assert json.loads(events[0][1]) == {"id": "a", "amount": 1.0, "age": 1}
+    assert b"Infinity" in events[1][1]
