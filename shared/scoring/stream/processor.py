@@ -26,7 +26,6 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer, TopicPartition
@@ -37,11 +36,12 @@ from kafka.errors import KafkaError, ProducerFencedError
 from kafka.structs import OffsetAndMetadata
 
 from scoring.errors import StreamError
-from scoring.model.artifact import Artifact, Scorer, load_artifact
+from scoring.model.artifact import load_artifact
+from scoring.model.live import LiveModel, ModelFollower, follows_alias
 from scoring.stream.events import Refused, decode, encode_prediction, iso_millis
 from scoring.stream.metrics import StreamMetrics, serve
 
-__all__ = ["LiveModel", "Processor", "StreamConfig"]
+__all__ = ["Processor", "StreamConfig"]
 
 log = logging.getLogger(__name__)
 
@@ -98,60 +98,6 @@ class StreamConfig:
         return f"scoring-stream.{self.group}.{self.worker}"
 
 
-@dataclass(frozen=True)
-class LiveModel:
-    """The model scoring now: its scorer and the identity every prediction records."""
-
-    name: str
-    version: str
-    scorer: Scorer
-
-    @classmethod
-    def of(cls, artifact: Artifact, threads: int) -> LiveModel:
-        name = artifact.name or Path(artifact.source).name
-        return cls(name, artifact.version or "local", artifact.scorer(threads))
-
-
-class _ModelWatcher:
-    """Follows a registry alias and loads the version it points to, off the hot path."""
-
-    def __init__(self, uri: str, current: LiveModel, config: StreamConfig, metrics: StreamMetrics):
-        self.uri, self.version = uri, current.version
-        self.config, self.metrics = config, metrics
-        self._pending: LiveModel | None = None
-        self._lock = threading.Lock()
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._loop, name="model-watcher", daemon=True)
-        self._thread.start()
-
-    def take(self) -> LiveModel | None:
-        with self._lock:
-            pending, self._pending = self._pending, None
-            return pending
-
-    def stop(self) -> None:
-        self._stop.set()
-        self._thread.join(timeout=30)
-
-    def _loop(self) -> None:
-        from scoring.lifecycle import registry
-
-        while not self._stop.wait(self.config.model_poll_s):
-            try:
-                info = registry.resolve(self.uri)
-                if info.version == self.version:
-                    continue
-                log.info("%s now points to version %s; loading it", self.uri, info.version)
-                artifact = load_artifact(f"models:/{info.name}/{info.version}")
-                model = LiveModel.of(artifact, self.config.ort_threads)
-            except Exception:  # keep scoring with the current version whatever happened
-                log.exception("could not load the version %s points to", self.uri)
-                self.metrics.model_swap_failures.inc()
-                continue
-            with self._lock:
-                self._pending, self.version = model, model.version
-
-
 class Processor:
     """One worker of the consumer group. :meth:`run` blocks until :meth:`stop` or SIGTERM."""
 
@@ -194,8 +140,14 @@ class Processor:
             consumer = self._consumer()
             self._producer = self._new_producer()
             watcher = (
-                _ModelWatcher(config.model, self.model, config, self.metrics)
-                if "@" in config.model and config.model.startswith("models:/")
+                ModelFollower(
+                    config.model,
+                    self.model,
+                    config.ort_threads,
+                    config.model_poll_s,
+                    on_failure=lambda _: self.metrics.model_swap_failures.inc(),
+                )
+                if follows_alias(config.model)
                 else None
             )
             self.status = "ok"
