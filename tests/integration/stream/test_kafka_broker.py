@@ -12,8 +12,9 @@ from pathlib import Path
 import pytest
 from kafka import KafkaAdminClient, KafkaProducer
 from kafka.admin import NewTopic
-from scoring.dev import kafka_broker, topics
+from scoring.dev import kafka_broker
 from scoring.errors import BrokerError
+from scoring.stream import topics
 
 pytestmark = pytest.mark.integration
 

@@ -15,10 +15,11 @@ from pathlib import Path
 
 import pyarrow as pa
 import pytest
-from scoring.dev import kafka_broker, registry
+from scoring.dev import kafka_broker
 from scoring.dev.demo.data import generate_day
 from scoring.dev.demo.train import TrainedModel
 from scoring.dev.kafka_broker import Broker
+from scoring.lifecycle import registry
 from scoring.lifecycle.packaging import package
 
 from tests.integration.kafka_helpers import (
