@@ -114,8 +114,10 @@ class JarsMissingError(ScoringError):
         super().__init__(
             f"The Delta Lake jars from {jars_dir} are not loaded: "
             + (detail or "that folder has none")
-            + ". Resolve them once with `make jars` (Maven, infra/pom.xml) or point "
-            "SCORING_JARS_DIR at a folder that has them."
+            + ". Resolve them once with `make jars` in a checkout of the project (Maven, "
+            "infra/pom.xml, into infra/jars), then point the setting jars_dir "
+            "(SCORING_JARS_DIR) at that folder, or copy them into $SCORING_HOME/jars/spark "
+            "(the default when the project is installed from a wheel)."
         )
 
 

@@ -25,15 +25,25 @@ from scoring.errors import ConfigError
 
 __all__ = ["ENV", "PROJECT_ROOT", "Settings", "load"]
 
-# The checkout this package runs from (shared/scoring/ -> the repository root); an
-# installed wheel has no checkout, so nothing may rely on its folders existing.
-PROJECT_ROOT = Path(__file__).resolve().parents[2]
+
+def _checkout() -> Path | None:
+    """The repository root when this package runs from a checkout (shared/scoring/)."""
+    root = Path(__file__).resolve().parents[2]
+    is_checkout = (root / "pyproject.toml").is_file() and (root / "infra").is_dir()
+    return root if is_checkout else None
+
+
+# The checkout this package runs from, or None when it is installed from a wheel: then
+# there is no infra/ folder, and every default that would live there moves under
+# SCORING_HOME instead (see the jar folders below).
+PROJECT_ROOT = _checkout()
 
 # Every environment variable the project reads, in one place.
 ENV = {
     "home": "SCORING_HOME",
     "config": "SCORING_CONFIG",
     "jars_dir": "SCORING_JARS_DIR",
+    "kafka_jars_dir": "SCORING_KAFKA_JARS_DIR",
     "tracking_uri": "MLFLOW_TRACKING_URI",
     "registry_uri": "MLFLOW_REGISTRY_URI",
     "ort_threads": "SCORING_ORT_THREADS",
@@ -63,9 +73,16 @@ class Settings(BaseSettings):
         description="Data dir: embedded MLflow store, demo tables, local services' state.",
     )
     jars_dir: Path = Field(
-        default=PROJECT_ROOT / "infra" / "jars",
+        default_factory=lambda data: _jars_default(data["home"], "spark"),
         validation_alias=ENV["jars_dir"],
-        description="Folder of JVM jars resolved by Maven (infra/pom.xml).",
+        description="Folder of the Delta Lake jars Spark loads (Maven, infra/pom.xml). "
+        "Default: infra/jars of the checkout, else SCORING_HOME/jars/spark.",
+    )
+    kafka_jars_dir: Path = Field(
+        default_factory=lambda data: _jars_default(data["home"], "kafka"),
+        validation_alias=ENV["kafka_jars_dir"],
+        description="Folder of the local Kafka broker's jars (Maven, infra/kafka/pom.xml). "
+        "Default: infra/kafka/jars of the checkout, else SCORING_HOME/jars/kafka.",
     )
     tracking_uri: str | None = Field(default=None, validation_alias=ENV["tracking_uri"])
     registry_uri: str | None = Field(default=None, validation_alias=ENV["registry_uri"])
@@ -100,6 +117,13 @@ class Settings(BaseSettings):
     @property
     def mlflow_artifacts(self) -> Path:
         return self.home.resolve() / "mlartifacts"
+
+
+def _jars_default(home: Path, kind: str) -> Path:
+    """Where ``make jars`` / ``make kafka-jars`` put the jars; under the data dir without one."""
+    if PROJECT_ROOT is not None:
+        return PROJECT_ROOT / "infra" / ("jars" if kind == "spark" else "kafka/jars")
+    return home / "jars" / kind
 
 
 def load(**overrides: Any) -> Settings:

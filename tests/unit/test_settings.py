@@ -55,3 +55,22 @@ def test_an_empty_variable_counts_as_unset(monkeypatch: pytest.MonkeyPatch) -> N
     settings = load(home="/data")
     assert settings.tracking_uri is None
     assert settings.mlflow_tracking_uri == "sqlite:////data/mlflow.db"
+
+
+def test_jar_folders_follow_the_checkout_or_the_data_dir(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from scoring import settings
+
+    for variable in ("SCORING_CONFIG", "SCORING_JARS_DIR", "SCORING_KAFKA_JARS_DIR"):
+        monkeypatch.delenv(variable, raising=False)
+    monkeypatch.setenv("SCORING_HOME", str(tmp_path))
+    assert settings.PROJECT_ROOT is not None, "the tests run from a checkout"
+    assert load().jars_dir == settings.PROJECT_ROOT / "infra" / "jars"
+    assert load().kafka_jars_dir == settings.PROJECT_ROOT / "infra" / "kafka" / "jars"
+
+    monkeypatch.setattr(settings, "PROJECT_ROOT", None)  # as installed from a wheel
+    assert load().jars_dir == tmp_path / "jars" / "spark"
+    assert load().kafka_jars_dir == tmp_path / "jars" / "kafka"
+    monkeypatch.setenv("SCORING_KAFKA_JARS_DIR", "/opt/kafka/libs")
+    assert load().kafka_jars_dir == Path("/opt/kafka/libs")

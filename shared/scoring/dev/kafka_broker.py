@@ -2,7 +2,8 @@
 
 The broker runs in KRaft mode as a combined broker and controller (``node.id=1``), from the
 jars Maven resolved into ``infra/kafka/jars`` (``make kafka-jars``; see
-``infra/kafka/pom.xml``). Every listener binds ``127.0.0.1`` only.
+``infra/kafka/pom.xml``), or wherever the setting ``kafka_jars_dir``
+(``SCORING_KAFKA_JARS_DIR``) points. Every listener binds ``127.0.0.1`` only.
 
 Everything lives in one state directory::
 
@@ -42,10 +43,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from scoring.errors import BrokerError
-from scoring.settings import PROJECT_ROOT
+from scoring.settings import ENV, load
 
 __all__ = [
-    "DEFAULT_JARS_DIR",
     "HOST",
     "Broker",
     "free_port",
@@ -59,7 +59,6 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 HOST = "127.0.0.1"
-DEFAULT_JARS_DIR = PROJECT_ROOT / "infra" / "kafka" / "jars"
 
 _STATE_FILE = "broker.json"
 _PID_FILE = "broker.pid"
@@ -174,7 +173,7 @@ def start(
     state_dir: Path,
     port: int | None = None,
     controller_port: int | None = None,
-    jars_dir: Path = DEFAULT_JARS_DIR,
+    jars_dir: Path | None = None,
     timeout: float = 60,
 ) -> Broker:
     """Start the broker of ``state_dir`` and wait until it answers metadata requests.
@@ -188,7 +187,7 @@ def start(
         state_dir: The broker's state directory; created if missing.
         port: PLAINTEXT port; a free one when None (or the saved one on a restart).
         controller_port: CONTROLLER port; a free one when None (or the saved one).
-        jars_dir: Folder with the Kafka jars (``make kafka-jars``).
+        jars_dir: Folder with the Kafka jars (default: the setting ``kafka_jars_dir``).
         timeout: Seconds to wait for the broker to answer.
 
     Returns:
@@ -314,14 +313,14 @@ def stop(broker_or_state_dir: Broker | Path, timeout: float = 30) -> bool:
 
 def restart(
     broker_or_state_dir: Broker | Path,
-    jars_dir: Path = DEFAULT_JARS_DIR,
+    jars_dir: Path | None = None,
     timeout: float = 60,
 ) -> Broker:
     """Stop the broker (if running) and start it again on the same directory and ports.
 
     Args:
         broker_or_state_dir: The broker, or its state directory.
-        jars_dir: Folder with the Kafka jars.
+        jars_dir: Folder with the Kafka jars (default: the setting ``kafka_jars_dir``).
         timeout: Seconds to wait for the stop and, separately, for the start.
 
     Returns:
@@ -356,12 +355,15 @@ def _java() -> str:
     return found
 
 
-def _classpath(jars_dir: Path) -> str:
-    jars_dir = Path(jars_dir).resolve()
+def _classpath(jars_dir: Path | None) -> str:
+    jars_dir = Path(jars_dir if jars_dir is not None else load().kafka_jars_dir).resolve()
     if not any(jars_dir.glob("kafka_2.13-*.jar")):
         raise BrokerError(
-            f"No Kafka jars in {jars_dir}. Resolve them once with `make kafka-jars` "
-            "(Maven, infra/kafka/pom.xml)."
+            f"No Kafka jars in {jars_dir}. Resolve them once with `make kafka-jars` in a "
+            "checkout of the project (Maven, infra/kafka/pom.xml, into infra/kafka/jars), then "
+            f"point the setting kafka_jars_dir ({ENV['kafka_jars_dir']}) at that folder, or "
+            "copy them into $SCORING_HOME/jars/kafka (the default when the project is "
+            "installed from a wheel)."
         )
     return f"{jars_dir}/*"  # the JVM expands the wildcard itself
 

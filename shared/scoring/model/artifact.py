@@ -51,7 +51,8 @@ def sha256_bytes(data: bytes) -> str:
 class ScoredBatch:
     """Scores for every input row, in input order.
 
-    ``score`` and ``label`` are null where ``reason`` says why a row was refused.
+    ``score`` (float64) and ``label`` (int32) are null where ``reason`` says why a row was
+    refused; ``kinds`` holds each reason's category and ``valid`` is True where scored.
     """
 
     score: pa.Array
@@ -63,6 +64,11 @@ class ScoredBatch:
     @property
     def rejected(self) -> int:
         return int((~self.valid).sum())
+
+    @property
+    def reason_kind(self) -> pa.Array:
+        """Each refused row's reason category (see ``contract.REASON_KINDS``), else null."""
+        return pa.array(self.kinds, pa.string())
 
 
 class Scorer:

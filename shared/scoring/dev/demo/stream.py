@@ -24,7 +24,7 @@ from rich.table import Table
 from scoring.dev import kafka_broker
 from scoring.dev.demo.data import KEY
 from scoring.errors import StreamError
-from scoring.settings import PROJECT_ROOT, Settings
+from scoring.settings import Settings
 from scoring.stream import main as stream_job
 from scoring.stream import topics as topics_io
 from scoring.stream.events import to_events
@@ -110,7 +110,7 @@ def _start_processor(
     command = stream_job.command(model_uri, topics, bootstrap, *options)
     with log_file.open("wb") as log:
         process = subprocess.Popen(
-            command, cwd=PROJECT_ROOT, stdout=log, stderr=subprocess.STDOUT, env=dict(os.environ)
+            command, stdout=log, stderr=subprocess.STDOUT, env=dict(os.environ)
         )
     return process, port
 
