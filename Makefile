@@ -18,8 +18,7 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install -q -e '.[dev]'
 	touch $@
 
-# JVM jars (Delta Lake, Spark's Kafka connector) resolved once by Maven; Spark never
-# downloads anything at run time.
+# JVM jars (Delta Lake) resolved once by Maven; Spark never downloads anything at run time.
 $(JARS_STAMP): infra/pom.xml
 	mvn -q -B -f infra/pom.xml package
 	touch $@

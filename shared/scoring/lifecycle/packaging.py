@@ -102,12 +102,10 @@ def _load_native(path: Path) -> tuple[str, Any]:
             return "xgboost", model.get_booster()
         return "sklearn", model
     if suffix in LIGHTGBM_SUFFIXES:
-        import lightgbm
-
+        lightgbm = _boosters_module("lightgbm")
         return "lightgbm", lightgbm.Booster(model_file=str(path))
     if suffix in XGBOOST_SUFFIXES:
-        import xgboost
-
+        xgboost = _boosters_module("xgboost")
         booster = xgboost.Booster()
         booster.load_model(str(path))
         return "xgboost", booster
@@ -154,9 +152,22 @@ def _convert_sklearn(model: Any, features: list[Feature]) -> onnx.ModelProto:
     return convert_sklearn(model, initial_types=types, options=options)
 
 
+def _boosters_module(name: str) -> Any:
+    """A module of the optional ``boosters`` extra, or an error that says how to get it."""
+    import importlib
+
+    try:
+        return importlib.import_module(name)
+    except ImportError as exc:
+        raise UnsupportedModelError(
+            f"Packaging a LightGBM or XGBoost model needs {name}, which is not installed. "
+            "Install the extra: pip install 'scoring[boosters]'."
+        ) from exc
+
+
 def _convert_booster(flavor: str, booster: Any, width: int) -> onnx.ModelProto:
-    import onnxmltools
-    from onnxmltools.convert.common.data_types import FloatTensorType
+    onnxmltools = _boosters_module("onnxmltools")
+    FloatTensorType = _boosters_module("onnxmltools.convert.common.data_types").FloatTensorType
 
     types = [("input", FloatTensorType([None, width]))]
     if flavor == "lightgbm":
