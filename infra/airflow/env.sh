@@ -11,7 +11,9 @@
 #   - connection spark_default: master local[2], spark-submit in client mode;
 #   - the Airflow Variables the DAGs share (scoring_project_root, scoring_venv,
 #     scoring_home); every other Variable has a default derived from these (see
-#     airflow_dags/scoring_common.py).
+#     airflow_dags/scoring_common.py);
+#   - and it migrates that local SQLite metadata DB when it is new (or older than
+#     .venv-airflow), so `airflow dags test` works right after sourcing this file.
 
 _scoring_root="$(cd "$(dirname "${BASH_SOURCE[0]:-$0}")/../.." && pwd)"
 
@@ -24,7 +26,8 @@ export AIRFLOW_HOME="${AIRFLOW_HOME:-$SCORING_HOME/airflow}"
 mkdir -p "$AIRFLOW_HOME"
 export AIRFLOW__CORE__DAGS_FOLDER="${AIRFLOW__CORE__DAGS_FOLDER:-$_scoring_root/airflow_dags}"
 export AIRFLOW__CORE__LOAD_EXAMPLES="${AIRFLOW__CORE__LOAD_EXAMPLES:-False}"
-export AIRFLOW__DATABASE__SQL_ALCHEMY_CONN="${AIRFLOW__DATABASE__SQL_ALCHEMY_CONN:-sqlite:///$AIRFLOW_HOME/airflow.db}"
+_scoring_local_db="sqlite:///$AIRFLOW_HOME/airflow.db"
+export AIRFLOW__DATABASE__SQL_ALCHEMY_CONN="${AIRFLOW__DATABASE__SQL_ALCHEMY_CONN:-$_scoring_local_db}"
 export AIRFLOW__CORE__EXECUTOR="${AIRFLOW__CORE__EXECUTOR:-LocalExecutor}"
 # Two cores: more parallel tasks than that only slows each Spark job down.
 export AIRFLOW__CORE__PARALLELISM="${AIRFLOW__CORE__PARALLELISM:-2}"
@@ -43,4 +46,20 @@ export AIRFLOW_VAR_SCORING_PROJECT_ROOT="${AIRFLOW_VAR_SCORING_PROJECT_ROOT:-$_s
 export AIRFLOW_VAR_SCORING_VENV="${AIRFLOW_VAR_SCORING_VENV:-$_scoring_root/.venv}"
 export AIRFLOW_VAR_SCORING_HOME="${AIRFLOW_VAR_SCORING_HOME:-$SCORING_HOME}"
 
-unset _scoring_root
+# Migrate the local metadata DB once: `airflow dags test` and the other commands refuse an
+# unmigrated one. A DB configured elsewhere is left to its owner; a stamp newer than the
+# Airflow venv says this one is done (`make airflow` after a version bump redoes it).
+_scoring_airflow="$_scoring_root/.venv-airflow/bin/airflow"
+_scoring_stamp="$AIRFLOW_HOME/.db-migrated"
+if [ "$AIRFLOW__DATABASE__SQL_ALCHEMY_CONN" = "$_scoring_local_db" ] && [ -x "$_scoring_airflow" ] &&
+    { [ ! -f "$AIRFLOW_HOME/airflow.db" ] ||
+        [ ! "$_scoring_stamp" -nt "$_scoring_root/.venv-airflow/.installed" ]; }; then
+    echo "env.sh: migrating the Airflow metadata DB in $AIRFLOW_HOME (once)" >&2
+    if "$_scoring_airflow" db migrate >"$AIRFLOW_HOME/db-migrate.log" 2>&1; then
+        touch "$_scoring_stamp"
+    else
+        echo "env.sh: \`airflow db migrate\` failed; see $AIRFLOW_HOME/db-migrate.log" >&2
+    fi
+fi
+
+unset _scoring_root _scoring_local_db _scoring_airflow _scoring_stamp

@@ -121,7 +121,7 @@ print(json.dumps({
         assert all(r >= 2 for r in dag["retries"].values()), (dag_id, dag["retries"])
     assert bag["dags"][DAG_ID]["catchup"] is False
     # Parsing the DAG files imports no heavy library and not the project itself.
-    heavy = {"pyspark", "pandas", "mlflow", "onnxruntime", "deltalake", "shared", "jobs"}
+    heavy = {"pyspark", "pandas", "mlflow", "onnxruntime", "deltalake", "scoring", "jobs"}
     assert heavy.isdisjoint(bag["imported"]), sorted(heavy & set(bag["imported"]))
 
 

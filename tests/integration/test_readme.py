@@ -1,0 +1,85 @@
+"""The README's commands work as written.
+
+Every fenced block preceded by ``<!-- readme-test -->`` runs, in README order, in one bash
+session from the checkout, right after the demo (`make demo` runs ``scoring demo``; here
+with fewer rows and no stream part, the data it leaves has the same tables, dates and
+model). Bash blocks run as they are; a Python block runs with the venv's ``python``.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+from pathlib import Path
+
+import pytest
+from scoring.batch import lake
+from scoring.dev.demo.run import lake_paths
+from scoring.settings import PROJECT_ROOT
+
+from tests.integration.airflow.airflow_helpers import Airflow, env_from_script
+
+pytestmark = pytest.mark.integration
+
+assert PROJECT_ROOT is not None, "the tests run from a checkout"
+README = PROJECT_ROOT / "README.md"
+MARK = "<!-- readme-test -->"
+DEMO = "scoring demo --rows-per-day 1500 --days 7 --stream-events 0"
+
+
+def marked_blocks(text: str) -> list[tuple[str, str]]:
+    """(language, code) of every fenced block right after the mark, in order."""
+    pattern = re.escape(MARK) + r"\n```(\w+)\n(.*?)\n```"
+    return [(m.group(1), m.group(2)) for m in re.finditer(pattern, text, flags=re.S)]
+
+
+def script_of(blocks: list[tuple[str, str]]) -> str:
+    lines = ["set -euo pipefail", "source .venv/bin/activate", DEMO]
+    for index, (language, code) in enumerate(blocks):
+        lines.append(f"echo '--- README block {index} ({language})' >&2")
+        if language == "bash":
+            lines.append(code)
+        elif language == "python":
+            lines += ["python - <<'README_PYTHON'", code, "README_PYTHON"]
+        else:
+            raise AssertionError(f"no runner for a marked {language} block")
+    return "\n".join(lines) + "\n"
+
+
+def test_marked_blocks_are_found() -> None:
+    text = "a\n" + MARK + "\n```bash\necho 1\n```\n\n```bash\nnot marked\n```\n"
+    text += MARK + "\n```python\nprint(2)\n```\n"
+    assert marked_blocks(text) == [("bash", "echo 1"), ("python", "print(2)")]
+
+
+def test_the_readme_blocks_run_in_order_after_the_demo(tmp_path: Path) -> None:
+    blocks = marked_blocks(README.read_text())
+    languages = [language for language, _ in blocks]
+    assert languages.count("python") >= 1 and languages.count("bash") >= 1, languages
+    home = tmp_path / "scoring"
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith(("AIRFLOW", "SCORING_", "MLFLOW_"))
+        and k not in ("PYTHONPATH", "VIRTUAL_ENV")
+    }
+    env["SCORING_HOME"] = str(home)  # where ./.scoring would be; the checkout's stays as is
+    result = subprocess.run(
+        ["bash", "-c", script_of(blocks)],
+        cwd=PROJECT_ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=1500,
+    )
+    output = result.stdout + result.stderr
+    assert result.returncode == 0, output[-6000:]
+    assert "fraud" in result.stdout  # the embedding example printed the model's name
+
+    # The Airflow block scored 2026-11-06 with every task successful.
+    airflow = Airflow(env_from_script({"SCORING_HOME": str(home)}))
+    run_id = airflow.last_run_id("nightly_batch_scoring")
+    assert set(airflow.task_states("nightly_batch_scoring", run_id).values()) == {"success"}
+    tables = lake_paths(home)
+    assert lake.count_rows(tables["fraud_scores"], "2026-11-06") > 0
