@@ -25,7 +25,7 @@ pytestmark = pytest.mark.integration
 assert PROJECT_ROOT is not None, "the tests run from a checkout"
 README = PROJECT_ROOT / "README.md"
 MARK = "<!-- readme-test -->"
-DEMO = "scoring demo --rows-per-day 1500 --days 7 --stream-events 0"
+DEMO = "scoring demo --rows-per-day 1000 --days 7 --stream-events 0"
 
 
 def marked_blocks(text: str) -> list[tuple[str, str]]:
