@@ -151,3 +151,12 @@ def test_xgboost_booster_is_converted_and_verified(tmp_path: Path) -> None:
     packaged = build(tmp_path / "model.json", sample, key="id")
     assert packaged.flavor == "xgboost" and packaged.max_diff is not None
     assert packaged.contract.feature_names == names
+
+
+def test_a_booster_without_the_extra_says_which_extra_to_install() -> None:
+    from scoring.errors import UnsupportedModelError
+    from scoring.lifecycle.packaging import _boosters_module
+
+    assert _boosters_module("json").dumps([]) == "[]"
+    with pytest.raises(UnsupportedModelError, match=r"pip install 'scoring\[boosters\]'"):
+        _boosters_module("scoring_no_such_booster")
