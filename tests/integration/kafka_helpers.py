@@ -58,7 +58,9 @@ def committed_reader(
     return consumer
 
 
-def end_offsets(bootstrap: str, topic: str, committed: bool, partitions: int = PARTITIONS) -> list[int]:
+def end_offsets(
+    bootstrap: str, topic: str, committed: bool, partitions: int = PARTITIONS
+) -> list[int]:
     """Each partition's end: the last stable offset when ``committed``, else the high watermark.
 
     The two differ while a transaction that wrote to the partition is open.
