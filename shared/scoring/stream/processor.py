@@ -438,8 +438,14 @@ class Processor:
         assert self._consumer is not None
         held = set(self.assignment.snapshot())
         for (topic, partition), offset in first.items():
-            if (topic, partition) in held:
+            if (topic, partition) not in held:
+                continue
+            try:
                 self._consumer.seek(TopicPartition(topic, partition, offset))
+            except clients.KafkaException as exc:
+                # Not fetching yet (just assigned): it starts from its committed offset,
+                # which is where the seek would have put it.
+                log.info("no seek on %s-%d (%s)", topic, partition, exc)
 
     def _count(self, batch: Batch, out: Outgoing) -> None:
         done_ms = time.time_ns() // 1_000_000
