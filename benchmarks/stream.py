@@ -63,6 +63,11 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--batch-size", type=int, default=500)
     parser.add_argument("--batch-wait-ms", type=int, default=0)
     parser.add_argument("--guarantee", choices=(*GUARANTEES, "both"), default="both")
+    parser.add_argument(
+        "--profile",
+        action="store_true",
+        help="afterwards, one more model run under cProfile: where a worker's time goes",
+    )
     _benchmark(parser.parse_args(argv))
 
 
@@ -161,9 +166,51 @@ def _benchmark(args: argparse.Namespace) -> None:
                     "latency": latency,
                     "half": half,
                 }
+        if args.profile:
+            for guarantee in guarantees:
+                run = Run(broker.bootstrap, model, "model", guarantee, args, work)
+                run.profile = work / f"profile-{guarantee}.out"
+                with console.status(f"{guarantee}: a model run under cProfile"):
+                    rate = run.throughput(saturate)
+                console.print(f"{guarantee}, under cProfile: {rate:,.0f} events/s")
+                _print_profile(console, run.profile)
     finally:
         kafka_broker.stop(broker)
     _report(console, results, args)
+
+
+# Where a worker's time goes, by stage (cumulative seconds of these functions).
+STAGES = {
+    "gather (consume)": "gather",
+    "decode and validate": "decode_and_validate",
+    "score (contract checks + onnxruntime)": "score",
+    "route (encode predictions)": "route",
+    "produce": "_produce",
+    "send offsets + commit": "_transact",
+    "flush + commit offsets": "_send_then_commit",
+}
+
+
+def _print_profile(console: Any, path: Path) -> None:
+    import pstats
+
+    from rich.table import Table
+
+    stats = pstats.Stats(str(path))
+    raw: dict[Any, Any] = stats.stats  # type: ignore[attr-defined]
+    total = max(
+        (ct for (_, _, name), (_, _, _, ct, _) in raw.items() if name == "_process"), default=0
+    )
+    table = Table(title=f"Where the time goes: {path.name} (cumulative s)")
+    table.add_column("stage")
+    table.add_column("seconds", justify="right")
+    table.add_column("of _process", justify="right")
+    for label, function in STAGES.items():
+        seconds = sum(ct for (_, _, name), (_, _, _, ct, _) in raw.items() if name == function)
+        if seconds:
+            table.add_row(label, f"{seconds:.2f}", f"{seconds / total:.0%}" if total else "")
+    console.print(table)
+    stats.sort_stats("tottime").print_stats(15)
 
 
 def _report(console: Any, results: dict[tuple[str, str], dict[str, Any]], args: Any) -> None:
@@ -218,6 +265,7 @@ class Run:
         self.bootstrap, self.model, self.mode, self.guarantee = bootstrap, model, mode, guarantee
         self.args, self.work = args, work
         self.runs = 0
+        self.profile: Path | None = None
 
     def _topics(self) -> tuple[str, str, str]:
         self.runs += 1
@@ -239,6 +287,8 @@ class Run:
         command = stream_job.command(str(self.model), topics, self.bootstrap, *options)
         if self.mode == "pass-through":
             command[1:3] = [__file__, "pass-through-worker"]
+        if self.profile is not None:
+            command[1:1] = ["-m", "cProfile", "-o", str(self.profile)]
         log = (self.work / f"{topics[0]}.log").open("wb")
         process = subprocess.Popen(command, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
         _wait(lambda: (_health(port) or {}).get("assigned"), process, 90)
