@@ -60,7 +60,9 @@ def main(argv: Sequence[str] | None = None) -> None:
         sys.exit(_pass_through_worker(argv[1:]))
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--events", type=int, default=60_000, help="events per throughput run")
-    parser.add_argument("--rounds", type=int, default=3, help="alternated runs; median kept")
+    parser.add_argument(
+        "--rounds", type=int, default=3, help="alternated runs, median kept (0: profile only)"
+    )
     parser.add_argument("--seconds", type=int, default=10, help="length of each latency run")
     parser.add_argument("--batch-size", type=int, default=500)
     parser.add_argument("--batch-wait-ms", type=int, default=0)
@@ -132,7 +134,7 @@ def _benchmark(args: argparse.Namespace) -> None:
     guarantees = GUARANTEES if args.guarantee == "both" else (args.guarantee,)
     results: dict[tuple[str, str], dict[str, Any]] = {}
     try:
-        for guarantee in guarantees:
+        for guarantee in guarantees if args.rounds else ():
             runs = {
                 mode: Run(broker.bootstrap, model, mode, guarantee, args, work) for mode in MODES
             }
@@ -271,7 +273,7 @@ class Run:
 
     def _topics(self) -> tuple[str, str, str]:
         self.runs += 1
-        base = f"{self.mode}-{self.guarantee}-{self.runs}"
+        base = f"{self.mode}-{self.guarantee}-{self.runs}-{time.time_ns()}"
         names = (f"{base}.in", f"{base}.out", f"{base}.dlq")
         topics_io.create(self.bootstrap, names, PARTITIONS)
         return names
