@@ -1,4 +1,8 @@
-"""Topics, producers, read_committed readers and processor subprocesses for stream tests."""
+"""Topics, producers, read_committed readers and processor subprocesses for stream tests.
+
+Outputs are read with kafka-python, a client independent of the processor's own
+(confluent-kafka): a bug the two clients shared would otherwise pass unseen.
+"""
 
 from __future__ import annotations
 
@@ -13,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from kafka import KafkaConsumer, TopicPartition
 from kafka.consumer.fetcher import ConsumerRecord
 from scoring.dev.kafka_broker import free_port
 from scoring.settings import PROJECT_ROOT
@@ -35,7 +40,50 @@ def create_topics(bootstrap: str, topics: Topics, partitions: int = PARTITIONS) 
 
 
 def produce(bootstrap: str, topic: str, events: Iterable[tuple[bytes | None, bytes | None]]) -> int:
-    return shared_topics.produce(bootstrap, topic, events, retries=10)
+    return shared_topics.produce(bootstrap, topic, events)
+
+
+def committed_reader(
+    bootstrap: str, topic: str, partitions: int = PARTITIONS, **config: Any
+) -> KafkaConsumer:
+    """A kafka-python ``read_committed`` consumer of every partition, from the beginning."""
+    consumer = KafkaConsumer(
+        bootstrap_servers=bootstrap,
+        isolation_level="read_committed",
+        enable_auto_commit=False,
+        **config,
+    )
+    consumer.assign([TopicPartition(topic, p) for p in range(partitions)])
+    consumer.seek_to_beginning()
+    return consumer
+
+
+class OpenTransactions:
+    """Compares the ``read_committed`` and ``read_uncommitted`` views of a topic's ends.
+
+    A partition's last stable offset (what ``read_committed`` readers may see) stays below
+    its high watermark while a transaction that wrote to it is open; with one writer,
+    that gap is the writer's open transaction.
+    """
+
+    def __init__(self, bootstrap: str, topic: str, partitions: int = PARTITIONS) -> None:
+        self.partitions = [TopicPartition(topic, p) for p in range(partitions)]
+        self.views = {
+            level: KafkaConsumer(bootstrap_servers=bootstrap, isolation_level=level)
+            for level in ("read_committed", "read_uncommitted")
+        }
+
+    def ends(self, level: str) -> list[int]:
+        ends = self.views[level].end_offsets(self.partitions)
+        return [ends[tp] for tp in self.partitions]
+
+    def open_gap(self) -> tuple[list[int], list[int]]:
+        """(last stable offsets, high watermarks), read in that order."""
+        return self.ends("read_committed"), self.ends("read_uncommitted")
+
+    def close(self) -> None:
+        for view in self.views.values():
+            view.close()
 
 
 def read_all(
@@ -51,7 +99,7 @@ def read_all(
     After the count is reached, keeps reading for ``settle`` seconds so that duplicates
     beyond the expected count would be seen.
     """
-    consumer = shared_topics.reader(bootstrap, topic, partitions)
+    consumer = committed_reader(bootstrap, topic, partitions)
     try:
         records: list[ConsumerRecord] = []
         deadline = time.monotonic() + timeout
@@ -131,6 +179,33 @@ class ProcessorProcess:
     def kill(self) -> None:
         self.process.kill()
         self.process.wait(10)
+
+    def pause(self) -> None:
+        """SIGSTOP: the process keeps every socket and its state, and does nothing."""
+        self.process.send_signal(signal.SIGSTOP)
+
+    def resume(self) -> None:
+        self.process.send_signal(signal.SIGCONT)
+
+    def pause_inside_transaction(self, probe: OpenTransactions, attempts: int = 300) -> list[int]:
+        """Freeze the worker at a moment its transaction is open; returns the watermarks.
+
+        Pauses, and looks at the output's two views twice, half a second apart: a gap
+        that stays while the worker is frozen is an open transaction, not a commit whose
+        markers are being written. Otherwise resumes it for a moment and tries again.
+        The caller kills or resumes the worker.
+        """
+        for attempt in range(attempts):
+            self.pause()
+            stable, high = probe.open_gap()
+            if any(s < h for s, h in zip(stable, high, strict=True)):
+                time.sleep(0.5)
+                again, _ = probe.open_gap()
+                if any(s < h for s, h in zip(again, high, strict=True)):
+                    return high
+            self.resume()
+            time.sleep(0.003 * (attempt % 7))
+        raise AssertionError(f"no open transaction seen in {attempts} pauses:\n{self.log()}")
 
     def wait(self, timeout: float = 30) -> int:
         try:
