@@ -1,0 +1,202 @@
+"""The Kafka client properties file: parsing, ${VAR} references, errors, redaction."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import pytest
+from scoring.errors import ConfigError
+from scoring.stream.kafka_config import (
+    MASK,
+    KafkaClientConfig,
+    KafkaConfigError,
+    SecretsFilter,
+    read_properties,
+    resolve,
+)
+
+SECRET = "s3cr3t-Pa55word"
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "client.properties"
+    path.write_text(text)
+    return path
+
+
+def test_reads_keys_unchanged_skipping_comments_and_blanks(tmp_path: Path) -> None:
+    ca = tmp_path / "ca.pem"
+    ca.write_text("not checked here")
+    path = write(
+        tmp_path,
+        "# SCRAM over TLS\n"
+        "! also a comment\n"
+        "\n"
+        "  security.protocol = SASL_SSL  \n"
+        "sasl.mechanism=SCRAM-SHA-512\n"
+        f"sasl.password={SECRET}=with=equals\n"
+        f"ssl.ca.location={ca}\n"
+        "ssl.endpoint.identification.algorithm=https\n",
+    )
+    assert read_properties(path) == {
+        "security.protocol": "SASL_SSL",
+        "sasl.mechanism": "SCRAM-SHA-512",
+        "sasl.password": f"{SECRET}=with=equals",
+        "ssl.ca.location": str(ca),
+        "ssl.endpoint.identification.algorithm": "https",
+    }
+
+
+def test_environment_references(tmp_path: Path) -> None:
+    path = write(
+        tmp_path,
+        "sasl.username=${KAFKA_USER}\n"
+        "sasl.password=pre-${KAFKA_PASSWORD}-post\n"
+        "client.id=$${NOT_A_REFERENCE}\n"
+        "ssl.key.password=a$b$$c\n",
+    )
+    env = {"KAFKA_USER": "scoring", "KAFKA_PASSWORD": SECRET}
+    assert read_properties(path, env) == {
+        "sasl.username": "scoring",
+        "sasl.password": f"pre-{SECRET}-post",
+        "client.id": "${NOT_A_REFERENCE}",
+        "ssl.key.password": "a$b$$c",
+    }
+
+
+@pytest.mark.parametrize(
+    ("text", "line", "says"),
+    [
+        (f"security.protocol=SASL_SSL\n{SECRET}\n", 2, "expected key=value"),
+        (f"=  {SECRET}\n", 1, "expected key=value"),
+        (f"sasl password={SECRET}\n", 1, "characters"),
+        (f"sasl.password={SECRET}\n# x\nsasl.password={SECRET}\n", 3, "already set on line 1"),
+        ("sasl.password=${KAFKA_PASSWORD}\n", 1, "KAFKA_PASSWORD, which is not set"),
+        (f"sasl.password={SECRET}${{BROKEN\n", 1, "malformed"),
+        ("sasl.password=${1BAD}\n", 1, "malformed"),
+        ("ssl.ca.location=/no/such/ca.pem\n", 1, "ssl.ca.location names a path"),
+        ("group.id=mine\n", 1, "--group"),
+        ("isolation.level=read_uncommitted\n", 1, "read_committed"),
+        (
+            "sasl.jaas.config=org.apache.kafka.common.security.scram.ScramLoginModule "
+            f'required username="u" password="{SECRET}";\n',
+            1,
+            "sasl.username and sasl.password",
+        ),
+        (f"ssl.truststore.password={SECRET}\n", 1, "ssl.ca.location"),
+    ],
+)
+def test_bad_lines_name_file_and_line_never_the_value(
+    tmp_path: Path, text: str, line: int, says: str
+) -> None:
+    path = write(tmp_path, text)
+    with pytest.raises(KafkaConfigError) as caught:
+        read_properties(path, environ={})
+    message = str(caught.value)
+    assert f"{path}, line {line}" in message
+    assert says in message
+    assert SECRET not in message
+    assert caught.value.exit_code == 2
+
+
+def test_missing_file(tmp_path: Path) -> None:
+    with pytest.raises(KafkaConfigError, match="no such file"):
+        read_properties(tmp_path / "absent.properties")
+
+
+def test_probe_ca_location_is_not_a_path(tmp_path: Path) -> None:
+    assert read_properties(write(tmp_path, "ssl.ca.location=probe\n")) == {
+        "ssl.ca.location": "probe"
+    }
+
+
+def test_redaction_and_description() -> None:
+    config = KafkaClientConfig(
+        "b1:9096,b2:9096",
+        {
+            "security.protocol": "sasl_ssl",
+            "sasl.mechanism": "SCRAM-SHA-512",
+            "sasl.username": "scoring",
+            "sasl.password": SECRET,
+            "ssl.key.password": "key-pass",
+            "sasl.oauthbearer.client.secret": "oauth-secret",
+            "ssl.ca.location": "/etc/ca.pem",
+        },
+    )
+    redacted = config.redacted()
+    assert redacted["sasl.password"] == MASK
+    assert redacted["ssl.key.password"] == MASK
+    assert redacted["sasl.oauthbearer.client.secret"] == MASK
+    assert redacted["sasl.username"] == "scoring"
+    assert redacted["ssl.ca.location"] == "/etc/ca.pem"
+    for shown in (repr(config), str(config), config.describe(), str(redacted)):
+        assert SECRET not in shown and "key-pass" not in shown
+    assert config.describe() == "b1:9096,b2:9096 (SASL_SSL, SASL SCRAM-SHA-512)"
+    assert config.secrets() == [SECRET, "oauth-secret", "key-pass"]  # longest first
+    assert config.client(group_id="g")["group.id"] == "g"
+    assert config.client()["bootstrap.servers"] == "b1:9096,b2:9096"
+
+
+def test_mutual_tls_description() -> None:
+    config = KafkaClientConfig(
+        "b:9094", {"security.protocol": "SSL", "ssl.certificate.location": "/c.pem"}
+    )
+    assert config.describe() == "b:9094 (SSL, client certificate)"
+    assert KafkaClientConfig("b:9092").describe() == "b:9092 (PLAINTEXT)"
+
+
+def test_secrets_filter_masks_messages_args_and_tracebacks(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    log = logging.getLogger("test.kafka_config")
+    caplog.handler.addFilter(SecretsFilter([SECRET, "ab"]))
+    try:
+        log.warning("connecting with %s", f"password={SECRET}")
+        try:
+            raise RuntimeError(f"bad config {{'sasl.password': '{SECRET}'}}")
+        except RuntimeError:
+            log.exception("failed")
+        log.warning("ab stays")
+    finally:
+        caplog.handler.filters.clear()
+    assert SECRET not in caplog.text
+    assert f"password={MASK}" in caplog.text
+    assert "ab stays" in caplog.text  # too short to be a secret, not masked
+
+
+def test_resolve_precedence(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("SCORING_CONFIG", raising=False)
+    monkeypatch.delenv("KAFKA_BOOTSTRAP_SERVERS", raising=False)
+    monkeypatch.delenv("SCORING_KAFKA_CONFIG", raising=False)
+    path = write(tmp_path, "bootstrap.servers=from-file:9096\nsecurity.protocol=SSL\n")
+    config = resolve(config_file=path)
+    assert config.bootstrap == "from-file:9096"
+    assert dict(config.properties) == {"security.protocol": "SSL"}
+    assert config.source == path.resolve()
+    monkeypatch.setenv("KAFKA_BOOTSTRAP_SERVERS", "from-env:9092")
+    assert resolve(config_file=path).bootstrap == "from-env:9092"
+    assert resolve("from-flag:9092", path).bootstrap == "from-flag:9092"
+    monkeypatch.setenv("SCORING_KAFKA_CONFIG", str(path))
+    assert resolve().properties == {"security.protocol": "SSL"}
+    other = tmp_path / "other.properties"
+    other.write_text("security.protocol=SASL_SSL\n")
+    assert resolve(config_file=other).protocol == "SASL_SSL"  # the flag wins
+
+
+def test_resolve_from_toml(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    path = write(tmp_path, "bootstrap.servers=b:1\n")
+    toml = tmp_path / "scoring.toml"
+    toml.write_text(f'kafka_config = "{path}"\n')
+    monkeypatch.setenv("SCORING_CONFIG", str(toml))
+    monkeypatch.delenv("KAFKA_BOOTSTRAP_SERVERS", raising=False)
+    monkeypatch.delenv("SCORING_KAFKA_CONFIG", raising=False)
+    assert resolve().bootstrap == "b:1"
+
+
+def test_resolve_without_any_address(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("SCORING_CONFIG", raising=False)
+    monkeypatch.delenv("KAFKA_BOOTSTRAP_SERVERS", raising=False)
+    monkeypatch.delenv("SCORING_KAFKA_CONFIG", raising=False)
+    with pytest.raises(ConfigError, match="--kafka-config / SCORING_KAFKA_CONFIG"):
+        resolve(config_file=write(tmp_path, "security.protocol=SSL\n"))
