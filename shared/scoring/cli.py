@@ -487,16 +487,40 @@ def dev_up(
     port: Annotated[
         int | None, typer.Option(help="client port (default: a free one, kept across restarts)")
     ] = None,
+    secure: Annotated[
+        bool,
+        typer.Option(
+            help="add a SASL_SSL (SCRAM-SHA-512) and a mutual-TLS listener, with client files"
+        ),
+    ] = False,
 ) -> None:
-    """Start a single-node Kafka broker (KRaft) on 127.0.0.1; prints its bootstrap address."""
-    from scoring.dev import kafka_broker
+    """Start a single-node Kafka broker (KRaft) on 127.0.0.1; prints its bootstrap address.
 
-    broker = kafka_broker.start(_broker_dir(), port=port)
+    With --secure it prints two lines for `export $(scoring dev up --secure)`: the SASL_SSL
+    listener as KAFKA_BOOTSTRAP_SERVERS and its client properties file as
+    SCORING_KAFKA_CONFIG (a kcat -F file; the mutual-TLS one is named on stderr).
+    """
+    from scoring.dev import kafka_broker
+    from scoring.settings import ENV
+
+    broker = kafka_broker.start(_broker_dir(), port=port, secure=secure)
     errors.print(
         f"Kafka broker running (pid {broker.pid}), data in {broker.state_dir}; "
         "stop it with `scoring dev down`"
     )
-    print(broker.bootstrap)
+    if broker.secure is None:
+        print(broker.bootstrap)
+        return
+    listeners = broker.secure
+    errors.print(
+        f"plaintext {broker.bootstrap}\n"
+        f"SASL_SSL  {listeners.sasl_ssl_bootstrap}  --kafka-config {listeners.sasl_ssl_config}\n"
+        f"mTLS      {listeners.ssl_bootstrap}  --kafka-config {listeners.mtls_config}",
+        highlight=False,
+        soft_wrap=True,
+    )
+    print(f"{ENV['kafka_bootstrap']}={listeners.sasl_ssl_bootstrap}")
+    print(f"{ENV['kafka_config']}={listeners.sasl_ssl_config}")
 
 
 @dev_app.command("down")

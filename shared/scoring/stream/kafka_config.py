@@ -39,11 +39,13 @@ from __future__ import annotations
 import logging
 import os
 import re
+import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
-from scoring.errors import ConfigError
+from scoring.errors import ConfigError, StreamError
 
 __all__ = [
     "MASK",
@@ -51,6 +53,7 @@ __all__ = [
     "KafkaConfigError",
     "SecretsFilter",
     "is_secret",
+    "preflight",
     "read_properties",
     "redact",
     "resolve",
@@ -157,15 +160,14 @@ class KafkaClientConfig:
             how.append("client certificate")
         return f"{self.bootstrap} ({', '.join(how)})"
 
-    def client(self, **overrides: str) -> dict[str, str]:
+    def client(self, overrides: Mapping[str, Any] | None = None) -> dict[str, Any]:
         """librdkafka configuration: the bootstrap, the file's properties, then ``overrides``.
 
         Args:
-            **overrides: Properties the caller owns, with ``.`` written as ``_`` (e.g.
-                ``group_id="scoring"``); they win over the file.
+            overrides: Properties the caller owns (e.g. ``{"group.id": "scoring"}``); they
+                win over the file.
         """
-        own = {key.replace("_", "."): value for key, value in overrides.items()}
-        return {"bootstrap.servers": self.bootstrap, **self.properties, **own}
+        return {"bootstrap.servers": self.bootstrap, **self.properties, **(overrides or {})}
 
     def redacted(self) -> dict[str, str]:
         """The properties with every secret replaced by :data:`MASK`, for printing."""
@@ -285,6 +287,62 @@ def resolve(bootstrap: str | None = None, config_file: Path | None = None) -> Ka
             f"bootstrap.servers in the file named by --kafka-config / {ENV['kafka_config']}"
         )
     return KafkaClientConfig(servers, properties, source.resolve() if source else None)
+
+
+def preflight(config: KafkaClientConfig, timeout: float = 15) -> None:
+    """Connect and log in once, so that a wrong password or CA fails now, with a clear error.
+
+    librdkafka retries a refused login or TLS handshake for ever in the background, so a
+    client with a wrong password would otherwise wait out every timeout. This asks for
+    metadata in short rounds and stops at the first authentication or TLS error.
+
+    Args:
+        config: The cluster and its client properties.
+        timeout: Seconds to wait for a broker to answer at all.
+
+    Raises:
+        StreamError: (exit 4) The login was refused, the TLS handshake failed, or no broker
+            answered in time. The message names the listener, the protocol and the SASL
+            mechanism, and which properties to check; secret values are masked.
+    """
+    from confluent_kafka import KafkaError, KafkaException
+    from confluent_kafka.admin import AdminClient
+
+    seen: list[KafkaError] = []
+    admin = AdminClient(config.client({"log_level": 0, "error_cb": seen.append}))
+    fatal = {KafkaError._AUTHENTICATION: "login", KafkaError._SSL: "TLS handshake"}
+    deadline = time.monotonic() + timeout
+    last = "no answer"
+    mask = SecretsFilter(config.secrets()).mask
+    source = f" in {config.source}" if config.source else ""
+    while True:
+        try:
+            admin.list_topics(timeout=min(1.0, max(0.1, deadline - time.monotonic())))
+            return
+        except KafkaException as exc:
+            last = exc.args[0].str() if exc.args else str(exc)
+        admin.poll(0.1)  # error_cb is served by poll(), not by list_topics()
+        for error in seen:
+            if error.code() in fatal:
+                what = fatal[error.code()]
+                hint = (
+                    f"check sasl.username, sasl.password and sasl.mechanism{source}"
+                    if error.code() == KafkaError._AUTHENTICATION
+                    else f"check ssl.ca.location and the client certificate and key{source}"
+                )
+                raise StreamError(
+                    f"Kafka refused the {what} at {config.describe()}: "
+                    f"{mask(error.str())}. Nothing was read or written; {hint}."
+                )
+        if seen:
+            last = seen[-1].str()
+        if time.monotonic() >= deadline:
+            raise StreamError(
+                f"No Kafka broker answered at {config.describe()} within {timeout:.0f}s "
+                f"(last error: {mask(last)}). Check the address, and that security.protocol"
+                f"{source} is what the listener expects (a TLS listener does not answer a "
+                "PLAINTEXT client)."
+            )
 
 
 class SecretsFilter(logging.Filter):

@@ -134,7 +134,7 @@ def test_redaction_and_description() -> None:
         assert SECRET not in shown and "key-pass" not in shown
     assert config.describe() == "b1:9096,b2:9096 (SASL_SSL, SASL SCRAM-SHA-512)"
     assert config.secrets() == [SECRET, "oauth-secret", "key-pass"]  # longest first
-    assert config.client(group_id="g")["group.id"] == "g"
+    assert config.client({"group.id": "g", "log_level": 0})["log_level"] == 0
     assert config.client()["bootstrap.servers"] == "b1:9096,b2:9096"
 
 
