@@ -1,4 +1,8 @@
-"""Topics, producers, read_committed readers and processor subprocesses for stream tests."""
+"""Topics, producers, read_committed readers and processor subprocesses for stream tests.
+
+Outputs are read with kafka-python, a client independent of the processor's own
+(confluent-kafka): a bug the two clients shared would otherwise pass unseen.
+"""
 
 from __future__ import annotations
 
@@ -13,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from kafka import KafkaConsumer, TopicPartition
 from kafka.consumer.fetcher import ConsumerRecord
 from scoring.dev.kafka_broker import free_port
 from scoring.settings import PROJECT_ROOT
@@ -61,7 +66,41 @@ def create_topics(bootstrap: str, topics: Topics, partitions: int = PARTITIONS) 
 
 
 def produce(bootstrap: str, topic: str, events: Iterable[tuple[bytes | None, bytes | None]]) -> int:
-    return shared_topics.produce(bootstrap, topic, events, retries=10)
+    return shared_topics.produce(bootstrap, topic, events)
+
+
+def committed_reader(
+    bootstrap: str, topic: str, partitions: int = PARTITIONS, **config: Any
+) -> KafkaConsumer:
+    """A kafka-python ``read_committed`` consumer of every partition, from the beginning."""
+    consumer = KafkaConsumer(
+        bootstrap_servers=bootstrap,
+        isolation_level="read_committed",
+        enable_auto_commit=False,
+        **config,
+    )
+    consumer.assign([TopicPartition(topic, p) for p in range(partitions)])
+    consumer.seek_to_beginning()
+    return consumer
+
+
+def end_offsets(
+    bootstrap: str, topic: str, committed: bool, partitions: int = PARTITIONS
+) -> list[int]:
+    """Each partition's end: the last stable offset when ``committed``, else the high watermark.
+
+    The two differ while a transaction that wrote to the partition is open.
+    """
+    consumer = KafkaConsumer(
+        bootstrap_servers=bootstrap,
+        isolation_level="read_committed" if committed else "read_uncommitted",
+    )
+    try:
+        tps = [TopicPartition(topic, p) for p in range(partitions)]
+        ends = consumer.end_offsets(tps)
+        return [ends[tp] for tp in tps]
+    finally:
+        consumer.close()
 
 
 def read_all(
@@ -77,7 +116,7 @@ def read_all(
     After the count is reached, keeps reading for ``settle`` seconds so that duplicates
     beyond the expected count would be seen.
     """
-    consumer = shared_topics.reader(bootstrap, topic, partitions)
+    consumer = committed_reader(bootstrap, topic, partitions)
     try:
         records: list[ConsumerRecord] = []
         deadline = time.monotonic() + timeout

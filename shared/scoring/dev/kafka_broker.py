@@ -59,6 +59,7 @@ __all__ = [
     "SecureListeners",
     "free_port",
     "is_running",
+    "kill",
     "restart",
     "server_properties",
     "start",
@@ -396,6 +397,25 @@ def stop(broker_or_state_dir: Broker | Path, timeout: float = 30) -> bool:
     return True
 
 
+def kill(broker_or_state_dir: Broker | Path) -> bool:
+    """Kill the broker with SIGKILL, as a crash would: no controlled shutdown, no flush.
+
+    A later :func:`start` on the same directory recovers its logs. Returns False if no
+    broker was running.
+    """
+    state_dir = _state_dir_of(broker_or_state_dir)
+    pid = _live_pid(state_dir)
+    if pid is None:
+        _forget(state_dir)
+        return False
+    _signal(pid, signal.SIGKILL)
+    if not _wait_exit(pid, 10):
+        raise BrokerError(f"The Kafka broker (pid {pid}) of {state_dir} survived SIGKILL.")
+    _forget(state_dir)
+    log.info("Kafka broker pid %d killed", pid)
+    return True
+
+
 def restart(
     broker_or_state_dir: Broker | Path,
     jars_dir: Path = DEFAULT_JARS_DIR,
@@ -553,8 +573,8 @@ def _format(
 
 
 def _wait_ready(broker: Broker, deadline: float) -> None:
-    """Poll until a KafkaAdminClient metadata request lists the broker."""
-    from kafka import KafkaAdminClient  # imported here: only needed while starting
+    """Poll until a metadata request lists the broker."""
+    from scoring.stream import clients  # imported here: only needed while starting
 
     last_error = "no answer"
     while True:
@@ -570,25 +590,16 @@ def _wait_ready(broker: Broker, deadline: float) -> None:
                 f"time (last error: {last_error}).\n" + _log_tail(broker.log_file)
             )
         if _accepts(broker.port):
-            admin = None
             try:
-                ms = int(max(1.0, min(left, 5.0)) * 1000)
-                admin = KafkaAdminClient(
-                    bootstrap_servers=broker.bootstrap,
-                    client_id="scoring-broker-probe",
-                    request_timeout_ms=ms,
-                    bootstrap_timeout_ms=ms,
+                admin = clients.admin(
+                    broker.bootstrap,
+                    defaults={"client.id": "scoring-broker-probe", "log_level": 3},
                 )
-                cluster = admin.describe_cluster()
-                if cluster.get("brokers"):
+                if admin.list_topics(timeout=max(1.0, min(left, 5.0))).brokers:
                     return
                 last_error = "metadata lists no broker yet"
-            except Exception as exc:  # kafka-python raises many types while booting
+            except Exception as exc:  # the client raises several types while booting
                 last_error = f"{type(exc).__name__}: {exc}"
-            finally:
-                if admin is not None:
-                    with contextlib.suppress(Exception):
-                        admin.close()
         time.sleep(0.2)
 
 

@@ -13,12 +13,11 @@ from __future__ import annotations
 import json
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
 import pyarrow as pa
-from kafka import KafkaAdminClient
 from pyspark.sql import DataFrame, SparkSession
 
 from scoring.batch.job import REASON, check_schema, read_source, rows_for_date, score_frame
@@ -27,7 +26,7 @@ from scoring.model.artifact import Artifact, load_artifact
 from scoring.stream.events import to_events
 from scoring.stream.metrics import fetch_health
 from scoring.stream.processor import Processor, StreamConfig
-from scoring.stream.topics import create, produce, reader
+from scoring.stream.topics import create, delete, produce, reader
 
 __all__ = ["METRICS", "parity", "quality_gate", "wait_for_version"]
 
@@ -136,11 +135,13 @@ def parity(
     date_column: str = "ds",
     rows: int = 1000,
     timeout: float = 120,
+    kafka: Mapping[str, str] | None = None,
 ) -> dict[str, Any]:
     """Score golden rows through the batch code (Spark) and a stream processor (Kafka).
 
     The golden rows are the first ``rows`` of the source (or of one date), by key. Every
     score must be identical, bit for bit, and both paths must refuse the same rows.
+    ``kafka`` are extra client properties (security, SASL, TLS) for every Kafka client.
     """
     uri = f"models:/{name}/{version}"
     artifact = load_artifact(uri)
@@ -160,7 +161,9 @@ def parity(
     }
     table = golden.toArrow()
     golden.unpersist()
-    stream_scores = _stream_scores(uri, artifact, table, bootstrap, len(batch_scores), timeout)
+    stream_scores = _stream_scores(
+        uri, artifact, table, bootstrap, len(batch_scores), timeout, kafka or {}
+    )
     differ = sorted(
         k
         for k in batch_scores.keys() | stream_scores.keys()
@@ -185,14 +188,22 @@ def parity(
 
 
 def _stream_scores(
-    uri: str, artifact: Artifact, table: pa.Table, bootstrap: str, expected: int, timeout: float
+    uri: str,
+    artifact: Artifact,
+    table: pa.Table,
+    bootstrap: str,
+    expected: int,
+    timeout: float,
+    kafka: Mapping[str, str],
 ) -> dict[str, float]:
     """Run a processor in this process on fresh topics and collect what it scores."""
     stamp = f"{artifact.name}-{artifact.version}-{time.time_ns()}"
     topics = (f"parity.{stamp}.in", f"parity.{stamp}.out", f"parity.{stamp}.dlq")
-    create(bootstrap, topics, partitions=1)
+    create(bootstrap, topics, partitions=1, kafka=kafka)
     processor = Processor(
-        StreamConfig(uri, *topics, bootstrap=bootstrap, group=f"parity.{stamp}", worker=stamp)
+        StreamConfig(
+            uri, *topics, bootstrap=bootstrap, group=f"parity.{stamp}", worker=stamp, kafka=kafka
+        )
     )
     errors: list[BaseException] = []
 
@@ -210,20 +221,19 @@ def _stream_scores(
         while processor.status != "ok" and not errors and time.monotonic() < deadline:
             time.sleep(0.1)
         contract = artifact.contract
-        produce(bootstrap, topics[0], to_events(table, contract.key, contract.feature_names))
-        consumer = reader(bootstrap, topics[1], partitions=1)
+        events = to_events(table, contract.key, contract.feature_names)
+        produce(bootstrap, topics[0], events, kafka=kafka)
+        consumer = reader(bootstrap, topics[1], partitions=1, kafka=kafka)
         while len(scores) < expected and not errors and time.monotonic() < deadline:
             for records in consumer.poll(timeout_ms=200).values():
                 for record in records:
-                    prediction = json.loads(record.value)
+                    prediction = json.loads(record.value or b"{}")
                     scores[str(prediction[contract.key])] = prediction["score"]
         consumer.close()
     finally:
         processor.stop()
         thread.join(60)
-        admin = KafkaAdminClient(bootstrap_servers=bootstrap)
-        admin.delete_topics(list(topics))
-        admin.close()
+        delete(bootstrap, topics, kafka)
     if errors:
         raise errors[0]
     return scores

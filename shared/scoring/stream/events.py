@@ -3,11 +3,16 @@
 An input event is one JSON object holding the contract's key and features (other fields
 are ignored). :func:`decode` turns a micro-batch of raw values into one Arrow batch of the
 events that parse, plus a reason for every one that does not; range, category and
-finiteness checks are left to :func:`scoring.model.contract.validate`, exactly as on the batch
-path. A feature that is absent from an event is refused (a producer that drops a field is
-broken); an explicit ``null`` is a missing value, allowed where the feature is nullable.
-Numbers are carried as float64, which is what the graph is fed on both paths.
-"""
+finiteness checks are left to :func:`scoring.model.contract.validate`, exactly as on the
+batch path. A feature that is absent from an event is refused (a producer that drops a
+field is broken); an explicit ``null`` is a missing value, allowed where the feature is
+nullable. Numbers are carried as float64, which is what the graph is fed on both paths.
+
+JSON has one number type, so a number is read by its value, not its spelling: an integral
+number (``17`` or ``17.0``, as pandas' ``to_json`` writes an integer column that held a
+null) is an integer key and fits an ``int64`` feature. A key that is a non-integral
+number is refused with a reason showing it, and so is a non-integral value of an
+``int64`` feature (by the contract's check, as on the batch path)."""
 
 from __future__ import annotations
 
@@ -25,14 +30,31 @@ import pyarrow as pa
 from scoring.model.contract import Contract
 
 __all__ = [
+    "H_MODEL_NAME",
+    "H_MODEL_VERSION",
+    "H_ORIGIN_OFFSET",
+    "H_ORIGIN_PARTITION",
+    "H_ORIGIN_TOPIC",
+    "H_REASON",
+    "H_REASON_KIND",
     "PARSE_KINDS",
     "Decoded",
     "Refused",
+    "dead_letter_headers",
     "decode",
     "encode_prediction",
     "iso_millis",
     "to_events",
 ]
+
+# Header names on predictions and dead letters.
+H_MODEL_NAME = "model_name"
+H_MODEL_VERSION = "model_version"
+H_REASON = "reason"
+H_REASON_KIND = "reason_kind"
+H_ORIGIN_TOPIC = "origin_topic"
+H_ORIGIN_PARTITION = "origin_partition"
+H_ORIGIN_OFFSET = "origin_offset"
 
 # Categories of events refused before the contract is checked (see contract.REASON_KINDS).
 PARSE_KINDS = (
@@ -158,15 +180,45 @@ def _parse(
     if not isinstance(event, dict):
         return Refused(-1, "not_object", f"expected a JSON object, got {type(event).__name__}")
     key = event.get(contract.key)
-    if isinstance(key, bool) or not isinstance(key, str | int) or key == "":
-        return Refused(-1, "missing_key", f"key field {contract.key!r} is missing or not a value")
+    if type(key) is float and key.is_integer():
+        key = int(key)  # 17.0 is the integer 17: JSON has one number type
+    if key is None or key == "":
+        return Refused(-1, "missing_key", f"key field {contract.key!r} is missing or empty")
+    if type(key) is not str and type(key) is not int:  # bool is its own type: refused
+        return _wrong(f"key field {contract.key!r}", "a string or an integer", key)
     return key, event
 
 
 def _wrong(name: str, expected: str, value: Any) -> Refused:
-    shown = orjson.dumps(value).decode()
+    try:
+        shown = json.dumps(value)  # spells NaN and Infinity as sent
+    except (TypeError, ValueError):
+        shown = repr(value)
     shown = shown if len(shown) <= 60 else shown[:57] + "..."
     return Refused(-1, "wrong_type", f"{name}: expected {expected}, got {shown}")
+
+
+def dead_letter_headers(
+    origin: list[tuple[str, bytes]] | None,
+    problem: Refused,
+    topic: str,
+    partition: int,
+    offset: int,
+    version: list[tuple[str, bytes]],
+) -> list[tuple[str, bytes]]:
+    """The headers of a dead letter: the event's own, why it was refused, where it came from.
+
+    A dead letter's key and value are the event's own, unchanged.
+    """
+    return [
+        *(origin or []),
+        (H_REASON, problem.reason.encode()),
+        (H_REASON_KIND, problem.kind.encode()),
+        (H_ORIGIN_TOPIC, topic.encode()),
+        (H_ORIGIN_PARTITION, str(partition).encode()),
+        (H_ORIGIN_OFFSET, str(offset).encode()),
+        *version,
+    ]
 
 
 @functools.lru_cache(maxsize=4096)  # events of a burst share their millisecond

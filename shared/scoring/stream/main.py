@@ -16,7 +16,7 @@ import json
 import logging
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 from scoring.errors import ConfigError, ScoringError
 from scoring.settings import ENV, load
@@ -74,6 +74,21 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         default=defaults.start_from,
         help="where a new group starts reading (default %(default)s)",
     )
+    add(
+        "--transaction-timeout-ms",
+        type=int,
+        default=defaults.transaction_timeout_ms,
+        help="how long the broker keeps a dead worker's transaction open (default %(default)s)",
+    )
+    add(
+        "-X",
+        "--kafka-property",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="an extra librdkafka client property for every client (security.protocol, "
+        "sasl.*, ssl.*); repeatable",
+    )
     add("--ort-threads", type=int, help=f"onnxruntime threads (default ${ENV['ort_threads']} or 1)")
     add("--verbose", "-v", action="store_true", help="log every dead letter")
     return parser.parse_args(argv)
@@ -100,12 +115,35 @@ def config_from(args: argparse.Namespace) -> StreamConfig:
         metrics_host=args.metrics_host,
         metrics_port=args.metrics_port,
         start_from=args.start_from,
+        transaction_timeout_ms=args.transaction_timeout_ms,
+        kafka=kafka_properties(args.kafka_property),
     )
 
 
-def command(model: str, topics: Sequence[str], bootstrap: str, *options: str) -> list[str]:
-    """How to start a worker as a child process of this Python: (input, output, dlq) topics."""
+def kafka_properties(pairs: Sequence[str]) -> dict[str, str]:
+    """``KEY=VALUE`` strings as a mapping of client properties."""
+    properties: dict[str, str] = {}
+    for pair in pairs:
+        name, sep, value = pair.partition("=")
+        if not sep or not name.strip():
+            raise ConfigError(f"Kafka property {pair!r} is not KEY=VALUE (e.g. -X linger.ms=5)")
+        properties[name.strip()] = value
+    return properties
+
+
+def command(
+    model: str,
+    topics: Sequence[str],
+    bootstrap: str,
+    *options: str,
+    kafka: Mapping[str, str] | None = None,
+) -> list[str]:
+    """How to start a worker as a child process of this Python: (input, output, dlq) topics.
+
+    ``kafka`` are extra client properties, passed on as ``-X KEY=VALUE``.
+    """
     input_topic, output_topic, dlq_topic = topics
+    properties = [arg for k, v in (kafka or {}).items() for arg in ("-X", f"{k}={v}")]
     return [
         sys.executable, "-m", "scoring.stream.main",
         "--model", model,
@@ -113,6 +151,7 @@ def command(model: str, topics: Sequence[str], bootstrap: str, *options: str) ->
         "--output-topic", output_topic,
         "--dlq-topic", dlq_topic,
         "--bootstrap", bootstrap,
+        *properties,
         *options,
     ]  # fmt: skip
 
@@ -124,7 +163,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         stream=sys.stderr,
         format="%(asctime)s %(levelname)s %(name)s %(message)s",
     )
-    for noisy in ("kafka", "mlflow", "alembic"):
+    for noisy in ("mlflow", "alembic"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     try:
         summary = Processor(config_from(args)).run()

@@ -7,11 +7,14 @@ consumer's group metadata, KIP-447), so a crash anywhere leaves either all of a 
 output visible to ``read_committed`` readers and its offsets committed, or none of it.
 The transactional id is stable per worker (``group`` + ``worker``): a restarted worker
 fences its dead predecessor and aborts its open transaction at once instead of waiting for
-the transaction timeout. See docs/adr/0003-stream-processor-core.md for why this core is
-built on kafka-python rather than faust's agents.
+the transaction timeout. See docs/adr/0003-stream-processor-core.md for the client
+(confluent-kafka, librdkafka) and why not faust's agents.
 
-With ``exactly_once=False`` the batch is flushed and then its offsets committed
-(at-least-once: a crash between the two repeats the batch).
+The work of a batch is in stages (:mod:`scoring.stream.stages`: gather, decode and
+validate, score, route); this module wires them to the clients, which it gets from
+:mod:`scoring.stream.clients`, and owns the transaction. With ``exactly_once=False`` the
+batch is flushed and then its offsets committed (at-least-once: a crash between the two
+repeats the batch).
 
 A new model version is loaded in a background thread when the registry alias moves, and
 takes over between two micro-batches; every prediction carries the version that made it.
@@ -23,40 +26,55 @@ import logging
 import signal
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager, suppress
-from dataclasses import dataclass
-from typing import Any
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
 
-from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer, TopicPartition
-from kafka.admin import NewTopic
-from kafka.consumer.fetcher import ConsumerRecord
-from kafka.consumer.subscription_state import ConsumerRebalanceListener
-from kafka.errors import KafkaError, ProducerFencedError
-from kafka.structs import OffsetAndMetadata
+from confluent_kafka import Consumer, Producer, TopicPartition
 
 from scoring.errors import StreamError
 from scoring.model.artifact import load_artifact
 from scoring.model.live import LiveModel, ModelFollower, follows_alias
-from scoring.stream.events import Refused, decode, encode_prediction, iso_millis
+from scoring.stream import clients, topics
+from scoring.stream.events import (
+    H_MODEL_NAME,
+    H_MODEL_VERSION,
+    H_ORIGIN_OFFSET,
+    H_ORIGIN_PARTITION,
+    H_ORIGIN_TOPIC,
+    H_REASON,
+    H_REASON_KIND,
+)
 from scoring.stream.metrics import StreamMetrics, serve
+from scoring.stream.stages import (
+    Assignment,
+    Batch,
+    Outgoing,
+    Partition,
+    Record,
+    decode_and_validate,
+    gather,
+    route,
+    score,
+)
 
-__all__ = ["Processor", "StreamConfig"]
+__all__ = [
+    "H_MODEL_NAME",
+    "H_MODEL_VERSION",
+    "H_ORIGIN_OFFSET",
+    "H_ORIGIN_PARTITION",
+    "H_ORIGIN_TOPIC",
+    "H_REASON",
+    "H_REASON_KIND",
+    "Processor",
+    "Record",
+    "StreamConfig",
+]
 
 log = logging.getLogger(__name__)
 
-# Header names on predictions and dead letters.
-H_MODEL_NAME = "model_name"
-H_MODEL_VERSION = "model_version"
-H_REASON = "reason"
-H_REASON_KIND = "reason_kind"
-H_ORIGIN_TOPIC = "origin_topic"
-H_ORIGIN_PARTITION = "origin_partition"
-H_ORIGIN_OFFSET = "origin_offset"
-
-
-# (topic, key, value, headers) of one record to send.
-Message = tuple[str, bytes | None, bytes | None, list[tuple[str, bytes]]]
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -84,6 +102,9 @@ class StreamConfig:
     start_from: str = "earliest"
     session_timeout_ms: int = 10_000
     transaction_timeout_ms: int = 30_000
+    # Extra librdkafka client properties (security.protocol, sasl.*, ssl.*, tuning) for
+    # every client this worker makes: consumer, producer and admin.
+    kafka: Mapping[str, str] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if self.batch_size < 1 or self.batch_wait_ms < 0 or self.model_poll_s <= 0:
@@ -106,12 +127,13 @@ class Processor:
         self.metrics = StreamMetrics()
         self.model: LiveModel | None = None
         self.status = "starting"
-        self._stop = threading.Event()
-        self._revoked: set[TopicPartition] = set()
-        self._assigned: set[TopicPartition] = set()
-        self._producer: KafkaProducer | None = None
-        self._last_lag_check = 0.0
+        self.assignment = Assignment()
         self.counts = {"events_in": 0, "predictions": 0, "dead_letters": 0, "batches": 0}
+        self._stop = threading.Event()
+        self._consumer: Consumer | None = None
+        self._producer: Producer | None = None
+        self._failed_deliveries: list[str] = []
+        self._last_lag_check = 0.0
 
     def stop(self) -> None:
         """Finish the current micro-batch, commit it, and return from :meth:`run`."""
@@ -125,21 +147,25 @@ class Processor:
             "model_version": model.version if model else None,
             "group": self.config.group,
             "worker": self.config.worker,
-            "assigned": sorted(f"{tp.topic}-{tp.partition}" for tp in self._assigned),
+            "assigned": [f"{t}-{p}" for t, p in self.assignment.snapshot()],
             **self.counts,
         }
 
     def run(self) -> dict[str, int]:
         config = self.config
-        artifact = load_artifact(config.model)
-        self.model = LiveModel.of(artifact, config.ort_threads)
+        self.model = LiveModel.of(load_artifact(config.model), config.ort_threads)
         self._set_model_metric(None, self.model)
         log.info("scoring with %s version %s", self.model.name, self.model.version)
         with self._serving(), _signals_stop(self):
-            self._ensure_topics()
-            consumer = self._consumer()
+            topics.ensure(
+                config.bootstrap,
+                config.input_topic,
+                (config.output_topic, config.dlq_topic),
+                config.kafka,
+            )
             self._producer = self._new_producer()
-            watcher = (
+            self._consumer = consumer = self._new_consumer()
+            follower = (
                 ModelFollower(
                     config.model,
                     self.model,
@@ -153,18 +179,25 @@ class Processor:
             self.status = "ok"
             try:
                 while not self._stop.is_set():
-                    if watcher is not None:
-                        self._swap(watcher.take())
-                    records = self._poll(consumer)
-                    if records:
-                        self._process_or_rewind(consumer, records)
-                    self._update_lag(consumer)
+                    if follower is not None:
+                        self._swap(follower.take())
+                    batch = gather(
+                        consumer,
+                        self.assignment,
+                        config.batch_size,
+                        config.batch_wait_ms / 1000,
+                        self._stop,
+                        self._rewind,
+                    )
+                    if len(batch):
+                        self._process(batch)
+                    self._update_lag()
             finally:
                 self.status = "stopping"
-                if watcher is not None:
-                    watcher.stop()
-                consumer.close(autocommit=False)
-                self._producer.close(timeout=10)
+                if follower is not None:
+                    follower.stop()
+                consumer.close()  # leaves the group at once: the partitions move now
+                self._producer.flush(10)
         log.info("stopped: %s", self.counts)
         return dict(self.counts)
 
@@ -185,71 +218,79 @@ class Processor:
             server.shutdown()
             server.server_close()
 
-    def _ensure_topics(self) -> None:
-        """The input topic must exist; the output and dead-letter topics are created alike."""
+    def _new_consumer(self) -> Consumer:
         config = self.config
-        try:
-            admin = KafkaAdminClient(bootstrap_servers=config.bootstrap, request_timeout_ms=10_000)
-        except KafkaError as exc:
-            raise StreamError(f"no Kafka broker answers at {config.bootstrap}: {exc!r}") from exc
-        try:
-            topics = {t["name"]: t for t in admin.describe_topics() if not t["error_code"]}
-            if config.input_topic not in topics:
-                raise StreamError(
-                    f"input topic {config.input_topic!r} does not exist on {config.bootstrap}"
-                )
-            partitions = len(topics[config.input_topic]["partitions"])
-            brokers = len(admin.describe_cluster()["brokers"])
-            missing = [
-                NewTopic(t, num_partitions=partitions, replication_factor=min(3, brokers))
-                for t in {config.output_topic, config.dlq_topic}
-                if t not in topics
-            ]
-            if missing:
-                admin.create_topics(missing)
-                log.info("created topics %s", [t.name for t in missing])
-        finally:
-            admin.close()
-
-    def _consumer(self) -> KafkaConsumer:
-        config = self.config
-        consumer = KafkaConsumer(
-            bootstrap_servers=config.bootstrap,
-            group_id=config.group,
-            client_id=f"scoring-stream-{config.worker}",
-            enable_auto_commit=False,
-            isolation_level="read_committed",
-            auto_offset_reset=config.start_from,
-            max_poll_records=config.batch_size,
-            session_timeout_ms=config.session_timeout_ms,
-            heartbeat_interval_ms=max(1000, config.session_timeout_ms // 4),
+        consumer = clients.consumer(
+            config.bootstrap,
+            config.kafka,
+            defaults={
+                "client.id": f"scoring-stream-{config.worker}",
+                "auto.offset.reset": config.start_from,
+                "session.timeout.ms": config.session_timeout_ms,
+                "heartbeat.interval.ms": max(1000, config.session_timeout_ms // 4),
+                # Hand a fetched event over at once; the broker answers as data arrives.
+                "fetch.wait.max.ms": 100,
+            },
+            required={
+                "group.id": config.group,
+                "isolation.level": "read_committed",
+                "enable.auto.commit": False,
+                "enable.auto.offset.store": False,
+                # Eager rebalances: every partition is revoked, and restarts from its
+                # committed offset (see stages.gather for the cooperative case too).
+                "partition.assignment.strategy": "range",
+            },
         )
-        consumer.subscribe([config.input_topic], listener=_Rebalance(self))
+        consumer.subscribe(
+            [config.input_topic],
+            on_assign=lambda _, parts: self.assignment.assigned(_names(parts)),
+            on_revoke=lambda _, parts: self._revoked(parts),
+            on_lost=lambda _, parts: self._revoked(parts),
+        )
         return consumer
 
-    def _new_producer(self) -> KafkaProducer:
+    def _revoked(self, partitions: list[TopicPartition]) -> None:
+        self.assignment.revoked(_names(partitions))
+        for _, partition in _names(partitions):
+            with suppress(KeyError):
+                self.metrics.lag.remove(str(partition))
+
+    def _new_producer(self) -> Producer:
         config = self.config
-        producer = KafkaProducer(
-            bootstrap_servers=config.bootstrap,
-            client_id=f"scoring-stream-{config.worker}",
-            transactional_id=config.transactional_id if config.exactly_once else None,
-            transaction_timeout_ms=config.transaction_timeout_ms,
-            enable_idempotence=True,
-            acks="all",
-            linger_ms=2,
-            # A transaction that begins right after the last commit can meet the
-            # coordinator still writing markers; retry that soon, not after 100 ms.
-            retry_backoff_ms=20,
-            batch_size=256 * 1024,
-            max_request_size=max(1_048_576, 2 * config.max_message_bytes),
+        required: dict[str, Any] = {"enable.idempotence": True, "acks": "all"}
+        if config.exactly_once:
+            required["transactional.id"] = config.transactional_id
+            required["transaction.timeout.ms"] = config.transaction_timeout_ms
+        producer = clients.producer(
+            config.bootstrap,
+            config.kafka,
+            defaults={
+                "client.id": f"scoring-stream-{config.worker}",
+                "linger.ms": 2,
+                # A transaction that begins right after the last commit can meet the
+                # coordinator still writing markers; retry that soon, not after 100 ms.
+                "retry.backoff.ms": 20,
+                "message.max.bytes": max(1_048_576, 2 * config.max_message_bytes),
+                # Only failures are reported: no Python call per delivered record.
+                "delivery.report.only.error": True,
+                "on_delivery": self._delivery_failed,
+            },
+            required=required,
         )
         if config.exactly_once:
             try:
-                producer.init_transactions()
-            except ProducerFencedError as exc:
-                producer.close(timeout=0)
-                raise StreamError(self._fenced()) from exc
+                producer.init_transactions(config.transaction_timeout_ms / 1000)
+            except clients.KafkaException as exc:
+                if clients.is_fenced(clients.error_of(exc)):
+                    raise StreamError(self._fenced()) from exc
+                raise StreamError(
+                    f"could not start transactions on {config.bootstrap}: {exc}"
+                ) from exc
         return producer
+
+    def _delivery_failed(self, error: Any, message: Any) -> None:
+        if error is not None:
+            self._failed_deliveries.append(str(error))
 
     def _fenced(self) -> str:
         return (
@@ -257,177 +298,126 @@ class Processor:
             "give every worker of a group its own --worker"
         )
 
-    # -- the loop ---------------------------------------------------------------------
+    # -- one micro-batch ------------------------------------------------------------------
 
-    def _poll(self, consumer: KafkaConsumer) -> list[ConsumerRecord]:
-        """One micro-batch: waits up to 0.5 s for a first event, then ``batch_wait_ms`` more."""
-        size = self.config.batch_size
-        batch: list[ConsumerRecord] = []
-        deadline = None
-        while len(batch) < size and not self._stop.is_set():
-            now = time.monotonic()
-            if deadline is not None and now >= deadline:
-                break
-            wait = 500 if deadline is None else (deadline - now) * 1000
-            polled = consumer.poll(timeout_ms=int(wait), max_records=size - len(batch))
-            fresh = [record for records in polled.values() for record in records]
-            if self._revoked:
-                # A rebalance ran inside poll(). A partition kept across it keeps its
-                # position, which is past the records this batch already holds: put every
-                # partition back where the batch started and begin the batch again.
-                self._revoked.clear()
-                self._rewind(consumer, batch + fresh)
-                batch, deadline = [], None
-                continue
-            batch.extend(fresh)
-            if batch and deadline is None:
-                deadline = time.monotonic() + self.config.batch_wait_ms / 1000
-            elif not batch:
-                break
-        return batch
-
-    def _process_or_rewind(self, consumer: KafkaConsumer, records: list[ConsumerRecord]) -> None:
-        try:
-            self._process(consumer, records)
-        except ProducerFencedError as exc:
-            raise StreamError(self._fenced()) from exc
-        except KafkaError as exc:
-            self.metrics.aborts.inc()
-            log.warning("micro-batch of %d events aborted (%r); re-reading it", len(records), exc)
-            self._abort()
-            self._rewind(consumer, records)
-            time.sleep(0.5)
-
-    def _process(self, consumer: KafkaConsumer, records: list[ConsumerRecord]) -> None:
-        messages, dead = self.route(records)
-        producer, config = self._producer, self.config
-        assert producer is not None
-        if config.exactly_once:
-            producer.begin_transaction()
-        for topic, key, value, headers in messages:
-            producer.send(topic, value=value, key=key, headers=headers)
-        offsets = {}
-        for record in records:
-            offsets[TopicPartition(record.topic, record.partition)] = OffsetAndMetadata(
-                record.offset + 1, "", -1
-            )
-        if config.exactly_once:
-            producer.send_offsets_to_transaction(offsets, consumer.group_metadata())
-            producer.commit_transaction()
-        else:
-            producer.flush()
-            consumer.commit(offsets)
-
-        done_ms = time.time_ns() // 1_000_000
-        for record in records:
-            self.metrics.end_to_end_seconds.observe(max(0, done_ms - record.timestamp) / 1000)
-        for kind in dead:
-            self.metrics.dead_letters.labels(kind).inc()
-        n = len(records)
-        self.metrics.events_in.inc(n)
-        self.metrics.events_out.inc(n - len(dead))
-        self.metrics.batches.inc()
-        self.counts["events_in"] += n
-        self.counts["predictions"] += n - len(dead)
-        self.counts["dead_letters"] += len(dead)
-        self.counts["batches"] += 1
-
-    def route(self, records: list[ConsumerRecord]) -> tuple[list[Message], list[str]]:
-        """Score a micro-batch: the messages to send, in input order, and dead-letter kinds."""
-        assert self.model is not None
-        config, model = self.config, self.model
+    def _process(self, batch: Batch) -> None:
+        model, config = self.model, self.config
+        assert model is not None
         started = time.perf_counter()
-        decoded = decode(
-            [r.value for r in records], model.scorer.contract, config.max_message_bytes
-        )
-        scored = model.scorer.score(decoded.batch)
+        decoded = decode_and_validate(batch, model.scorer.contract, config.max_message_bytes)
+        scored = score(decoded, model)
         self.metrics.score_seconds.observe(time.perf_counter() - started)
-
-        refused: dict[int, Refused] = {r.index: r for r in decoded.refused}
-        scores, labels = scored.score.to_pylist(), scored.label.to_pylist()
-        reasons = scored.reason.to_pylist()
-        for row, index in enumerate(decoded.rows):
-            if not scored.valid[row]:
-                refused[index] = Refused(index, scored.kinds[row] or "invalid", reasons[row])
-        row_of = {index: row for row, index in enumerate(decoded.rows)}
-
-        key_field = model.scorer.contract.key
-        identity = (model.name, model.version)
-        version_headers = [
-            (H_MODEL_NAME, model.name.encode()),
-            (H_MODEL_VERSION, model.version.encode()),
-        ]
-        scored_time = iso_millis(time.time_ns() // 1_000_000)
-        messages: list[Message] = []
-        dead: list[str] = []
-        for index, record in enumerate(records):
-            problem = refused.get(index)
-            if problem is not None:
-                messages.append(self._dead_letter(record, problem, version_headers))
-                dead.append(problem.kind)
-                continue
-            row = row_of[index]
-            value = encode_prediction(
-                key_field,
-                decoded.keys[row],
-                scores[row],
-                labels[row],
-                identity,
-                iso_millis(record.timestamp),
-                scored_time,
-            )
-            messages.append((config.output_topic, record.key, value, version_headers))
-        return messages, dead
-
-    def _dead_letter(
-        self,
-        record: ConsumerRecord,
-        problem: Refused,
-        version_headers: list[tuple[str, bytes]],
-    ) -> Message:
-        headers = [
-            *(record.headers or []),
-            (H_REASON, problem.reason.encode()),
-            (H_REASON_KIND, problem.kind.encode()),
-            (H_ORIGIN_TOPIC, record.topic.encode()),
-            (H_ORIGIN_PARTITION, str(record.partition).encode()),
-            (H_ORIGIN_OFFSET, str(record.offset).encode()),
-            *version_headers,
-        ]
-        log.debug(
-            "dead letter %s-%d@%d: %s",
-            record.topic,
-            record.partition,
-            record.offset,
-            problem.reason,
+        out = route(
+            batch,
+            decoded,
+            scored,
+            model,
+            config.output_topic,
+            config.dlq_topic,
+            time.time_ns() // 1_000_000,
         )
-        # Kafka needs a key or a value; a keyless empty event is forwarded as b"".
-        value = record.value if record.value is not None or record.key is not None else b""
-        return (self.config.dlq_topic, record.key, value, headers)
+        if self._commit(batch, out):
+            self._count(batch, out)
 
-    def _abort(self) -> None:
+    def _commit(self, batch: Batch, out: Outgoing) -> bool:
+        """Send the batch's records and commit its offsets.
+
+        Returns False when the batch was aborted: its partitions are put back at its first
+        offsets, so the next gathering reads it again (with the model of that moment).
+        """
+        assert self._producer is not None and self._consumer is not None
+        offsets = [TopicPartition(t, p, o) for (t, p), o in batch.next_offsets().items()]
+        try:
+            if self.config.exactly_once:
+                self._transact(out.records, offsets)
+            else:
+                self._send_then_commit(out.records, offsets)
+            return True
+        except clients.KafkaException as exc:
+            error = clients.error_of(exc)
+            if clients.is_fenced(error):
+                raise StreamError(self._fenced()) from exc
+            self.metrics.aborts.inc()
+            log.warning("micro-batch of %d events aborted (%s); reading it again", len(batch), exc)
+            self._abort(error)
+            self._rewind(batch.first_offsets())
+            time.sleep(0.2)
+            return False
+
+    def _transact(self, records: list[Record], offsets: list[TopicPartition]) -> None:
+        producer, consumer = self._producer, self._consumer
+        assert producer is not None and consumer is not None
+        timeout = self.config.transaction_timeout_ms / 1000
+        producer.begin_transaction()
+        self._produce(producer, records)
+        _retrying(
+            lambda: producer.send_offsets_to_transaction(
+                offsets, consumer.consumer_group_metadata(), timeout
+            )
+        )
+        _retrying(lambda: producer.commit_transaction(timeout))
+        producer.poll(0)  # serve failure reports, if any (there are none per success)
+
+    def _send_then_commit(self, records: list[Record], offsets: list[TopicPartition]) -> None:
+        producer, consumer = self._producer, self._consumer
+        assert producer is not None and consumer is not None
+        self._failed_deliveries.clear()
+        self._produce(producer, records)
+        left = producer.flush(self.config.transaction_timeout_ms / 1000)
+        if left or self._failed_deliveries:
+            failed = self._failed_deliveries[:1] or [f"{left} records not acknowledged"]
+            raise clients.KafkaException(clients.KafkaError(clients.KafkaError._FAIL, failed[0]))
+        consumer.commit(offsets=offsets, asynchronous=False)
+
+    @staticmethod
+    def _produce(producer: Producer, records: list[Record]) -> None:
+        produce: Callable[..., None] = producer.produce
+        for topic, key, value, headers in records:
+            try:
+                produce(topic, value, key, headers=headers)
+            except BufferError:  # the local queue is full: let it drain, then go on
+                producer.poll(0.05)
+                produce(topic, value, key, headers=headers)
+
+    def _abort(self, error: clients.KafkaError | None) -> None:
         """Abort the open transaction; a producer in a fatal state is replaced."""
         if not self.config.exactly_once:
             return  # at-least-once: what was sent stays; the batch is sent again
         assert self._producer is not None
-        try:
-            self._producer.abort_transaction()
-            return
-        except ProducerFencedError as exc:
-            raise StreamError(self._fenced()) from exc
-        except KafkaError as exc:
-            log.warning("abort failed (%r); starting a new producer", exc)
-        self._producer.close(timeout=0)
+        if error is not None and not error.fatal():
+            try:
+                _retrying(lambda: self._producer.abort_transaction(30))  # type: ignore[union-attr]
+                return
+            except clients.KafkaException as exc:
+                if clients.is_fenced(clients.error_of(exc)):
+                    raise StreamError(self._fenced()) from exc
+                log.warning("abort failed (%s); starting a new producer", exc)
+        self._producer.flush(0)
         self._producer = self._new_producer()  # init_transactions aborts the old one
 
-    def _rewind(self, consumer: KafkaConsumer, records: list[ConsumerRecord]) -> None:
-        first: dict[TopicPartition, int] = {}
-        for record in records:
-            first.setdefault(TopicPartition(record.topic, record.partition), record.offset)
-        assigned = consumer.assignment()
-        for tp, offset in first.items():
-            if tp in assigned:
-                consumer.seek(tp, offset)
+    def _rewind(self, first: dict[Partition, int]) -> None:
+        """Put partitions back to ``first`` offsets, those this worker still holds."""
+        assert self._consumer is not None
+        held = set(self.assignment.snapshot())
+        for (topic, partition), offset in first.items():
+            if (topic, partition) in held:
+                self._consumer.seek(TopicPartition(topic, partition, offset))
+
+    def _count(self, batch: Batch, out: Outgoing) -> None:
+        done_ms = time.time_ns() // 1_000_000
+        self.metrics.observe_end_to_end(done_ms, batch.timestamps)
+        for kind in out.dead_kinds:
+            self.metrics.dead_letters.labels(kind).inc()
+        n = len(batch)
+        self.metrics.events_in.inc(n)
+        self.metrics.events_out.inc(out.predictions)
+        self.metrics.batches.inc()
+        self.counts["events_in"] += n
+        self.counts["predictions"] += out.predictions
+        self.counts["dead_letters"] += len(out.dead_kinds)
+        self.counts["batches"] += 1
+
+    # -- between batches --------------------------------------------------------------------
 
     def _swap(self, model: LiveModel | None) -> None:
         if model is None:
@@ -451,40 +441,45 @@ class Processor:
             number = 0.0  # a local folder has no registry version
         self.metrics.model_version.labels(model.name).set(number)
 
-    def _update_lag(self, consumer: KafkaConsumer) -> None:
+    def _update_lag(self) -> None:
         now = time.monotonic()
-        if now - self._last_lag_check < 1.0:
+        if now - self._last_lag_check < 1.0 or self._consumer is None:
             return
         self._last_lag_check = now
-        for tp in self._assigned:
-            end = consumer.highwater(tp)
-            if end is None:
-                continue
-            try:
-                position = consumer.position(tp, timeout_ms=0)
-            except KafkaError:
-                continue
-            if position is not None:
-                self.metrics.lag.labels(str(tp.partition)).set(max(0, end - position))
+        held = [TopicPartition(t, p) for t, p in self.assignment.snapshot()]
+        try:
+            positions = self._consumer.position(held)
+        except clients.KafkaException:
+            return
+        for tp in positions:
+            # Cached from the last fetch: no request to the broker.
+            _, end = self._consumer.get_watermark_offsets(tp, cached=True)
+            if end >= 0 and tp.offset >= 0:
+                self.metrics.lag.labels(str(tp.partition)).set(max(0, end - tp.offset))
 
 
-class _Rebalance(ConsumerRebalanceListener):
-    """Tracks the assignment; marks revoked partitions so an open batch drops them."""
+def _names(partitions: list[TopicPartition]) -> list[Partition]:
+    return [(tp.topic, tp.partition) for tp in partitions]
 
-    def __init__(self, processor: Processor) -> None:
-        self.processor = processor
 
-    def on_partitions_revoked(self, revoked: set[TopicPartition]) -> None:
-        self.processor._revoked.update(revoked)
-        self.processor._assigned.difference_update(revoked)
-        for tp in revoked:
-            with suppress(KeyError):
-                self.processor.metrics.lag.remove(str(tp.partition))
-        log.info("partitions revoked: %s", sorted(tp.partition for tp in revoked))
-
-    def on_partitions_assigned(self, assigned: set[TopicPartition]) -> None:
-        self.processor._assigned.update(assigned)
-        log.info("partitions assigned: %s", sorted(tp.partition for tp in assigned))
+def _retrying(call: Callable[[], T], attempts: int = 20) -> T:
+    """``call()``, again while it fails with a retriable error (e.g. a timeout)."""
+    for attempt in range(attempts):
+        try:
+            return call()
+        except clients.KafkaException as exc:
+            error = clients.error_of(exc)
+            retriable = (
+                error is not None
+                and error.retriable()
+                and not error.fatal()
+                and not error.txn_requires_abort()
+            )
+            if not retriable or attempt == attempts - 1:
+                raise
+            log.warning("retrying after %s", error)
+            time.sleep(min(1.0, 0.05 * 2**attempt))
+    raise AssertionError("unreachable")
 
 
 @contextmanager

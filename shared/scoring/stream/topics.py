@@ -1,32 +1,98 @@
-"""Kafka client chores around the processor: topics, producing events, reading results.
+"""Kafka chores around the processor: topics, producing events, reading results.
 
-The demo, the rollout's parity gate, the stream benchmark and the tests all create
+The processor, the demo, the rollout's parity gate and the stream benchmark create
 topics, produce JSON events and read what a processor committed; they do it here, one
-way. Results are always read ``read_committed`` from the beginning: an aborted micro-batch
-must never be counted.
+way, with clients from :mod:`scoring.stream.clients` (so the same extra client properties
+reach them). Results are always read ``read_committed`` from the beginning: an aborted
+micro-batch must never be counted.
 """
 
 from __future__ import annotations
 
+import logging
 import time
-from collections.abc import Iterable, Sequence
-from typing import Any
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
 
-from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer, TopicPartition
-from kafka.admin import NewTopic
+from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaException, TopicPartition
+from confluent_kafka.admin import NewTopic
 
-__all__ = ["create", "produce", "reader"]
+from scoring.errors import StreamError
+from scoring.stream import clients
+
+__all__ = ["ReadRecord", "Reader", "create", "delete", "ensure", "produce", "reader"]
+
+log = logging.getLogger(__name__)
 
 
-def create(bootstrap: str, names: Sequence[str], partitions: int) -> None:
-    """Create ``names`` with ``partitions`` partitions each (one replica: a local broker)."""
-    admin = KafkaAdminClient(bootstrap_servers=bootstrap)
+def create(
+    bootstrap: str,
+    names: Sequence[str],
+    partitions: int,
+    kafka: Mapping[str, str] | None = None,
+    replication: int = 1,
+) -> None:
+    """Create ``names`` with ``partitions`` partitions each; raises if one cannot be made."""
+    admin = clients.admin(bootstrap, kafka)
+    futures = admin.create_topics(
+        [NewTopic(n, num_partitions=partitions, replication_factor=replication) for n in names],
+        operation_timeout=30,
+    )
+    for name, future in futures.items():
+        try:
+            future.result(60)
+        except KafkaException as exc:
+            raise StreamError(f"could not create topic {name!r} on {bootstrap}: {exc}") from exc
+
+
+def delete(bootstrap: str, names: Sequence[str], kafka: Mapping[str, str] | None = None) -> None:
+    """Delete ``names``; a topic that is already gone is fine."""
+    admin = clients.admin(bootstrap, kafka)
+    for name, future in admin.delete_topics(list(names), operation_timeout=30).items():
+        try:
+            future.result(60)
+        except KafkaException as exc:
+            error = clients.error_of(exc)
+            if error is None or error.code() != clients.KafkaError.UNKNOWN_TOPIC_OR_PART:
+                log.warning("could not delete topic %s: %s", name, exc)
+
+
+def ensure(
+    bootstrap: str,
+    input_topic: str,
+    outputs: Sequence[str],
+    kafka: Mapping[str, str] | None = None,
+) -> None:
+    """The input topic must exist; missing output topics get as many partitions as it has.
+
+    Raises:
+        StreamError: no broker answers, or the input topic does not exist.
+    """
+    admin = clients.admin(bootstrap, kafka)
     try:
-        admin.create_topics(
-            [NewTopic(n, num_partitions=partitions, replication_factor=1) for n in names]
-        )
-    finally:
-        admin.close()
+        metadata = admin.list_topics(timeout=15)
+    except KafkaException as exc:
+        raise StreamError(f"no Kafka broker answers at {bootstrap}: {exc}") from exc
+    found = {name: t for name, t in metadata.topics.items() if t.error is None}
+    if input_topic not in found:
+        raise StreamError(f"input topic {input_topic!r} does not exist on {bootstrap}")
+    missing = sorted({t for t in outputs if t not in found})
+    if not missing:
+        return
+    replicas = min(3, len(metadata.brokers))
+    partitions = len(found[input_topic].partitions)
+    futures = admin.create_topics(
+        [NewTopic(t, num_partitions=partitions, replication_factor=replicas) for t in missing],
+        operation_timeout=30,
+    )
+    for name, future in futures.items():
+        try:
+            future.result(60)
+        except KafkaException as exc:
+            error = clients.error_of(exc)
+            if error is None or error.code() != clients.KafkaError.TOPIC_ALREADY_EXISTS:
+                raise StreamError(f"could not create topic {name!r}: {exc}") from exc
+    log.info("created topics %s", missing)
 
 
 def produce(
@@ -34,34 +100,116 @@ def produce(
     topic: str,
     events: Iterable[tuple[bytes | None, bytes | None]],
     pace: float = 0.0,
-    **config: Any,
+    kafka: Mapping[str, str] | None = None,
+    properties: Mapping[str, str | int] | None = None,
 ) -> int:
     """Send (key, value) events and wait until all are acknowledged; returns how many.
 
     ``pace`` seconds of pause after every 100 events turn a burst into a steady stream.
+    ``properties`` are librdkafka producer properties for this call (e.g. ``linger.ms``).
+
+    Raises:
+        StreamError: an event was not acknowledged.
     """
-    producer = KafkaProducer(bootstrap_servers=bootstrap, **{"linger_ms": 5, **config})
+    failures: list[str] = []
+
+    def failed(error: object, message: object) -> None:
+        if error is not None:
+            failures.append(str(error))
+
+    producer = clients.producer(
+        bootstrap,
+        kafka,
+        defaults={
+            "linger.ms": 5,
+            "delivery.report.only.error": True,
+            "on_delivery": failed,
+            **(properties or {}),
+        },
+    )
     n = 0
-    try:
-        for key, value in events:
-            producer.send(topic, key=key, value=value)
-            n += 1
-            if pace and n % 100 == 0:
-                time.sleep(pace)
-        producer.flush()
-    finally:
-        producer.close()
+    for key, value in events:
+        try:
+            producer.produce(topic, value, key)
+        except BufferError:
+            producer.flush(30)
+            producer.produce(topic, value, key)
+        n += 1
+        if pace and n % 100 == 0:
+            producer.poll(0)
+            time.sleep(pace)
+    left = producer.flush(60)
+    if left or failures:
+        raise StreamError(
+            f"{left + len(failures)} of {n} events to {topic} were not acknowledged"
+            + (f" (first error: {failures[0]})" if failures else "")
+        )
     return n
 
 
-def reader(bootstrap: str, topic: str, partitions: int, **config: Any) -> KafkaConsumer:
-    """A ``read_committed`` consumer of every partition of ``topic``, from the beginning."""
-    consumer = KafkaConsumer(
-        bootstrap_servers=bootstrap,
-        isolation_level="read_committed",
-        enable_auto_commit=False,
-        **config,
+@dataclass(frozen=True)
+class ReadRecord:
+    """One committed record as :class:`Reader` returns it."""
+
+    topic: str
+    partition: int
+    offset: int
+    key: bytes | None
+    value: bytes | None
+    headers: list[tuple[str, bytes]]
+    timestamp: int
+
+
+class Reader:
+    """A ``read_committed`` reader of every partition of a topic, from the beginning."""
+
+    def __init__(self, consumer: Consumer) -> None:
+        self._consumer = consumer
+
+    def poll(
+        self, timeout_ms: int = 500, max_records: int = 10_000
+    ) -> dict[tuple[str, int], list[ReadRecord]]:
+        """Records that arrived, by (topic, partition); waits up to ``timeout_ms`` for one."""
+        messages = self._consumer.consume(1, timeout_ms / 1000)
+        if messages:
+            messages += self._consumer.consume(max_records - 1, 0)
+        out: dict[tuple[str, int], list[ReadRecord]] = {}
+        for m in messages:
+            if m.error() is not None:
+                continue
+            record = ReadRecord(
+                m.topic() or "",
+                m.partition() or 0,
+                m.offset() or 0,
+                m.key(),
+                m.value(),
+                list(m.headers() or []),  # type: ignore[arg-type]
+                m.timestamp()[1],
+            )
+            out.setdefault((record.topic, record.partition), []).append(record)
+        return out
+
+    def close(self) -> None:
+        self._consumer.close()
+
+
+def reader(
+    bootstrap: str,
+    topic: str,
+    partitions: int,
+    kafka: Mapping[str, str] | None = None,
+    properties: Mapping[str, str | int] | None = None,
+) -> Reader:
+    """A ``read_committed`` reader of ``partitions`` partitions of ``topic``, from the start."""
+    consumer = clients.consumer(
+        bootstrap,
+        kafka,
+        defaults={"fetch.wait.max.ms": 50, **(properties or {})},
+        required={
+            "group.id": f"scoring-reader-{time.time_ns()}",  # assigned, never committed
+            "isolation.level": "read_committed",
+            "enable.auto.commit": False,
+        },
     )
-    consumer.assign([TopicPartition(topic, p) for p in range(partitions)])
-    consumer.seek_to_beginning()
-    return consumer
+    consumer.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in range(partitions)])
+    return Reader(consumer)

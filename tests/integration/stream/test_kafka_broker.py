@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
+import os
 import re
-import shutil
-import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -71,12 +71,26 @@ def _consume_all(bootstrap: str, expected: int, timeout: float = 20) -> list[byt
 
 
 def _listening_addresses(pid: int) -> list[str]:
-    """Local ``addr:port`` of every listening TCP socket of ``pid`` (from ``ss -ltnp``)."""
-    ss = shutil.which("ss")
-    if ss is None:
-        pytest.skip("`ss` (iproute2) is not installed")
-    out = subprocess.run([ss, "-Hltnp"], capture_output=True, text=True, check=True).stdout
-    return [line.split()[3] for line in out.splitlines() if re.search(rf"\bpid={pid},", line)]
+    """Local ``addr:port`` of every listening TCP socket of ``pid``, read from /proc.
+
+    No tool needed (``ss`` may be missing); IPv4 only, as the broker runs with
+    ``java.net.preferIPv4Stack``.
+    """
+    inodes = set()
+    for fd in Path(f"/proc/{pid}/fd").iterdir():
+        with contextlib.suppress(OSError):
+            target = os.readlink(fd)
+            if target.startswith("socket:["):
+                inodes.add(target[len("socket:[") : -1])
+    addresses = []
+    for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
+        fields = line.split()
+        local, state, inode = fields[1], fields[3], fields[9]
+        if state == "0A" and inode in inodes:  # 0A: LISTEN
+            host, port = local.split(":")
+            ip = ".".join(str(b) for b in reversed(bytes.fromhex(host)))
+            addresses.append(f"{ip}:{int(port, 16)}")
+    return addresses
 
 
 def _pid_exists(pid: int) -> bool:

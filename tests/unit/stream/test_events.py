@@ -9,7 +9,7 @@ import orjson
 import pyarrow as pa
 from hypothesis import given
 from hypothesis import strategies as st
-from scoring.model.contract import Contract, Feature, Output
+from scoring.model.contract import Contract, Feature, Output, validate
 from scoring.stream.events import decode, encode_prediction, iso_millis, to_events
 
 CONTRACT = Contract(
@@ -55,7 +55,9 @@ def test_every_unreadable_event_is_refused_with_its_kind() -> None:
         b"[1]": "not_object",
         b"3": "not_object",
         json.dumps({**GOOD, "id": None}).encode(): "missing_key",
-        json.dumps({**GOOD, "id": True}).encode(): "missing_key",
+        json.dumps({**GOOD, "id": True}).encode(): "wrong_type",
+        json.dumps({**GOOD, "id": 17.5}).encode(): "wrong_type",
+        json.dumps({**GOOD, "id": [1]}).encode(): "wrong_type",
         json.dumps({k: v for k, v in GOOD.items() if k != "id"}).encode(): "missing_key",
         json.dumps({k: v for k, v in GOOD.items() if k != "age"}).encode(): "missing_field",
         json.dumps({**GOOD, "amount": "1"}).encode(): "wrong_type",
@@ -69,6 +71,38 @@ def test_every_unreadable_event_is_refused_with_its_kind() -> None:
         (i, cases[v]) for i, v in enumerate(values)
     ]
     assert all(r.reason for r in decoded.refused)
+
+
+def test_integral_numbers_are_integers_as_pandas_writes_them() -> None:
+    """pandas' to_json writes an integer column that held a null as 17.0, 40.0, null."""
+    import pandas as pd
+
+    frame = pd.DataFrame(
+        {
+            "id": [17, 18, None],
+            "amount": [1.5, 2.0, 3.0],
+            "age": [40, None, 41],
+            "country": ["US", "GB", "US"],
+        }
+    )
+    lines = frame.to_json(orient="records", lines=True).splitlines()
+    assert '"id":17.0' in lines[0] and '"age":40.0' in lines[0]
+    decoded = _decode(*(line.encode() for line in lines))
+    assert decoded.rows == [0, 1]
+    assert decoded.keys == [17, 18] and all(type(k) is int for k in decoded.keys)
+    assert [r.kind for r in decoded.refused] == ["missing_key"]  # the null key
+    assert validate(decoded.batch, CONTRACT.features).valid.tolist() == [True, True]
+
+
+def test_non_integral_numbers_are_refused_showing_the_value() -> None:
+    decoded = _decode(json.dumps({**GOOD, "id": 17.25}).encode())
+    (refused,) = decoded.refused
+    assert refused.kind == "wrong_type" and "17.25" in refused.reason and "'id'" in refused.reason
+    # An int64 feature: the contract's check refuses it, as on the batch path.
+    decoded = _decode(json.dumps({**GOOD, "age": 40.5}).encode(), json.dumps(GOOD).encode())
+    checked = validate(decoded.batch, CONTRACT.features)
+    assert checked.valid.tolist() == [False, True]
+    assert checked.kinds[0] == "wrong_type" and "40.5" in (checked.reasons[0] or "")
 
 
 def test_nan_and_infinity_tokens_reach_the_contract_check() -> None:

@@ -140,7 +140,7 @@ def _watch(console: Console, bootstrap: str, topic: str, expected: int) -> dict[
         while len(scores) < expected and time.monotonic() < deadline:
             for records in consumer.poll(timeout_ms=200).values():
                 for record in records:
-                    prediction = json.loads(record.value)
+                    prediction = json.loads(record.value or b"{}")
                     scores[prediction[KEY]] = prediction["score"]
                     latest = [prediction, *latest][:8]
             live.update(_live_table(latest, len(scores), expected))

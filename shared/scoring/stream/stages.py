@@ -1,0 +1,296 @@
+"""The stream processor's stages, each a function a test can call without a broker.
+
+One micro-batch goes through them in order:
+
+1. :func:`gather`: take up to ``size`` events from the consumer with batched
+   ``consume()`` calls, starting over when the partitions move under it;
+2. :func:`decode_and_validate`: parse the values column by column into an Arrow batch and
+   a reason for every event that cannot be read (:func:`scoring.stream.events.decode`);
+3. :func:`score`: the contract's checks and the model, the same code the batch job runs;
+4. :func:`route`: one output record per event, in input order: a prediction, or the
+   event itself to the dead-letter topic with the reason in its headers.
+
+Producing and committing (one transaction per micro-batch) is the processor's own part,
+since it is the part that talks to Kafka (:mod:`scoring.stream.processor`). The consumer
+is seen through the small :class:`Source` protocol, so a fake can stand in for it.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from scoring.model.artifact import ScoredBatch
+from scoring.model.contract import Contract
+from scoring.model.live import LiveModel
+from scoring.stream.events import (
+    H_MODEL_NAME,
+    H_MODEL_VERSION,
+    Decoded,
+    Refused,
+    dead_letter_headers,
+    decode,
+    encode_prediction,
+    iso_millis,
+)
+
+__all__ = [
+    "Assignment",
+    "Batch",
+    "Outgoing",
+    "Record",
+    "Source",
+    "decode_and_validate",
+    "gather",
+    "route",
+    "score",
+]
+
+log = logging.getLogger(__name__)
+
+# (topic, key, value, headers) of one record to send.
+Record = tuple[str, bytes | None, bytes | None, list[tuple[str, bytes]]]
+Partition = tuple[str, int]
+
+
+class Message(Protocol):
+    """What the stages read of a consumed message (confluent_kafka.Message has it all)."""
+
+    def error(self) -> object | None: ...
+    def topic(self) -> str | None: ...
+    def partition(self) -> int | None: ...
+    def offset(self) -> int | None: ...
+    def key(self) -> bytes | None: ...
+    def value(self) -> bytes | None: ...
+    def timestamp(self) -> tuple[int, int]: ...
+    def headers(self) -> list[tuple[str, bytes]] | None: ...
+
+
+class Source(Protocol):
+    """The consumer as :func:`gather` uses it."""
+
+    def consume(self, num_messages: int = ..., timeout: float = ...) -> Sequence[Any]: ...
+
+
+@dataclass
+class Assignment:
+    """The partitions this worker holds, kept by the consumer's rebalance callbacks.
+
+    The callbacks run inside ``consume()``; :meth:`take_moves` tells :func:`gather`
+    afterwards that the partitions moved, and which were taken away.
+    """
+
+    held: set[Partition] = field(default_factory=set)
+    _revoked: set[Partition] = field(default_factory=set)
+    _moved: bool = False
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def assigned(self, partitions: Sequence[Partition]) -> None:
+        with self._lock:
+            self.held.update(partitions)
+            self._moved = True
+        log.info("partitions assigned: %s", sorted(p for _, p in partitions))
+
+    def revoked(self, partitions: Sequence[Partition]) -> None:
+        with self._lock:
+            self.held.difference_update(partitions)
+            self._revoked.update(partitions)
+            self._moved = True
+        log.info("partitions revoked: %s", sorted(p for _, p in partitions))
+
+    def take_moves(self) -> set[Partition] | None:
+        """``None`` if nothing moved since the last call, else the partitions taken away."""
+        with self._lock:
+            if not self._moved:
+                return None
+            revoked, self._revoked, self._moved = self._revoked, set(), False
+            return revoked
+
+    def snapshot(self) -> list[Partition]:
+        with self._lock:
+            return sorted(self.held)
+
+
+@dataclass(frozen=True)
+class Batch:
+    """A gathered micro-batch, column by column; ``messages`` keeps the client's objects."""
+
+    messages: Sequence[Message]
+    topics: list[str]
+    partitions: list[int]
+    offsets: list[int]
+    keys: list[bytes | None]
+    values: list[bytes | None]
+    timestamps: list[int]
+
+    @classmethod
+    def of(cls, messages: Sequence[Message]) -> Batch:
+        return cls(
+            messages=messages,
+            topics=[m.topic() or "" for m in messages],
+            partitions=[m.partition() or 0 for m in messages],
+            offsets=[m.offset() or 0 for m in messages],
+            keys=[m.key() for m in messages],
+            values=[m.value() for m in messages],
+            timestamps=[m.timestamp()[1] for m in messages],
+        )
+
+    def __len__(self) -> int:
+        return len(self.offsets)
+
+    def first_offsets(self) -> dict[Partition, int]:
+        """Where each partition of the batch starts: where to seek to read it again."""
+        first: dict[Partition, int] = {}
+        for tp in zip(self.topics, self.partitions, self.offsets, strict=True):
+            first.setdefault(tp[:2], tp[2])
+        return first
+
+    def next_offsets(self) -> dict[Partition, int]:
+        """The offset to commit for each partition: one past its last event in the batch."""
+        columns = zip(self.topics, self.partitions, self.offsets, strict=True)
+        return {(t, p): o + 1 for t, p, o in columns}
+
+
+def gather(
+    source: Source,
+    assignment: Assignment,
+    size: int,
+    wait_s: float,
+    stop: threading.Event,
+    rewind: Callable[[dict[Partition, int]], None],
+    idle_s: float = 0.5,
+) -> Batch:
+    """Up to ``size`` events: what has arrived, or what arrives ``wait_s`` after the first.
+
+    Waits up to ``idle_s`` for a first event, then returns an empty batch so the caller
+    can do its housekeeping. When the partitions move during the gathering, the events
+    taken so far are dropped: a revoked partition restarts from its committed offset with
+    whoever holds it next, and a partition kept across the move is put back where the
+    batch started (``rewind``), so no event is skipped.
+    """
+    taken: list[Message] = []
+    deadline: float | None = None
+    while len(taken) < size and not stop.is_set():
+        want = size - len(taken)
+        if deadline is None:
+            got = source.consume(want, 0.0)  # what is queued already
+            if not got:
+                got = source.consume(1, idle_s)
+        else:
+            got = source.consume(want, max(0.0, deadline - time.monotonic()))
+        revoked = assignment.take_moves()
+        if revoked is not None:
+            kept = {
+                tp: offset
+                for tp, offset in Batch.of(_readable([*taken, *got])).first_offsets().items()
+                if tp not in revoked
+            }
+            if kept:
+                rewind(kept)
+            taken, deadline = [], None
+            continue
+        taken.extend(_readable(got))
+        if not taken:
+            break
+        now = time.monotonic()
+        if deadline is None:
+            deadline = now + wait_s
+        elif not got and now >= deadline:
+            break
+    return Batch.of(taken)
+
+
+def _readable(messages: Sequence[Message]) -> list[Message]:
+    """The events of a consume() result; client notices (errors) are logged and left out."""
+    readable = []
+    for message in messages:
+        error = message.error()
+        if error is None:
+            readable.append(message)
+        else:
+            log.warning("consumer: %s", error)
+    return readable
+
+
+def decode_and_validate(batch: Batch, contract: Contract, max_bytes: int) -> Decoded:
+    """The parse stage: Arrow columns of the readable events, a reason for each other one."""
+    return decode(batch.values, contract, max_bytes)
+
+
+def score(decoded: Decoded, model: LiveModel) -> ScoredBatch:
+    """The contract's checks and the model on the decoded rows (the batch job's code)."""
+    return model.scorer.score(decoded.batch)
+
+
+@dataclass(frozen=True)
+class Outgoing:
+    """What a micro-batch sends, in input order, and the dead letters' reason kinds."""
+
+    records: list[Record]
+    dead_kinds: list[str]
+
+    @property
+    def predictions(self) -> int:
+        return len(self.records) - len(self.dead_kinds)
+
+
+def route(
+    batch: Batch,
+    decoded: Decoded,
+    scored: ScoredBatch,
+    model: LiveModel,
+    output_topic: str,
+    dlq_topic: str,
+    now_ms: int,
+) -> Outgoing:
+    """One record per event: its prediction, or the event itself as a dead letter."""
+    refused: dict[int, Refused] = {r.index: r for r in decoded.refused}
+    reasons = scored.reason.to_pylist() if not scored.valid.all() else None
+    for row, index in enumerate(decoded.rows):
+        if not scored.valid[row]:
+            assert reasons is not None
+            refused[index] = Refused(index, scored.kinds[row] or "invalid", reasons[row] or "")
+    scores, labels = scored.score.to_pylist(), scored.label.to_pylist()
+    key_field = model.scorer.contract.key
+    identity = (model.name, model.version)
+    version = [(H_MODEL_NAME, model.name.encode()), (H_MODEL_VERSION, model.version.encode())]
+    scored_time = iso_millis(now_ms)
+    rows = decoded.rows  # increasing batch indices of the decoded events
+    next_row = 0
+    records: list[Record] = []
+    dead: list[str] = []
+    for index, key in enumerate(batch.keys):
+        row = -1
+        if next_row < len(rows) and rows[next_row] == index:
+            row, next_row = next_row, next_row + 1
+        problem = refused.get(index)
+        if problem is None:
+            value = encode_prediction(
+                key_field,
+                decoded.keys[row],
+                scores[row],
+                labels[row],
+                identity,
+                iso_millis(batch.timestamps[index]),
+                scored_time,
+            )
+            records.append((output_topic, key, value, version))
+            continue
+        records.append(_dead_letter(batch, index, problem, dlq_topic, version))
+        dead.append(problem.kind)
+    return Outgoing(records, dead)
+
+
+def _dead_letter(
+    batch: Batch, index: int, problem: Refused, topic: str, version: list[tuple[str, bytes]]
+) -> Record:
+    origin = (batch.topics[index], batch.partitions[index], batch.offsets[index])
+    log.debug("dead letter %s-%d@%d: %s", *origin, problem.reason)
+    headers = dead_letter_headers(batch.messages[index].headers(), problem, *origin, version)
+    key, value = batch.keys[index], batch.values[index]
+    # Kafka needs a key or a value; a keyless empty event is forwarded as b"".
+    return (topic, key, value if value is not None or key is not None else b"", headers)
