@@ -178,21 +178,31 @@ def parity(
     bootstrap: Annotated[
         str | None, typer.Option(help="Kafka host:port (default KAFKA_BOOTSTRAP_SERVERS)")
     ] = None,
+    kafka_config: Annotated[
+        Path | None,
+        typer.Option(
+            help="Kafka client properties file for a secured cluster (default "
+            "SCORING_KAFKA_CONFIG; README: Secured Kafka)"
+        ),
+    ] = None,
     date: Annotated[str | None, typer.Option(help="take the golden rows from this date")] = None,
     date_column: Annotated[str, typer.Option(help="the source's date column")] = "ds",
     rows: Annotated[int, typer.Option(help="golden rows (the first, by key)")] = 1000,
 ) -> None:
     """Score golden rows through Spark and through a stream processor; all must be equal."""
     from scoring.batch.spark import build_session
-    from scoring.errors import ConfigError
     from scoring.lifecycle.rollout import parity as run_parity
-    from scoring.settings import ENV, load
+    from scoring.stream.kafka_config import preflight, resolve
 
-    servers = load(kafka_bootstrap=bootstrap).kafka_bootstrap
-    if not servers:
-        raise ConfigError(f"no Kafka cluster: pass --bootstrap or set {ENV['kafka_bootstrap']}")
+    client = resolve(bootstrap, kafka_config)
+    preflight(client)  # a refused login fails now, not after the Spark half of the gate
     spark = build_session("scoring-parity")
-    _report(run_parity(spark, name, version, source, servers, date, date_column, rows))
+    _report(
+        run_parity(
+            spark, name, version, source, client.bootstrap, date, date_column, rows,
+            kafka=client.properties,
+        )
+    )  # fmt: skip
 
 
 @model_app.command("list")

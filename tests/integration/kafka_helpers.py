@@ -42,13 +42,14 @@ _KAFKA_PYTHON = {
 
 
 def kafka_python_options(config: KafkaClientConfig) -> dict[str, Any]:
-    """The same connection as kafka-python options (a second, independent client).
+    """The file's security settings as kafka-python options (a second, independent client).
 
-    Fails on a property it cannot map rather than connecting some other way.
+    Fails on a property it cannot map rather than connecting some other way. The bootstrap
+    address is not included: pass ``config.bootstrap`` next to them.
     """
     unknown = sorted(set(config.properties) - set(_KAFKA_PYTHON))
     assert not unknown, f"no kafka-python option for {unknown}"
-    options: dict[str, Any] = {"bootstrap_servers": config.bootstrap}
+    options: dict[str, Any] = {}
     for key, value in config.properties.items():
         options[_KAFKA_PYTHON[key]] = value.upper() if key == "security.protocol" else value
     return options
@@ -110,13 +111,15 @@ def read_all(
     timeout: float = 60,
     partitions: int = PARTITIONS,
     settle: float = 1.0,
+    **config: Any,
 ) -> list[ConsumerRecord]:
     """Every committed record of ``topic``, waiting until ``expected`` arrived (or timeout).
 
     After the count is reached, keeps reading for ``settle`` seconds so that duplicates
-    beyond the expected count would be seen.
+    beyond the expected count would be seen. ``config``: more kafka-python options (e.g.
+    :func:`kafka_python_options` for a secured listener).
     """
-    consumer = committed_reader(bootstrap, topic, partitions)
+    consumer = committed_reader(bootstrap, topic, partitions, **config)
     try:
         records: list[ConsumerRecord] = []
         deadline = time.monotonic() + timeout

@@ -611,16 +611,16 @@ def _prepare_secure(broker: Broker, material: kafka_security.Material, deadline:
     applying it, so each listener is retried until ``deadline``.
     """
     from confluent_kafka.admin import (
-        AdminClient,
         ScramCredentialInfo,
         ScramMechanism,
         UserScramCredentialUpsertion,
     )
 
+    from scoring.stream import clients
     from scoring.stream.kafka_config import resolve
 
     assert broker.secure is not None
-    admin = AdminClient({"bootstrap.servers": broker.bootstrap, "log_level": 0})
+    admin = clients.admin(broker.bootstrap, defaults={"log_level": 0})
     upsert = UserScramCredentialUpsertion(
         material.username,
         ScramCredentialInfo(ScramMechanism.SCRAM_SHA_512, 8192),
@@ -640,7 +640,7 @@ def _prepare_secure(broker: Broker, material: kafka_security.Material, deadline:
         client = resolve(config_file=config_file)
         last_error = "no answer"
         while True:
-            probe = AdminClient(client.client({"log_level": 0}))
+            probe = clients.admin(client.bootstrap, client.properties, {"log_level": 0})
             try:
                 probe.list_topics(timeout=max(0.5, min(5.0, deadline - time.monotonic())))
                 break

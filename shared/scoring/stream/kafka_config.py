@@ -305,11 +305,14 @@ def preflight(config: KafkaClientConfig, timeout: float = 15) -> None:
             answered in time. The message names the listener, the protocol and the SASL
             mechanism, and which properties to check; secret values are masked.
     """
-    from confluent_kafka import KafkaError, KafkaException
-    from confluent_kafka.admin import AdminClient
+    from scoring.stream.clients import KafkaError, KafkaException
+    from scoring.stream.clients import admin as new_admin
 
     seen: list[KafkaError] = []
-    admin = AdminClient(config.client({"log_level": 0, "error_cb": seen.append}))
+    # Errors are reported by the exception below; librdkafka's own log would repeat them.
+    admin = new_admin(
+        config.bootstrap, config.properties, defaults={"log_level": 0, "error_cb": seen.append}
+    )
     fatal = {KafkaError._AUTHENTICATION: "login", KafkaError._SSL: "TLS handshake"}
     deadline = time.monotonic() + timeout
     last = "no answer"

@@ -91,6 +91,7 @@ def test_transactional_round_trip_through_the_client_file(
     assert sorted(got) == expected
 
     reader = KafkaConsumer(
+        bootstrap_servers=config.bootstrap,
         isolation_level="read_committed",
         enable_auto_commit=False,
         **kafka_python_options(config),
