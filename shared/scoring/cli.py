@@ -551,8 +551,17 @@ def demo(
     stream_events: Annotated[
         int, typer.Option(help="events streamed through Kafka afterwards (0: batch only)")
     ] = 3_000,
+    secure: Annotated[
+        bool,
+        typer.Option(
+            help="stream over the local broker's SASL_SSL listener with its client file "
+            "(as `scoring dev up --secure`)"
+        ),
+    ] = False,
 ) -> None:
     """Train, package, promote, batch-score one date, then score it live on Kafka."""
     from scoring.dev.demo.run import run_demo
 
-    run_demo(console, rows_per_day=rows_per_day, days=days, stream_events=stream_events)
+    run_demo(
+        console, rows_per_day=rows_per_day, days=days, stream_events=stream_events, secure=secure
+    )

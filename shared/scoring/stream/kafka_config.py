@@ -160,6 +160,19 @@ class KafkaClientConfig:
             how.append("client certificate")
         return f"{self.bootstrap} ({', '.join(how)})"
 
+    @classmethod
+    def from_file(cls, path: Path, environ: Mapping[str, str] | None = None) -> KafkaClientConfig:
+        """Exactly what one file says, address included (no flags or settings involved).
+
+        Raises:
+            KafkaConfigError: The file is bad, or has no ``bootstrap.servers``.
+        """
+        properties = read_properties(path, environ)
+        bootstrap = properties.pop("bootstrap.servers", "")
+        if not bootstrap:
+            raise KafkaConfigError(Path(path), "bootstrap.servers is missing")
+        return cls(bootstrap, properties, Path(path).resolve())
+
     def client(self, overrides: Mapping[str, Any] | None = None) -> dict[str, Any]:
         """librdkafka configuration: the bootstrap, the file's properties, then ``overrides``.
 

@@ -200,3 +200,36 @@ def test_resolve_without_any_address(tmp_path: Path, monkeypatch: pytest.MonkeyP
     monkeypatch.delenv("SCORING_KAFKA_CONFIG", raising=False)
     with pytest.raises(ConfigError, match="--kafka-config / SCORING_KAFKA_CONFIG"):
         resolve(config_file=write(tmp_path, "security.protocol=SSL\n"))
+
+
+def test_from_file_takes_only_the_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("KAFKA_BOOTSTRAP_SERVERS", "elsewhere:9092")  # not consulted
+    path = write(tmp_path, "bootstrap.servers=b:9096\nsecurity.protocol=SSL\n")
+    config = KafkaClientConfig.from_file(path)
+    assert (config.bootstrap, dict(config.properties)) == ("b:9096", {"security.protocol": "SSL"})
+    with pytest.raises(KafkaConfigError, match=r"bootstrap\.servers is missing"):
+        KafkaClientConfig.from_file(write(tmp_path, "security.protocol=SSL\n"))
+
+
+def test_stream_worker_reads_the_file_and_keeps_it_off_the_command_line(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from scoring.stream import main as stream_main
+
+    for name in ("KAFKA_BOOTSTRAP_SERVERS", "SCORING_KAFKA_CONFIG", "SCORING_CONFIG"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("KAFKA_PASSWORD", SECRET)
+    path = write(
+        tmp_path,
+        "bootstrap.servers=b:9096\nsecurity.protocol=SASL_SSL\nsasl.mechanism=PLAIN\n"
+        "sasl.password=${KAFKA_PASSWORD}\nlinger.ms=5\n",
+    )
+    command = stream_main.command("m", ("i", "o", "d"), "", kafka_config=path)
+    assert "--bootstrap" not in command and SECRET not in " ".join(command)
+    args = stream_main.parse_args([*command[3:], "-X", "linger.ms=20"])
+    config = stream_main.config_from(args)
+    assert config.bootstrap == "b:9096"
+    assert config.kafka["sasl.password"] == SECRET
+    assert config.kafka["linger.ms"] == "20"  # -X over the file
+    client = stream_main.client_from(args)
+    assert client.source == path.resolve() and SECRET not in client.describe()
