@@ -52,6 +52,7 @@ __all__ = [
     "KafkaClientConfig",
     "KafkaConfigError",
     "SecretsFilter",
+    "faust_settings",
     "is_secret",
     "preflight",
     "read_properties",
@@ -359,6 +360,86 @@ def preflight(config: KafkaClientConfig, timeout: float = 15) -> None:
                 f"{source} is what the listener expects (a TLS listener does not answer a "
                 "PLAINTEXT client)."
             )
+
+
+# What a faust app (aiokafka underneath) can take from the file; anything else is refused
+# rather than dropped, since a dropped security setting would connect some other way.
+_FAUST_KEYS = {
+    "security.protocol",
+    "sasl.mechanism",
+    "sasl.mechanisms",
+    "sasl.username",
+    "sasl.password",
+    "ssl.ca.location",
+    "ssl.certificate.location",
+    "ssl.key.location",
+    "ssl.key.password",
+    "ssl.endpoint.identification.algorithm",
+}
+_FAUST_MECHANISMS = {"PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"}
+
+
+def faust_settings(config: KafkaClientConfig) -> dict[str, Any]:
+    """The same connection as ``faust.App`` settings: ``broker`` and ``broker_credentials``.
+
+    For teams that embed the scorer in a faust app::
+
+        app = faust.App("fraud-scoring", **faust_settings(resolve()))
+
+    Args:
+        config: The cluster and its client properties.
+
+    Returns:
+        ``broker`` (``kafka://host:port`` URLs) and, unless the protocol is PLAINTEXT,
+        ``broker_credentials`` (faust's ``SASLCredentials`` or ``SSLCredentials``, with an
+        SSL context built from the CA and the client certificate).
+
+    Raises:
+        ConfigError: A property or mechanism faust cannot use (GSSAPI, OAUTHBEARER, PKCS#12
+            keystores, inline PEM, client tuning); use ``scoring stream run`` for those.
+    """
+    import ssl
+
+    import faust
+
+    where = f" in {config.source}" if config.source else ""
+    extra = sorted(set(config.properties) - _FAUST_KEYS)
+    if extra:
+        raise ConfigError(
+            f"a faust app cannot take {', '.join(extra)}{where}: it understands only "
+            f"{', '.join(sorted(_FAUST_KEYS))}. Remove them for the faust agent, or run "
+            "`scoring stream run`, which passes every librdkafka property on."
+        )
+    brokers = [f"kafka://{address.strip()}" for address in config.bootstrap.split(",")]
+    protocol, props = config.protocol, config.properties
+    context = None
+    if protocol in ("SSL", "SASL_SSL"):
+        context = ssl.create_default_context(cafile=props.get("ssl.ca.location"))
+        if props.get("ssl.endpoint.identification.algorithm", "https").lower() == "none":
+            context.check_hostname = False
+        if "ssl.certificate.location" in props:
+            context.load_cert_chain(
+                props["ssl.certificate.location"],
+                props.get("ssl.key.location"),
+                props.get("ssl.key.password"),
+            )
+    if protocol == "PLAINTEXT":
+        return {"broker": brokers}
+    if protocol == "SSL":
+        return {"broker": brokers, "broker_credentials": faust.SSLCredentials(context)}
+    mechanism = config.mechanism or "GSSAPI"
+    if mechanism.upper() not in _FAUST_MECHANISMS:
+        raise ConfigError(
+            f"the faust agent takes SASL PLAIN and SCRAM, not {mechanism}{where}; run "
+            "`scoring stream run` for this cluster"
+        )
+    credentials = faust.SASLCredentials(
+        username=props.get("sasl.username"),
+        password=props.get("sasl.password"),
+        ssl_context=context,
+        mechanism=mechanism.upper(),
+    )
+    return {"broker": brokers, "broker_credentials": credentials}
 
 
 class SecretsFilter(logging.Filter):

@@ -200,3 +200,43 @@ def test_dev_up_secure_prints_the_listener_and_a_working_file(tmp_path: Path) ->
     assert down.returncode == 0 and "stopped" in down.stdout
     with pytest.raises(StreamError):
         preflight(config, timeout=2)
+
+
+@pytest.mark.parametrize("listener", ["sasl_ssl", "mtls"])
+def test_a_faust_app_connects_with_the_same_file(
+    secure_kafka: SecureListeners, listener: str
+) -> None:
+    """faust_settings gives faust's own credentials; its aiokafka driver turns them into a
+    producer that writes through the secured listener (and a wrong password does not)."""
+    import asyncio
+    import dataclasses
+
+    from aiokafka import AIOKafkaProducer
+    from aiokafka.errors import KafkaError
+    from faust.transport.drivers.aiokafka import credentials_to_aiokafka_auth
+    from scoring.stream.kafka_config import faust_settings
+
+    config = config_of(secure_kafka, listener)
+    settings = faust_settings(config)
+    assert settings["broker"] == [f"kafka://{config.bootstrap}"]
+    assert config.properties.get("sasl.password", "none") not in repr(settings)
+
+    async def send(settings: dict[str, object]) -> None:
+        producer = AIOKafkaProducer(
+            bootstrap_servers=config.bootstrap,
+            request_timeout_ms=10_000,
+            **credentials_to_aiokafka_auth(settings["broker_credentials"]),  # type: ignore[arg-type]
+        )
+        try:
+            await producer.start()
+            await producer.send_and_wait(f"faust-{listener}", b"through the file")
+        finally:
+            await producer.stop()
+
+    asyncio.run(send(settings))
+    if listener == "sasl_ssl":
+        wrong = dataclasses.replace(
+            config, properties={**config.properties, "sasl.password": "not-it"}
+        )
+        with pytest.raises(KafkaError):
+            asyncio.run(send(faust_settings(wrong)))

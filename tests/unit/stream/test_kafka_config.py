@@ -233,3 +233,54 @@ def test_stream_worker_reads_the_file_and_keeps_it_off_the_command_line(
     assert config.kafka["linger.ms"] == "20"  # -X over the file
     client = stream_main.client_from(args)
     assert client.source == path.resolve() and SECRET not in client.describe()
+
+
+def test_faust_settings_from_the_dev_broker_files(tmp_path: Path) -> None:
+    import faust
+    from scoring.dev import kafka_security
+    from scoring.stream.kafka_config import faust_settings
+
+    material = kafka_security.ensure_material(tmp_path)
+    sasl_file, mtls_file = kafka_security.write_client_files(
+        material, tmp_path, "127.0.0.1:1", "127.0.0.1:2"
+    )
+    sasl = faust_settings(KafkaClientConfig.from_file(sasl_file))
+    assert sasl["broker"] == ["kafka://127.0.0.1:1"]
+    credentials = sasl["broker_credentials"]
+    assert isinstance(credentials, faust.SASLCredentials)
+    assert credentials.mechanism.value == "SCRAM-SHA-512"
+    assert credentials.protocol.value == "SASL_SSL" and credentials.ssl_context is not None
+    assert material.password not in repr(sasl)
+    mtls = faust_settings(KafkaClientConfig.from_file(mtls_file))  # loads the encrypted key
+    assert isinstance(mtls["broker_credentials"], faust.SSLCredentials)
+    assert faust_settings(KafkaClientConfig("a:1,b:2")) == {
+        "broker": ["kafka://a:1", "kafka://b:2"]
+    }
+
+    tuned = KafkaClientConfig("a:1", {"security.protocol": "SSL", "linger.ms": "5"}, sasl_file)
+    with pytest.raises(ConfigError, match=r"cannot take linger\.ms in .*scoring stream run"):
+        faust_settings(tuned)
+    oauth = KafkaClientConfig(
+        "a:1", {"security.protocol": "SASL_SSL", "sasl.mechanism": "OAUTHBEARER"}
+    )
+    with pytest.raises(ConfigError, match="not OAUTHBEARER"):
+        faust_settings(oauth)
+
+
+def test_dev_material_is_generated_once_and_private(tmp_path: Path) -> None:
+    from scoring.dev import kafka_security
+
+    first = kafka_security.ensure_material(tmp_path)
+    again = kafka_security.ensure_material(tmp_path)
+    assert (
+        again.password == first.password
+        and again.ca_cert.read_bytes() == first.ca_cert.read_bytes()
+    )
+    assert first.password not in repr(first)
+    for private in (first.keystore, first.client_key, first.directory / "secrets.json"):
+        assert private.stat().st_mode & 0o077 == 0
+    (first.directory / "secrets.json").unlink()
+    from scoring.errors import BrokerError
+
+    with pytest.raises(BrokerError, match="incomplete"):
+        kafka_security.ensure_material(tmp_path)
