@@ -98,7 +98,17 @@ def package(
     from scoring.lifecycle.packaging import package as do_package
 
     names = [f.strip() for f in features.split(",") if f.strip()] if features else None
-    info = do_package(path, name, sample, names, key, contract, tolerance)
+    errors.print("[bold]inputs[/] (nullability fails closed; override it with --contract):")
+    info = do_package(
+        path,
+        name,
+        sample,
+        names,
+        key,
+        contract,
+        tolerance,
+        report=lambda line: errors.print(f"  {line}", markup=False, highlight=False),
+    )
     errors.print(
         f"registered [bold]{info.name}[/] version [bold]{info.version}[/] "
         f"(sha256 {info.sha256[:12]}…)"

@@ -85,23 +85,32 @@ def committed_reader(
     return consumer
 
 
-def end_offsets(
-    bootstrap: str, topic: str, committed: bool, partitions: int = PARTITIONS
-) -> list[int]:
-    """Each partition's end: the last stable offset when ``committed``, else the high watermark.
+class OpenTransactions:
+    """Compares the ``read_committed`` and ``read_uncommitted`` views of a topic's ends.
 
-    The two differ while a transaction that wrote to the partition is open.
+    A partition's last stable offset (what ``read_committed`` readers may see) stays below
+    its high watermark while a transaction that wrote to it is open; with one writer,
+    that gap is the writer's open transaction.
     """
-    consumer = KafkaConsumer(
-        bootstrap_servers=bootstrap,
-        isolation_level="read_committed" if committed else "read_uncommitted",
-    )
-    try:
-        tps = [TopicPartition(topic, p) for p in range(partitions)]
-        ends = consumer.end_offsets(tps)
-        return [ends[tp] for tp in tps]
-    finally:
-        consumer.close()
+
+    def __init__(self, bootstrap: str, topic: str, partitions: int = PARTITIONS) -> None:
+        self.partitions = [TopicPartition(topic, p) for p in range(partitions)]
+        self.views = {
+            level: KafkaConsumer(bootstrap_servers=bootstrap, isolation_level=level)
+            for level in ("read_committed", "read_uncommitted")
+        }
+
+    def ends(self, level: str) -> list[int]:
+        ends = self.views[level].end_offsets(self.partitions)
+        return [ends[tp] for tp in self.partitions]
+
+    def open_gap(self) -> tuple[list[int], list[int]]:
+        """(last stable offsets, high watermarks), read in that order."""
+        return self.ends("read_committed"), self.ends("read_uncommitted")
+
+    def close(self) -> None:
+        for view in self.views.values():
+            view.close()
 
 
 def read_all(
@@ -199,6 +208,33 @@ class ProcessorProcess:
     def kill(self) -> None:
         self.process.kill()
         self.process.wait(10)
+
+    def pause(self) -> None:
+        """SIGSTOP: the process keeps every socket and its state, and does nothing."""
+        self.process.send_signal(signal.SIGSTOP)
+
+    def resume(self) -> None:
+        self.process.send_signal(signal.SIGCONT)
+
+    def pause_inside_transaction(self, probe: OpenTransactions, attempts: int = 300) -> list[int]:
+        """Freeze the worker at a moment its transaction is open; returns the watermarks.
+
+        Pauses, and looks at the output's two views twice, half a second apart: a gap
+        that stays while the worker is frozen is an open transaction, not a commit whose
+        markers are being written. Otherwise resumes it for a moment and tries again.
+        The caller kills or resumes the worker.
+        """
+        for attempt in range(attempts):
+            self.pause()
+            stable, high = probe.open_gap()
+            if any(s < h for s, h in zip(stable, high, strict=True)):
+                time.sleep(0.5)
+                again, _ = probe.open_gap()
+                if any(s < h for s, h in zip(again, high, strict=True)):
+                    return high
+            self.resume()
+            time.sleep(0.003 * (attempt % 7))
+        raise AssertionError(f"no open transaction seen in {attempts} pauses:\n{self.log()}")
 
     def wait(self, timeout: float = 30) -> int:
         try:

@@ -3,6 +3,11 @@
 Converters have real bugs, so a converted graph is only registered after it has been run
 through the same :class:`~scoring.model.artifact.Scorer` the jobs use and compared with the
 native model on sample rows.
+
+Nullability fails closed: a feature is nullable only when the sample shows nulls in it,
+the graph imputes it (an ``Imputer`` node reads it), or the user's ``--contract`` says so.
+A model that never saw a missing value gets its nulls refused on both paths instead of
+scored. :attr:`Packaged.inferred` says, feature by feature, what was decided and why.
 """
 
 from __future__ import annotations
@@ -11,8 +16,8 @@ import json
 import logging
 import subprocess
 import tempfile
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -47,6 +52,8 @@ class Packaged:
     max_diff: float | None
     sample_rows: int
     flavor: str
+    # What was inferred about the inputs and why, one line per feature, with how to change it.
+    inferred: list[str] = field(default_factory=list)
 
 
 def _read_sample(sample: Path | None, limit: int = 5000) -> pa.Table | None:
@@ -219,6 +226,72 @@ def _onnx_features(
     return features, None
 
 
+def _imputed_inputs(graph: onnx.ModelProto) -> set[str]:
+    """Graph inputs whose values reach an ``Imputer`` node (which replaces missing values)."""
+    consumers: dict[str, list[onnx.NodeProto]] = {}
+    for node in graph.graph.node:
+        for name in node.input:
+            consumers.setdefault(name, []).append(node)
+    imputed = set()
+    for graph_input in graph.graph.input:
+        seen, todo = set(), [graph_input.name]
+        while todo:
+            name = todo.pop()
+            for node in consumers.get(name, []):
+                if node.op_type == "Imputer":
+                    imputed.add(graph_input.name)
+                    todo = []
+                    break
+                for out in node.output:
+                    if out not in seen:
+                        seen.add(out)
+                        todo.append(out)
+    return imputed
+
+
+def _nullability(
+    features: list[Feature],
+    graph: onnx.ModelProto,
+    tensor_input: str | None,
+    table: pa.Table | None,
+    spec: dict[str, Any],
+) -> tuple[list[Feature], list[str]]:
+    """Decide each feature's nullability (fail closed) and say why, one line each."""
+    imputed = _imputed_inputs(graph)
+    given = {f.get("name"): f["nullable"] for f in spec.get("features", []) if "nullable" in f}
+    decided, notes = [], []
+    for feature in features:
+        graph_input = tensor_input or feature.name
+        nulls = (
+            table.column(feature.name).null_count
+            if table is not None and feature.name in table.column_names
+            else 0
+        )
+        if feature.name in given:
+            nullable, why = bool(given[feature.name]), "as --contract says"
+        elif nulls:
+            nullable, why = True, f"the sample has {nulls} nulls in it"
+        elif graph_input in imputed:
+            nullable, why = True, "the graph imputes it"
+        else:
+            nullable = False
+            why = (
+                "no nulls in the sample and no imputer in the graph"
+                if table is not None
+                else "no sample and no imputer in the graph"
+            )
+        decided.append(feature.model_copy(update={"nullable": nullable}))
+        change = (
+            ""
+            if feature.name in given
+            else f' (to change it: {{"name": "{feature.name}", '
+            f'"nullable": {str(not nullable).lower()}}} in --contract)'
+        )
+        state = "nullable" if nullable else "not nullable"
+        notes.append(f"{feature.name}: {feature.type}, {state}: {why}{change}")
+    return decided, notes
+
+
 def _overlay(contract: dict[str, Any], spec: dict[str, Any]) -> dict[str, Any]:
     """Apply a user's partial contract (ranges, nullability, key, threshold, lineage)."""
     merged = {**contract, **{k: v for k, v in spec.items() if k not in {"features", "output"}}}
@@ -288,6 +361,7 @@ def build(
         graph = _convert_booster(flavor, native, len(names))
         tensor_input = "input"
         classifier = _booster_is_classifier(flavor, native)
+    features, inferred = _nullability(features, graph, tensor_input, table, spec)
     draft: dict[str, Any] = {
         "key": key,
         "features": [f.model_dump(exclude_none=True) for f in features],
@@ -299,7 +373,8 @@ def build(
     }
     contract = Contract.model_validate(_overlay(draft, spec))
     max_diff = _verify(flavor, native, graph, contract, table, tolerance)
-    return Packaged(graph, contract, max_diff, 0 if table is None else table.num_rows, flavor)
+    rows = 0 if table is None else table.num_rows
+    return Packaged(graph, contract, max_diff, rows, flavor, inferred)
 
 
 def _native_scores(flavor: str, native: Any, table: pa.Table, contract: Contract) -> np.ndarray:
@@ -369,12 +444,20 @@ def package(
     key: str | None = None,
     spec_file: Path | None = None,
     tolerance: float = DEFAULT_TOLERANCE,
+    report: Callable[[str], None] | None = None,
 ) -> Any:
-    """Build, verify, write and register; returns the registry's version record."""
+    """Build, verify, write and register; returns the registry's version record.
+
+    ``report`` receives one line per feature saying what was inferred about it.
+    """
     from scoring.lifecycle import registry
 
     spec = json.loads(spec_file.read_text()) if spec_file else None
     packaged = build(path, sample, feature_names, key, spec, tolerance)
+    for line in packaged.inferred:
+        log.info("inferred %s", line)
+        if report is not None:
+            report(line)
     with tempfile.TemporaryDirectory(prefix="scoring-package-") as tmp:
         directory = Path(tmp) / "model"
         contract = write_artifact(packaged, directory)

@@ -58,7 +58,8 @@ class Feature(_Frozen):
 
     name: str = Field(min_length=1)
     type: FeatureType
-    nullable: bool = True
+    # Fail closed: a missing value is refused unless the contract allows it.
+    nullable: bool = False
     min: float | None = None
     max: float | None = None
     categories: tuple[str, ...] | None = None

@@ -167,7 +167,12 @@ class Processor:
                 (config.output_topic, config.dlq_topic),
                 config.kafka,
             )
-            self._producer = self._new_producer()
+            try:
+                self._producer = self._new_producer()
+            except clients.KafkaException as exc:
+                raise StreamError(
+                    f"could not start transactions on {config.bootstrap}: {exc}"
+                ) from exc
             self._consumer = consumer = self._new_consumer()
             follower = (
                 ModelFollower(
@@ -201,7 +206,8 @@ class Processor:
                 if follower is not None:
                     follower.stop()
                 consumer.close()  # leaves the group at once: the partitions move now
-                self._producer.flush(10)
+                if self._producer is not None:
+                    self._producer.flush(10)
         log.info("stopped: %s", self.counts)
         return dict(self.counts)
 
@@ -287,10 +293,29 @@ class Processor:
             except clients.KafkaException as exc:
                 if clients.is_fenced(clients.error_of(exc)):
                     raise StreamError(self._fenced()) from exc
-                raise StreamError(
-                    f"could not start transactions on {config.bootstrap}: {exc}"
-                ) from exc
+                raise
         return producer
+
+    def _replace_producer(self) -> None:
+        """A new producer with the same transactional id; its start aborts the old one's.
+
+        Tried until the cluster answers: a new client looks the transaction coordinator
+        up afresh, which an old one whose coordinator went away may never do (librdkafka
+        issues 5456 and 5511).
+        """
+        old, self._producer = self._producer, None
+        if old is not None:
+            with suppress(clients.KafkaException, RuntimeError):
+                old.purge()
+        while True:
+            try:
+                self._producer = self._new_producer()
+                return
+            except clients.KafkaException as exc:
+                if self._stop.is_set():
+                    raise StreamError(f"stopping with no producer: {exc}") from exc
+                log.warning("no new producer yet (%s); trying again", exc)
+                time.sleep(1.0)
 
     def _delivery_failed(self, error: Any, message: Any) -> None:
         if error is not None:
@@ -305,13 +330,19 @@ class Processor:
     # -- one micro-batch ------------------------------------------------------------------
 
     def _process(self, batch: Batch) -> None:
+        out = self.outgoing(batch)
+        if self._commit(batch, out):
+            self._count(batch, out)
+
+    def outgoing(self, batch: Batch) -> Outgoing:
+        """Decode and validate, score, route: what one micro-batch sends."""
         model, config = self.model, self.config
         assert model is not None
         started = time.perf_counter()
         decoded = decode_and_validate(batch, model.scorer.contract, config.max_message_bytes)
         scored = score(decoded, model)
         self.metrics.score_seconds.observe(time.perf_counter() - started)
-        out = route(
+        return route(
             batch,
             decoded,
             scored,
@@ -320,8 +351,6 @@ class Processor:
             config.dlq_topic,
             time.time_ns() // 1_000_000,
         )
-        if self._commit(batch, out):
-            self._count(batch, out)
 
     def _commit(self, batch: Batch, out: Outgoing) -> bool:
         """Send the batch's records and commit its offsets.
@@ -351,7 +380,7 @@ class Processor:
     def _transact(self, records: list[Record], offsets: list[TopicPartition]) -> None:
         producer, consumer = self._producer, self._consumer
         assert producer is not None and consumer is not None
-        timeout = self.config.transaction_timeout_ms / 1000
+        timeout = self._call_timeout
         producer.begin_transaction()
         self._produce(producer, records)
         _retrying(
@@ -383,29 +412,44 @@ class Processor:
                 producer.poll(0.05)
                 produce(topic, value, key, headers=headers)
 
+    @property
+    def _call_timeout(self) -> float:
+        """Seconds one transactional call may take before the producer is replaced."""
+        return min(10.0, self.config.transaction_timeout_ms / 3000)
+
     def _abort(self, error: clients.KafkaError | None) -> None:
-        """Abort the open transaction; a producer in a fatal state is replaced."""
+        """Abort the open transaction, or replace the producer (which aborts it too).
+
+        Only an error that says "abort" is answered with ``abort_transaction``; after a
+        timeout or a fatal error the producer is replaced.
+        """
         if not self.config.exactly_once:
             return  # at-least-once: what was sent stays; the batch is sent again
-        assert self._producer is not None
-        if error is not None and not error.fatal():
+        producer = self._producer
+        assert producer is not None
+        if error is not None and error.txn_requires_abort() and not error.fatal():
             try:
-                _retrying(lambda: self._producer.abort_transaction(30))  # type: ignore[union-attr]
+                _retrying(lambda: producer.abort_transaction(self._call_timeout))
                 return
             except clients.KafkaException as exc:
                 if clients.is_fenced(clients.error_of(exc)):
                     raise StreamError(self._fenced()) from exc
                 log.warning("abort failed (%s); starting a new producer", exc)
-        self._producer.flush(0)
-        self._producer = self._new_producer()  # init_transactions aborts the old one
+        self._replace_producer()
 
     def _rewind(self, first: dict[Partition, int]) -> None:
         """Put partitions back to ``first`` offsets, those this worker still holds."""
         assert self._consumer is not None
         held = set(self.assignment.snapshot())
         for (topic, partition), offset in first.items():
-            if (topic, partition) in held:
+            if (topic, partition) not in held:
+                continue
+            try:
                 self._consumer.seek(TopicPartition(topic, partition, offset))
+            except clients.KafkaException as exc:
+                # Not fetching yet (just assigned): it starts from its committed offset,
+                # which is where the seek would have put it.
+                log.info("no seek on %s-%d (%s)", topic, partition, exc)
 
     def _count(self, batch: Batch, out: Outgoing) -> None:
         done_ms = time.time_ns() // 1_000_000
@@ -466,8 +510,11 @@ def _names(partitions: list[TopicPartition]) -> list[Partition]:
     return [(tp.topic, tp.partition) for tp in partitions]
 
 
-def _retrying(call: Callable[[], T], attempts: int = 20) -> T:
-    """``call()``, again while it fails with a retriable error (e.g. a timeout)."""
+def _retrying(call: Callable[[], T], attempts: int = 5) -> T:
+    """``call()``, again while it fails with a retriable error other than a timeout.
+
+    A timed-out call is not repeated: the caller replaces the producer instead.
+    """
     for attempt in range(attempts):
         try:
             return call()
@@ -476,6 +523,7 @@ def _retrying(call: Callable[[], T], attempts: int = 20) -> T:
             retriable = (
                 error is not None
                 and error.retriable()
+                and error.code() != clients.KafkaError._TIMED_OUT
                 and not error.fatal()
                 and not error.txn_requires_abort()
             )

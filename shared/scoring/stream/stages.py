@@ -143,10 +143,14 @@ class Batch:
         return len(self.offsets)
 
     def first_offsets(self) -> dict[Partition, int]:
-        """Where each partition of the batch starts: where to seek to read it again."""
+        """The lowest offset of each partition in the batch: where to seek to read it again."""
         first: dict[Partition, int] = {}
-        for tp in zip(self.topics, self.partitions, self.offsets, strict=True):
-            first.setdefault(tp[:2], tp[2])
+        for topic, partition, offset in zip(
+            self.topics, self.partitions, self.offsets, strict=True
+        ):
+            tp = (topic, partition)
+            if offset < first.get(tp, offset + 1):
+                first[tp] = offset
         return first
 
     def next_offsets(self) -> dict[Partition, int]:
@@ -168,9 +172,10 @@ def gather(
 
     Waits up to ``idle_s`` for a first event, then returns an empty batch so the caller
     can do its housekeeping. When the partitions move during the gathering, the events
-    taken so far are dropped: a revoked partition restarts from its committed offset with
-    whoever holds it next, and a partition kept across the move is put back where the
-    batch started (``rewind``), so no event is skipped.
+    taken so far are dropped and ``rewind`` is asked to put each partition they came from
+    back to its lowest offset among them (the caller seeks only the partitions it still
+    holds); a partition that went to another worker restarts there from its committed
+    offset. Either way no event is skipped.
     """
     taken: list[Message] = []
     deadline: float | None = None
@@ -182,15 +187,12 @@ def gather(
                 got = source.consume(1, idle_s)
         else:
             got = source.consume(want, max(0.0, deadline - time.monotonic()))
-        revoked = assignment.take_moves()
-        if revoked is not None:
-            kept = {
-                tp: offset
-                for tp, offset in Batch.of(_readable([*taken, *got])).first_offsets().items()
-                if tp not in revoked
-            }
-            if kept:
-                rewind(kept)
+        if assignment.take_moves() is not None:
+            # Everything before this gathering is committed, so where it started is each
+            # partition's committed offset. A partition may have been revoked and given
+            # back inside one consume(), with events from both sides of the move in
+            # `got`: every partition still held goes back to its lowest offset seen here.
+            rewind(Batch.of(_readable([*taken, *got])).first_offsets())
             taken, deadline = [], None
             continue
         taken.extend(_readable(got))

@@ -119,10 +119,21 @@ def test_a_candidate_failing_the_quality_gate_is_never_promoted(
     assert _champion() == before
 
 
+def _swaps(processor: ProcessorProcess) -> float:
+    for line in processor.metrics().splitlines():
+        if line.startswith("scoring_stream_model_swaps_total "):
+            return float(line.split()[1])
+    raise AssertionError("no scoring_stream_model_swaps_total in the processor's metrics")
+
+
 def test_a_failure_after_promotion_rolls_the_alias_back(
-    airflow: Airflow, trained: TrainedModel, variables: dict[str, str]
+    airflow: Airflow,
+    trained: TrainedModel,
+    processor: ProcessorProcess,
+    variables: dict[str, str],
 ) -> None:
     before = _champion()
+    swaps = _swaps(processor)
     candidate = _register(trained)
     unreachable = f"http://127.0.0.1:{free_port()}/health"
     states, output = _rollout(
@@ -140,3 +151,8 @@ def test_a_failure_after_promotion_rolls_the_alias_back(
     assert "not every processor reports" in output
     assert f"fraud@champion -> {before}" in output
     assert _champion() == before
+    # The processor took the candidate up and then went back to the previous version.
+    processor.wait_until(
+        lambda h: h["model_version"] == before, timeout=30, what=f"v{before} again"
+    )
+    processor.wait_until(lambda _: _swaps(processor) == swaps + 2, timeout=10, what="two swaps")

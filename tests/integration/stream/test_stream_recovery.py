@@ -1,14 +1,17 @@
 """No loss and no duplicates when things go wrong mid-stream, against a real broker.
 
-Each test feeds 12,000 demo events at a steady rate while something happens to the
-processor, the broker, the registry or the consumer group, then reads the output topic
-``read_committed`` and checks that every valid event has exactly one prediction and
-every refused one exactly one dead letter.
+Something happens to the processor, the broker, the registry or the consumer group while
+events flow (fed at a steady rate, or drained from a backlog of 60,000); then the output
+topic is read ``read_committed`` with an independent client and every valid event must
+have exactly one prediction and every refused one exactly one dead letter. Crashes are
+shown to land inside an open transaction: the worker is frozen (SIGSTOP) at a moment its
+output's last stable offset is below the high watermark, and killed there.
 """
 
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Iterator
 from datetime import date
 from pathlib import Path
@@ -23,6 +26,7 @@ from scoring.lifecycle import registry
 from scoring.lifecycle.packaging import package
 
 from tests.integration.kafka_helpers import (
+    OpenTransactions,
     ProcessorProcess,
     Topics,
     create_topics,
@@ -36,11 +40,24 @@ from tests.integration.stream.test_stream import events_of, expected_scores
 pytestmark = pytest.mark.integration
 
 EVENTS = 12_000
+BACKLOG = 60_000
+# Long, so that a transaction the broker times out cannot pass for one a restart aborted.
+TRANSACTION_TIMEOUT_S = 90
 
 
 @pytest.fixture(scope="module")
 def stream_table() -> pa.Table:
     return generate_day(date(2026, 11, 2), EVENTS, seed=11)
+
+
+@pytest.fixture(scope="module")
+def backlog(
+    artifact_dir: Path,
+) -> tuple[list[tuple[bytes, bytes]], dict[bytes, float], set[bytes]]:
+    """60,000 events with their expected scores and refused keys."""
+    table = generate_day(date(2026, 11, 4), BACKLOG, seed=13)
+    valid, refused = expected_scores(artifact_dir, table)
+    return events_of(artifact_dir, table), valid, refused
 
 
 class Feeder(threading.Thread):
@@ -78,31 +95,48 @@ def assert_exactly_once(
     return out
 
 
-def test_kill_9_mid_stream_then_restart(
+def test_kill_9_three_times_inside_open_transactions_over_a_backlog(
     kafka: Broker,
     topics: Topics,
     artifact_dir: Path,
-    stream_table: pa.Table,
+    backlog: tuple[list[tuple[bytes, bytes]], dict[bytes, float], set[bytes]],
     tmp_path: Path,
 ) -> None:
-    valid, refused = expected_scores(artifact_dir, stream_table)
-    feeder = Feeder(kafka.bootstrap, topics.input, events_of(artifact_dir, stream_table))
-    first = ProcessorProcess(kafka.bootstrap, artifact_dir, topics, tmp_path)
-    second = None
+    events, valid, refused = backlog
+    produce(kafka.bootstrap, topics.input, events)
+    options = ["--transaction-timeout-ms", str(TRANSACTION_TIMEOUT_S * 1000)]
+    probe = OpenTransactions(kafka.bootstrap, topics.output)
+
+    def start() -> ProcessorProcess:
+        workers.append(
+            ProcessorProcess(kafka.bootstrap, artifact_dir, topics, tmp_path, extra=options)
+        )
+        return workers[-1]
+
+    workers: list[ProcessorProcess] = []
     try:
-        first.wait_ready()
-        feeder.start()
-        first.wait_until(lambda h: h["events_in"] >= 3000, what="3,000 events in")
-        first.kill()
-        # The same worker id: its transactional id fences the dead process at once.
-        second = ProcessorProcess(kafka.bootstrap, artifact_dir, topics, tmp_path)
-        feeder.finish()
+        worker = start()
+        for _ in range(3):
+            worker.wait_until(lambda h: h["events_in"] >= 500, timeout=90, what="500 events in")
+            high = worker.pause_inside_transaction(probe)
+            worker.kill()
+            killed = time.monotonic()
+            stable, _ = probe.open_gap()
+            assert any(s < h for s, h in zip(stable, high, strict=True))  # left open
+            # The same worker id: its transactional id fences the dead process, whose open
+            # transaction is aborted at once rather than when it times out.
+            worker = start()
+            while any(s < h for s, h in zip(probe.ends("read_committed"), high, strict=True)):
+                elapsed = time.monotonic() - killed
+                assert elapsed < TRANSACTION_TIMEOUT_S / 3, f"{elapsed:.0f}s\n{worker.log()}"
+                time.sleep(0.1)
         assert_exactly_once(kafka.bootstrap, topics, valid, refused)
-        assert second.terminate() == 0, second.log()
+        assert time.monotonic() - killed < TRANSACTION_TIMEOUT_S / 2
+        assert worker.terminate() == 0, worker.log()
     finally:
-        first.stop()
-        if second is not None:
-            second.stop()
+        probe.close()
+        for started in workers:
+            started.stop()
 
 
 @pytest.fixture
@@ -113,28 +147,32 @@ def own_broker(tmp_path: Path) -> Iterator[Broker]:
     kafka_broker.stop(state_dir)
 
 
-def test_broker_restart_mid_stream(
+def test_broker_sigkill_mid_batch_then_restart_on_the_same_data(
     own_broker: Broker, artifact_dir: Path, stream_table: pa.Table, tmp_path: Path
 ) -> None:
     topics = Topics("restart.in", "restart.out", "restart.dlq")
     create_topics(own_broker.bootstrap, topics)
     valid, refused = expected_scores(artifact_dir, stream_table)
-    events = events_of(artifact_dir, stream_table)
-    half = len(events) // 2
+    feeder = Feeder(own_broker.bootstrap, topics.input, events_of(artifact_dir, stream_table))
     processor = ProcessorProcess(own_broker.bootstrap, artifact_dir, topics, tmp_path)
+    probe = OpenTransactions(own_broker.bootstrap, topics.output)
     try:
         processor.wait_ready()
-        feeder = Feeder(own_broker.bootstrap, topics.input, events[:half])
         feeder.start()
         processor.wait_until(lambda h: h["events_in"] >= 2000, what="2,000 events in")
-        feeder.finish()
-        kafka_broker.stop(own_broker)
+        # Frozen inside an open transaction, the broker dies under it without a word.
+        processor.pause_inside_transaction(probe)
+        probe.close()
+        assert kafka_broker.kill(own_broker)
+        processor.resume()
+        time.sleep(2)  # the processor finds the broker gone mid-batch
         back = kafka_broker.start(own_broker.state_dir)
-        assert back.bootstrap == own_broker.bootstrap
-        produce(own_broker.bootstrap, topics.input, events[half:])
+        assert back.bootstrap == own_broker.bootstrap and back.pid != own_broker.pid
+        feeder.finish()  # its producers retried through the outage
         assert_exactly_once(own_broker.bootstrap, topics, valid, refused)
         assert processor.terminate() == 0, processor.log()
     finally:
+        probe.close()
         processor.stop()
 
 
@@ -193,29 +231,33 @@ def test_promotion_mid_stream_switches_version_between_batches(
     assert f'scoring_stream_model_version{{model="fraud"}} {float(second.version)}' in metrics
 
 
-def test_two_workers_then_one_leaves(
-    kafka: Broker, topics: Topics, artifact_dir: Path, stream_table: pa.Table, tmp_path: Path
+def test_a_second_worker_joins_and_leaves_while_a_backlog_drains(
+    kafka: Broker,
+    topics: Topics,
+    artifact_dir: Path,
+    backlog: tuple[list[tuple[bytes, bytes]], dict[bytes, float], set[bytes]],
+    tmp_path: Path,
 ) -> None:
-    valid, refused = expected_scores(artifact_dir, stream_table)
-    feeder = Feeder(kafka.bootstrap, topics.input, events_of(artifact_dir, stream_table))
-    workers = [
-        ProcessorProcess(kafka.bootstrap, artifact_dir, topics, tmp_path, worker=w)
-        for w in ("0", "1")
-    ]
+    events, valid, refused = backlog
+    produce(kafka.bootstrap, topics.input, events)
+    # Small batches: the backlog lasts long enough for a worker to join and leave.
+    extra = ["--batch-size", "40"]
+    first = ProcessorProcess(kafka.bootstrap, artifact_dir, topics, tmp_path, "0", extra)
+    second = None
     try:
-        for worker in workers:
-            worker.wait_ready()
+        first.wait_until(lambda h: h["events_in"] >= 1000, timeout=90, what="1,000 events in")
+        second = ProcessorProcess(kafka.bootstrap, artifact_dir, topics, tmp_path, "1", extra)
         # Three partitions shared by two workers: neither holds all of them.
-        for worker in workers:
+        for worker in (first, second):
             worker.wait_until(lambda h: 0 < len(h["assigned"]) < 3, what="a share")
-        feeder.start()
-        for worker in workers:
-            worker.wait_until(lambda h: h["events_in"] > 500, what="events on both workers")
-        assert workers[1].terminate() == 0, workers[1].log()  # SIGTERM: finish, commit, leave
-        workers[0].wait_until(lambda h: len(h["assigned"]) == 3, what="all partitions")
-        feeder.finish()
+        second.wait_until(lambda h: h["events_in"] >= 1000, what="1,000 events on the second")
+        joined = first.health()
+        assert joined is not None and joined["events_in"] < len(events), "the backlog drained"
+        assert second.terminate() == 0, second.log()  # SIGTERM: finish, commit, leave
+        first.wait_until(lambda h: len(h["assigned"]) == 3, what="all partitions back")
         assert_exactly_once(kafka.bootstrap, topics, valid, refused)
-        assert workers[0].terminate() == 0, workers[0].log()
+        assert first.terminate() == 0, first.log()
     finally:
-        for worker in workers:
-            worker.stop()
+        first.stop()
+        if second is not None:
+            second.stop()

@@ -95,6 +95,74 @@ def test_raw_onnx_with_one_tensor_input_needs_column_names(tmp_path: Path) -> No
     assert scored.rejected == 0
 
 
+def test_raw_onnx_without_hints_is_not_nullable_anywhere(tmp_path: Path) -> None:
+    """A model that never saw a missing value gets its nulls refused, not scored."""
+    path, _ = _tensor_model(tmp_path)
+    packaged = build(path, key="id", feature_names=["a", "b", "c"])
+    assert [f.nullable for f in packaged.contract.features] == [False, False, False]
+    assert len(packaged.inferred) == 3
+    assert packaged.inferred[0].startswith("a: double, not nullable: no sample and no imputer")
+    assert '{"name": "a", "nullable": true} in --contract' in packaged.inferred[0]
+
+
+def test_nullable_where_the_sample_has_nulls_or_the_contract_says_so(tmp_path: Path) -> None:
+    path, sample = _tensor_model(tmp_path)
+    table = pq.read_table(sample)
+    b = table.column("b").to_pylist()
+    holed = table.set_column(2, "b", pa.array([None, *b[1:]], pa.float64()))
+    pq.write_table(holed, sample)
+    packaged = build(
+        path,
+        sample,
+        key="id",
+        spec={"features": [{"name": "c", "nullable": True}]},
+    )
+    by_name = {f.name: f.nullable for f in packaged.contract.features}
+    assert by_name == {"a": False, "b": True, "c": True}
+    assert "the sample has 1 nulls" in packaged.inferred[1]
+    assert packaged.inferred[2].endswith("as --contract says")
+
+
+def test_a_graph_that_imputes_makes_its_inputs_nullable(artifact_dir: Path) -> None:
+    # The demo pipeline imputes its numeric columns; without hints those become nullable,
+    # the categorical ones (one-hot, no imputer) do not.
+    packaged = build(artifact_dir / "model.onnx", key="transaction_id")
+    by_name = {f.name: f.nullable for f in packaged.contract.features}
+    assert by_name["amount"] is True
+    assert by_name["channel"] is False
+    assert any("the graph imputes it" in line for line in packaged.inferred)
+
+
+def test_batch_and_stream_refuse_the_same_nulls(tmp_path: Path) -> None:
+    """Parity on missing values: the batch job's Arrow function and the stream's stages."""
+    from scoring.batch.job import REASON, _score_batches
+    from scoring.model.live import LiveModel
+    from scoring.stream.events import decode
+    from scoring.stream.stages import score
+
+    path, _ = _tensor_model(tmp_path)
+    write_artifact(build(path, key="id", feature_names=["a", "b", "c"]), tmp_path / "artifact")
+    artifact = load_artifact(str(tmp_path / "artifact"))
+    rows = [
+        {"id": 1, "a": 0.5, "b": 1.0, "c": -1.0},
+        {"id": 2, "a": None, "b": 1.0, "c": -1.0},
+        {"id": 3, "a": 0.1, "b": None, "c": 2.0},
+    ]
+    table = pa.Table.from_pylist(rows)
+    batch_fn = _score_batches(artifact.contract.to_json(), lambda: artifact.onnx_bytes, ["id"])
+    (batch_out,) = list(batch_fn(iter(table.to_batches())))
+    batch_reasons = batch_out.column(REASON).to_pylist()
+
+    model = LiveModel.of(artifact)
+    decoded = decode([json.dumps(r).encode() for r in rows], artifact.contract, 10_000)
+    stream = score(decoded, model)
+    assert batch_reasons[0] is None and stream.valid.tolist() == [True, False, False]
+    assert [r is not None for r in batch_reasons] == (~stream.valid).tolist()
+    assert stream.reason.to_pylist()[1:] == batch_reasons[1:]
+    assert stream.kinds[1:] == ["null", "null"]
+    assert stream.score.to_pylist()[0] == batch_out.column("score").to_pylist()[0]
+
+
 def test_lightgbm_booster_is_converted_and_verified(tmp_path: Path) -> None:
     lightgbm = pytest.importorskip("lightgbm")
     rng = np.random.default_rng(1)

@@ -101,13 +101,14 @@ def test_a_kept_partition_is_rewound_to_the_batch_start_when_partitions_move() -
     assert batch.offsets == [10, 11]
 
 
-def test_a_revoked_partition_is_dropped_not_rewound() -> None:
+def test_a_partition_revoked_and_given_back_in_one_consume_is_rewound() -> None:
+    # An eager rebalance inside one consume(): revoked, assigned again, and events of the
+    # new assignment (from the committed offset, 10) returned after the old ones.
     assignment = Assignment(held={TP})
-    consumer = FakeConsumer(assignment, [("", [10, 11]), ("revoke", [12]), ("", [10, 11])])
+    consumer = FakeConsumer(assignment, [("", [10, 11]), ("revoke", [12, 10, 11]), ("", [10])])
     batch, rewinds = _gather(consumer, wait_s=0.0)
-    # Its next owner (maybe this worker again) starts from the committed offset.
-    assert rewinds == []
-    assert batch.offsets == [10, 11]
+    assert rewinds == [{TP: 10}]  # the lowest offset seen, not the first
+    assert batch.offsets == [10]
 
 
 def test_without_a_wait_a_batch_is_what_has_arrived() -> None:
@@ -139,6 +140,7 @@ def test_offsets_to_commit_and_to_rewind_per_partition() -> None:
     messages = [FakeMessage(o, _partition=p) for p, o in [(0, 4), (1, 9), (0, 5), (1, 10)]]
     batch = Batch.of(messages)
     assert batch.first_offsets() == {("in", 0): 4, ("in", 1): 9}
+    assert Batch.of(messages[::-1]).first_offsets() == {("in", 0): 4, ("in", 1): 9}
     assert batch.next_offsets() == {("in", 0): 6, ("in", 1): 11}
 
 
