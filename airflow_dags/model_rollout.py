@@ -27,6 +27,8 @@ Variables (all optional; shared ones in `scoring_common.py`):
 `scoring_rollout_metric` (`auc` or `average_precision`), `scoring_rollout_margin` (0),
 `scoring_rollout_golden_date`, `scoring_rollout_golden_rows` (500),
 `scoring_rollout_kafka_bootstrap` (for the parity processor),
+`scoring_rollout_kafka_config` (path of a Kafka client properties file on the worker, for
+a secured cluster: TLS, SASL or mutual TLS; see the README's "Secured Kafka"),
 `scoring_rollout_health_urls` (comma-separated `/health` URLs of the processors),
 `scoring_rollout_confirm_timeout` (120), `scoring_rollout_alias` (`champion`).
 
@@ -116,6 +118,7 @@ with DAG(
                 "--date-column", sc.setting("nightly_date_column"),
                 *_optional("--date", "rollout_golden_date"),
                 *_optional("--bootstrap", "rollout_kafka_bootstrap"),
+                *_optional("--kafka-config", "rollout_kafka_config"),
             ]
         ))  # fmt: skip
 

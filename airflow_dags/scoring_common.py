@@ -91,6 +91,7 @@ DEFAULTS: dict[str, Callable[[], str]] = {
     "rollout_golden_date": lambda: "",
     "rollout_golden_rows": lambda: "500",
     "rollout_kafka_bootstrap": lambda: "",
+    "rollout_kafka_config": lambda: "",
     "rollout_health_urls": lambda: "",
     "rollout_confirm_timeout": lambda: "120",
     "rollout_alias": lambda: "champion",

@@ -188,21 +188,31 @@ def parity(
     bootstrap: Annotated[
         str | None, typer.Option(help="Kafka host:port (default KAFKA_BOOTSTRAP_SERVERS)")
     ] = None,
+    kafka_config: Annotated[
+        Path | None,
+        typer.Option(
+            help="Kafka client properties file for a secured cluster (default "
+            "SCORING_KAFKA_CONFIG; README: Secured Kafka)"
+        ),
+    ] = None,
     date: Annotated[str | None, typer.Option(help="take the golden rows from this date")] = None,
     date_column: Annotated[str, typer.Option(help="the source's date column")] = "ds",
     rows: Annotated[int, typer.Option(help="golden rows (the first, by key)")] = 1000,
 ) -> None:
     """Score golden rows through Spark and through a stream processor; all must be equal."""
     from scoring.batch.spark import build_session
-    from scoring.errors import ConfigError
     from scoring.lifecycle.rollout import parity as run_parity
-    from scoring.settings import ENV, load
+    from scoring.stream.kafka_config import preflight, resolve
 
-    servers = load(kafka_bootstrap=bootstrap).kafka_bootstrap
-    if not servers:
-        raise ConfigError(f"no Kafka cluster: pass --bootstrap or set {ENV['kafka_bootstrap']}")
+    client = resolve(bootstrap, kafka_config)
+    preflight(client)  # a refused login fails now, not after the Spark half of the gate
     spark = build_session("scoring-parity")
-    _report(run_parity(spark, name, version, source, servers, date, date_column, rows))
+    _report(
+        run_parity(
+            spark, name, version, source, client.bootstrap, date, date_column, rows,
+            kafka=client.properties,
+        )
+    )  # fmt: skip
 
 
 @model_app.command("list")
@@ -497,16 +507,40 @@ def dev_up(
     port: Annotated[
         int | None, typer.Option(help="client port (default: a free one, kept across restarts)")
     ] = None,
+    secure: Annotated[
+        bool,
+        typer.Option(
+            help="add a SASL_SSL (SCRAM-SHA-512) and a mutual-TLS listener, with client files"
+        ),
+    ] = False,
 ) -> None:
-    """Start a single-node Kafka broker (KRaft) on 127.0.0.1; prints its bootstrap address."""
-    from scoring.dev import kafka_broker
+    """Start a single-node Kafka broker (KRaft) on 127.0.0.1; prints its bootstrap address.
 
-    broker = kafka_broker.start(_broker_dir(), port=port)
+    With --secure it prints two lines for `export $(scoring dev up --secure)`: the SASL_SSL
+    listener as KAFKA_BOOTSTRAP_SERVERS and its client properties file as
+    SCORING_KAFKA_CONFIG (a kcat -F file; the mutual-TLS one is named on stderr).
+    """
+    from scoring.dev import kafka_broker
+    from scoring.settings import ENV
+
+    broker = kafka_broker.start(_broker_dir(), port=port, secure=secure)
     errors.print(
         f"Kafka broker running (pid {broker.pid}), data in {broker.state_dir}; "
         "stop it with `scoring dev down`"
     )
-    print(broker.bootstrap)
+    if broker.secure is None:
+        print(broker.bootstrap)
+        return
+    listeners = broker.secure
+    errors.print(
+        f"plaintext {broker.bootstrap}\n"
+        f"SASL_SSL  {listeners.sasl_ssl_bootstrap}  --kafka-config {listeners.sasl_ssl_config}\n"
+        f"mTLS      {listeners.ssl_bootstrap}  --kafka-config {listeners.mtls_config}",
+        highlight=False,
+        soft_wrap=True,
+    )
+    print(f"{ENV['kafka_bootstrap']}={listeners.sasl_ssl_bootstrap}")
+    print(f"{ENV['kafka_config']}={listeners.sasl_ssl_config}")
 
 
 @dev_app.command("down")
@@ -527,8 +561,17 @@ def demo(
     stream_events: Annotated[
         int, typer.Option(help="events streamed through Kafka afterwards (0: batch only)")
     ] = 3_000,
+    secure: Annotated[
+        bool,
+        typer.Option(
+            help="stream over the local broker's SASL_SSL listener with its client file "
+            "(as `scoring dev up --secure`)"
+        ),
+    ] = False,
 ) -> None:
     """Train, package, promote, batch-score one date, then score it live on Kafka."""
     from scoring.dev.demo.run import run_demo
 
-    run_demo(console, rows_per_day=rows_per_day, days=days, stream_events=stream_events)
+    run_demo(
+        console, rows_per_day=rows_per_day, days=days, stream_events=stream_events, secure=secure
+    )

@@ -49,6 +49,7 @@ ENV = {
     "ort_threads": "SCORING_ORT_THREADS",
     "spark_master": "SCORING_SPARK_MASTER",
     "kafka_bootstrap": "KAFKA_BOOTSTRAP_SERVERS",
+    "kafka_config": "SCORING_KAFKA_CONFIG",
 }
 
 
@@ -92,6 +93,12 @@ class Settings(BaseSettings):
         default=None,
         validation_alias=ENV["kafka_bootstrap"],
         description="host:port[,host:port] of the Kafka cluster the stream processor uses.",
+    )
+    kafka_config: Path | None = Field(
+        default=None,
+        validation_alias=ENV["kafka_config"],
+        description="Kafka client properties file (kcat -F format): security and other "
+        "librdkafka settings of every Kafka client (scoring.stream.kafka_config).",
     )
 
     @classmethod

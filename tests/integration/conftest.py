@@ -19,7 +19,7 @@ from scoring.dev import kafka_broker
 from scoring.dev.demo.data import LABEL, generate_day
 from scoring.dev.demo.run import write_demo_table
 from scoring.dev.demo.train import TrainedModel, train
-from scoring.dev.kafka_broker import Broker
+from scoring.dev.kafka_broker import Broker, SecureListeners
 
 from tests.integration.airflow.airflow_helpers import Airflow, airflow_in
 from tests.integration.kafka_helpers import Topics, create_topics
@@ -81,8 +81,30 @@ def kafka(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Broker]:
             yield cast(Broker, SimpleNamespace(bootstrap=container.get_bootstrap_server()))
         return
     state_dir = tmp_path_factory.mktemp("kafka")
-    broker = kafka_broker.start(state_dir)
+    # Secure listeners too (one broker for the session): see secure_kafka.
+    broker = kafka_broker.start(state_dir, secure=True)
     yield broker
+    kafka_broker.stop(state_dir)
+
+
+@pytest.fixture(scope="session")
+def secure_kafka(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[SecureListeners]:
+    """The SASL_SSL (SCRAM-SHA-512) and mutual-TLS listeners of the session's broker.
+
+    testcontainers' broker has no secure listeners, so with ``SCORING_TEST_KAFKA=
+    testcontainers`` a secure broker is started from the jars for these tests.
+    """
+    if os.environ.get("SCORING_TEST_KAFKA") != "testcontainers":
+        broker = request.getfixturevalue("kafka")
+        assert broker.secure is not None
+        yield broker.secure
+        return
+    state_dir = tmp_path_factory.mktemp("kafka-secure")
+    secure = kafka_broker.start(state_dir, secure=True).secure
+    assert secure is not None
+    yield secure
     kafka_broker.stop(state_dir)
 
 

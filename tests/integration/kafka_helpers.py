@@ -23,9 +23,36 @@ from scoring.dev.kafka_broker import free_port
 from scoring.settings import PROJECT_ROOT
 from scoring.stream import main as stream_job
 from scoring.stream import topics as shared_topics
+from scoring.stream.kafka_config import KafkaClientConfig
 from scoring.stream.metrics import fetch_health
 
 PARTITIONS = 3
+
+# librdkafka property -> kafka-python option, for the tests' independent reader.
+_KAFKA_PYTHON = {
+    "security.protocol": "security_protocol",
+    "sasl.mechanism": "sasl_mechanism",
+    "sasl.username": "sasl_plain_username",
+    "sasl.password": "sasl_plain_password",
+    "ssl.ca.location": "ssl_cafile",
+    "ssl.certificate.location": "ssl_certfile",
+    "ssl.key.location": "ssl_keyfile",
+    "ssl.key.password": "ssl_password",
+}
+
+
+def kafka_python_options(config: KafkaClientConfig) -> dict[str, Any]:
+    """The file's security settings as kafka-python options (a second, independent client).
+
+    Fails on a property it cannot map rather than connecting some other way. The bootstrap
+    address is not included: pass ``config.bootstrap`` next to them.
+    """
+    unknown = sorted(set(config.properties) - set(_KAFKA_PYTHON))
+    assert not unknown, f"no kafka-python option for {unknown}"
+    options: dict[str, Any] = {}
+    for key, value in config.properties.items():
+        options[_KAFKA_PYTHON[key]] = value.upper() if key == "security.protocol" else value
+    return options
 
 
 @dataclass(frozen=True)
@@ -93,13 +120,15 @@ def read_all(
     timeout: float = 60,
     partitions: int = PARTITIONS,
     settle: float = 1.0,
+    **config: Any,
 ) -> list[ConsumerRecord]:
     """Every committed record of ``topic``, waiting until ``expected`` arrived (or timeout).
 
     After the count is reached, keeps reading for ``settle`` seconds so that duplicates
-    beyond the expected count would be seen.
+    beyond the expected count would be seen. ``config``: more kafka-python options (e.g.
+    :func:`kafka_python_options` for a secured listener).
     """
-    consumer = committed_reader(bootstrap, topic, partitions)
+    consumer = committed_reader(bootstrap, topic, partitions, **config)
     try:
         records: list[ConsumerRecord] = []
         deadline = time.monotonic() + timeout

@@ -5,14 +5,21 @@ jars Maven resolved into ``infra/kafka/jars`` (``make kafka-jars``; see
 ``infra/kafka/pom.xml``), or wherever the setting ``kafka_jars_dir``
 (``SCORING_KAFKA_JARS_DIR``) points. Every listener binds ``127.0.0.1`` only.
 
+With ``secure=True`` (``scoring dev up --secure``) it also has a SASL_SSL listener
+(SCRAM-SHA-512) and a mutual-TLS listener, and writes a client properties file for each
+(:mod:`scoring.dev.kafka_security`). The plaintext listener stays, on loopback: the
+broker talks to itself and answers the readiness probe there.
+
 Everything lives in one state directory::
 
-    broker.json         cluster id and the two ports, kept across restarts
+    broker.json         cluster id, the ports and whether the last start was secure
     broker.pid          pid of the running JVM (absent when stopped)
     server.properties   the broker config, rewritten on every start
     log4j2.properties   logging config for the JVM
     kafka.log           the JVM's stdout, stderr and log4j output
     data/               log.dirs: topic partitions and the KRaft metadata log
+    security/           secure mode: CA, keystore, client certificate, passwords
+    client-*.properties secure mode: client files for the two secure listeners
 
 The storage is formatted on the first start only, and the ports are picked on the first
 start only, so :func:`stop` then :func:`start` on the same directory brings back the same
@@ -42,12 +49,14 @@ import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
+from scoring.dev import kafka_security
 from scoring.errors import BrokerError
 from scoring.settings import ENV, load
 
 __all__ = [
     "HOST",
     "Broker",
+    "SecureListeners",
     "free_port",
     "is_running",
     "kill",
@@ -103,6 +112,23 @@ _children: dict[int, subprocess.Popen[bytes]] = {}
 
 
 @dataclass(frozen=True)
+class SecureListeners:
+    """The secure listeners of a broker started with ``secure=True``.
+
+    Attributes:
+        sasl_ssl_bootstrap: ``host:port`` of the SASL_SSL (SCRAM-SHA-512) listener.
+        ssl_bootstrap: ``host:port`` of the mutual-TLS listener.
+        sasl_ssl_config: Client properties file for SASL_SSL (``--kafka-config``).
+        mtls_config: Client properties file for mutual TLS.
+    """
+
+    sasl_ssl_bootstrap: str
+    ssl_bootstrap: str
+    sasl_ssl_config: Path
+    mtls_config: Path
+
+
+@dataclass(frozen=True)
 class Broker:
     """A running broker started by :func:`start`.
 
@@ -114,6 +140,7 @@ class Broker:
         cluster_id: The cluster id the storage was formatted with.
         state_dir: The broker's state directory (config, data, log, pid).
         log_file: The JVM's log file inside ``state_dir``.
+        secure: The secure listeners, when started with ``secure=True``.
     """
 
     bootstrap: str
@@ -123,19 +150,35 @@ class Broker:
     cluster_id: str
     state_dir: Path
     log_file: Path
+    secure: SecureListeners | None = None
 
 
-def server_properties(data_dir: Path, port: int, controller_port: int) -> dict[str, str]:
+# Listener settings that list one entry per listener: secure mode appends to them.
+_LISTS = ("listeners", "advertised.listeners", "listener.security.protocol.map")
+
+
+def server_properties(
+    data_dir: Path, port: int, controller_port: int, secure: dict[str, str] | None = None
+) -> dict[str, str]:
     """The broker config: one combined broker+controller node on loopback.
 
     Args:
         data_dir: Directory for ``log.dirs`` (partitions and the KRaft metadata log).
         port: PLAINTEXT (client) port.
         controller_port: CONTROLLER (KRaft quorum) port.
+        secure: The secure listeners' settings
+            (:func:`scoring.dev.kafka_security.broker_properties`), if any.
 
     Returns:
         The ``server.properties`` entries, in file order.
     """
+    props = _plain_properties(data_dir, port, controller_port)
+    for key, value in (secure or {}).items():
+        props[key] = f"{props[key]},{value}" if key in _LISTS else value
+    return props
+
+
+def _plain_properties(data_dir: Path, port: int, controller_port: int) -> dict[str, str]:
     return {
         "process.roles": "broker,controller",
         "node.id": "1",
@@ -176,6 +219,7 @@ def start(
     controller_port: int | None = None,
     jars_dir: Path | None = None,
     timeout: float = 60,
+    secure: bool = False,
 ) -> Broker:
     """Start the broker of ``state_dir`` and wait until it answers metadata requests.
 
@@ -184,26 +228,39 @@ def start(
     the address survive a :func:`stop`. If the broker of ``state_dir`` is already running,
     it is returned as is.
 
+    With ``secure``, the broker also gets a SASL_SSL listener (SCRAM-SHA-512) and a
+    mutual-TLS listener on ports picked on the first secure start; their keys, the SCRAM
+    user and the client properties files are made as described in
+    :mod:`scoring.dev.kafka_security`, and the start waits until a client logs in through
+    each of them.
+
     Args:
         state_dir: The broker's state directory; created if missing.
         port: PLAINTEXT port; a free one when None (or the saved one on a restart).
         controller_port: CONTROLLER port; a free one when None (or the saved one).
         jars_dir: Folder with the Kafka jars (default: the setting ``kafka_jars_dir``).
         timeout: Seconds to wait for the broker to answer.
+        secure: Add the SASL_SSL and mutual-TLS listeners.
 
     Returns:
         The running broker.
 
     Raises:
         BrokerError: The jars or Java are missing, a port differs from the saved one or is
-            taken, formatting failed, or the broker died or did not answer in time (the
-            message ends with the tail of its log).
+            taken, formatting failed, the broker died or did not answer in time (the
+            message ends with the tail of its log), or it is already running without the
+            secure listeners that were asked for.
     """
     state_dir = Path(state_dir).resolve()
     state_dir.mkdir(parents=True, exist_ok=True)
     running = _running_broker(state_dir)
     if running is not None:
         _check_ports(state_dir, running.port, running.controller_port, port, controller_port)
+        if secure and running.secure is None:
+            raise BrokerError(
+                f"The Kafka broker of {state_dir} is running without its secure listeners. "
+                "Stop it with `scoring dev down`, then start it with `scoring dev up --secure`."
+            )
         log.info("Kafka broker of %s is already running (pid %d)", state_dir, running.pid)
         return running
 
@@ -225,7 +282,28 @@ def start(
         )
     port_, cport = int(state["port"]), int(state["controller_port"])
     cluster_id = str(state["cluster_id"])
-    for p in (port_, cport):
+    secure_props: dict[str, str] | None = None
+    listeners: SecureListeners | None = None
+    if secure:
+        if "sasl_ssl_port" not in state:
+            taken = {port_, cport}
+            state["sasl_ssl_port"] = free_port(exclude=taken)
+            state["ssl_port"] = free_port(exclude=taken | {int(state["sasl_ssl_port"])})
+        material = kafka_security.ensure_material(state_dir)
+        sasl_port, ssl_port = int(state["sasl_ssl_port"]), int(state["ssl_port"])
+        secure_props = kafka_security.broker_properties(material, sasl_port, ssl_port)
+        sasl_file, mtls_file = kafka_security.write_client_files(
+            material, state_dir, f"{HOST}:{sasl_port}", f"{HOST}:{ssl_port}"
+        )
+        listeners = SecureListeners(
+            f"{HOST}:{sasl_port}", f"{HOST}:{ssl_port}", sasl_file, mtls_file
+        )
+    state["secure"] = int(secure)
+    _save_state(state_dir, state)
+    ports = [port_, cport]
+    if listeners is not None:
+        ports += [int(state["sasl_ssl_port"]), int(state["ssl_port"])]
+    for p in ports:
         if not _port_is_free(p):
             raise BrokerError(
                 f"Port {HOST}:{p} saved for the Kafka broker of {state_dir} is taken by another "
@@ -235,8 +313,11 @@ def start(
     data_dir = state_dir / _DATA_DIR
     props_file = state_dir / _PROPERTIES_FILE
     log4j_file = state_dir / _LOG4J_FILE
-    props = server_properties(data_dir, port_, cport)
-    props_file.write_text("".join(f"{k}={v}\n" for k, v in props.items()))
+    props = server_properties(data_dir, port_, cport, secure_props)
+    # Holds the keystore password in secure mode: readable by its owner only.
+    kafka_security.write_private(
+        props_file, "".join(f"{k}={v}\n" for k, v in props.items()).encode()
+    )
     log4j_file.write_text(_LOG4J2)
     log4j_opt = f"-Dlog4j2.configurationFile={log4j_file}"
 
@@ -265,9 +346,12 @@ def start(
         cluster_id=cluster_id,
         state_dir=state_dir,
         log_file=log_file,
+        secure=listeners,
     )
     try:
         _wait_ready(broker, began + timeout)
+        if secure:
+            _prepare_secure(broker, material, began + timeout)
     except BaseException:
         stop(state_dir, timeout=10)
         raise
@@ -338,6 +422,8 @@ def restart(
 ) -> Broker:
     """Stop the broker (if running) and start it again on the same directory and ports.
 
+    A broker last started with ``secure=True`` comes back with its secure listeners.
+
     Args:
         broker_or_state_dir: The broker, or its state directory.
         jars_dir: Folder with the Kafka jars (default: the setting ``kafka_jars_dir``).
@@ -347,8 +433,10 @@ def restart(
         The restarted broker, with the same bootstrap address and data.
     """
     state_dir = _state_dir_of(broker_or_state_dir)
+    state = _load_state(state_dir)
+    secure = bool(state and state.get("secure"))
     stop(state_dir, timeout=timeout)
-    return start(state_dir, jars_dir=jars_dir, timeout=timeout)
+    return start(state_dir, jars_dir=jars_dir, timeout=timeout, secure=secure)
 
 
 def is_running(state_dir: Path) -> bool:
@@ -428,6 +516,9 @@ def _load_state(state_dir: Path) -> dict[str, str | int] | None:
             "port": int(raw["port"]),
             "controller_port": int(raw["controller_port"]),
         }
+        for optional in ("sasl_ssl_port", "ssl_port", "secure"):
+            if optional in raw:
+                state[optional] = int(raw[optional])
     except (ValueError, KeyError, TypeError) as exc:
         raise BrokerError(
             f"{path} is unreadable ({exc}). Delete {state_dir} to start a new broker."
@@ -514,6 +605,65 @@ def _wait_ready(broker: Broker, deadline: float) -> None:
         time.sleep(0.2)
 
 
+def _prepare_secure(broker: Broker, material: kafka_security.Material, deadline: float) -> None:
+    """Create the SCRAM user, then wait until a client logs in through each secure listener.
+
+    The user is upserted on every start (the same password), through the plaintext
+    listener, which needs no login. A login right after the upsert can race the broker
+    applying it, so each listener is retried until ``deadline``.
+    """
+    from confluent_kafka.admin import (
+        ScramCredentialInfo,
+        ScramMechanism,
+        UserScramCredentialUpsertion,
+    )
+
+    from scoring.stream import clients
+    from scoring.stream.kafka_config import resolve
+
+    assert broker.secure is not None
+    admin = clients.admin(broker.bootstrap, defaults={"log_level": 0})
+    upsert = UserScramCredentialUpsertion(
+        material.username,
+        ScramCredentialInfo(ScramMechanism.SCRAM_SHA_512, 8192),
+        material.password.encode(),
+    )
+    left = max(1.0, deadline - time.monotonic())
+    futures = admin.alter_user_scram_credentials([upsert], request_timeout=left)
+    try:
+        for future in futures.values():
+            future.result()
+    except Exception as exc:  # confluent-kafka raises KafkaException with the broker's error
+        raise BrokerError(
+            f"Creating the SCRAM user {material.username!r} on {broker.bootstrap} failed: "
+            f"{exc}.\n" + _log_tail(broker.log_file)
+        ) from None
+    for config_file in (broker.secure.sasl_ssl_config, broker.secure.mtls_config):
+        client = resolve(config_file=config_file)
+        last_error = "no answer"
+        while True:
+            probe = clients.admin(client.bootstrap, client.properties, {"log_level": 0})
+            try:
+                probe.list_topics(timeout=max(0.5, min(5.0, deadline - time.monotonic())))
+                break
+            except Exception as exc:  # confluent-kafka: KafkaException while not yet ready
+                last_error = f"{type(exc).__name__}: {exc}"
+            if time.monotonic() >= deadline:
+                raise BrokerError(
+                    f"No client could log in to {client.describe()} in time (last error: "
+                    f"{last_error}).\n" + _log_tail(broker.log_file)
+                )
+            time.sleep(0.3)
+    log.info(
+        "Secure listeners ready: %s as %s (%s), mutual TLS at %s (%s)",
+        broker.secure.sasl_ssl_bootstrap,
+        material.username,
+        kafka_security.MECHANISM,
+        broker.secure.ssl_bootstrap,
+        broker.secure.mtls_config,
+    )
+
+
 def _accepts(port: int) -> bool:
     try:
         with socket.create_connection((HOST, port), timeout=0.5):
@@ -569,6 +719,13 @@ def _running_broker(state_dir: Path) -> Broker | None:
     if pid is None or state is None:
         return None
     port = int(state["port"])
+    secure = None
+    if state.get("secure"):
+        secure = SecureListeners(
+            f"{HOST}:{state['sasl_ssl_port']}",
+            f"{HOST}:{state['ssl_port']}",
+            *kafka_security.client_files(state_dir),
+        )
     return Broker(
         bootstrap=f"{HOST}:{port}",
         pid=pid,
@@ -577,6 +734,7 @@ def _running_broker(state_dir: Path) -> Broker | None:
         cluster_id=str(state["cluster_id"]),
         state_dir=state_dir,
         log_file=state_dir / _LOG_FILE,
+        secure=secure,
     )
 
 

@@ -6,7 +6,8 @@
 or through the CLI with the same options: ``scoring stream run ...``. Runs until SIGTERM
 or Ctrl-C, which finish and commit the current micro-batch; the last line printed is a
 JSON summary of what was processed. Exit codes: 0 stopped cleanly, 2 bad arguments or
-settings, 4 Kafka problem (no broker, missing input topic, fenced worker), 1 other.
+settings, 4 Kafka problem (no broker, login or TLS handshake refused, missing input topic,
+fenced worker), 1 other. A secured cluster: ``--kafka-config FILE`` (README, "Secured Kafka").
 """
 
 from __future__ import annotations
@@ -17,9 +18,11 @@ import logging
 import os
 import sys
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 
 from scoring.errors import ConfigError, ScoringError
 from scoring.settings import ENV, load
+from scoring.stream.kafka_config import KafkaClientConfig, SecretsFilter, preflight, resolve
 from scoring.stream.processor import Processor, StreamConfig
 
 log = logging.getLogger(__name__)
@@ -33,7 +36,18 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     add("--input-topic", required=True, help="topic of JSON feature events")
     add("--output-topic", required=True, help="topic for predictions (created if missing)")
     add("--dlq-topic", required=True, help="dead-letter topic for refused events")
-    add("--bootstrap", help=f"Kafka host:port (default ${ENV['kafka_bootstrap']})")
+    add(
+        "--bootstrap",
+        help=f"Kafka host:port (default ${ENV['kafka_bootstrap']}, then the --kafka-config "
+        "file's bootstrap.servers)",
+    )
+    add(
+        "--kafka-config",
+        type=Path,
+        metavar="FILE",
+        help="Kafka client properties (kcat -F format: security.protocol, sasl.*, ssl.*; "
+        f"values may be ${{VAR}}) for every client (default ${ENV['kafka_config']})",
+    )
     add("--group", default=defaults.group, help="consumer group (default %(default)s)")
     add(
         "--worker",
@@ -86,24 +100,30 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         action="append",
         default=[],
         metavar="KEY=VALUE",
-        help="an extra librdkafka client property for every client (security.protocol, "
-        "sasl.*, ssl.*); repeatable",
+        help="an extra librdkafka client property for every client, over --kafka-config's "
+        "(tuning; keep secrets in the file, not on the command line); repeatable",
     )
     add("--ort-threads", type=int, help=f"onnxruntime threads (default ${ENV['ort_threads']} or 1)")
     add("--verbose", "-v", action="store_true", help="log every dead letter")
     return parser.parse_args(argv)
 
 
-def config_from(args: argparse.Namespace) -> StreamConfig:
-    settings = load(kafka_bootstrap=args.bootstrap, ort_threads=args.ort_threads)
-    if not settings.kafka_bootstrap:
-        raise ConfigError(f"no Kafka cluster: pass --bootstrap or set {ENV['kafka_bootstrap']}")
+def client_from(args: argparse.Namespace) -> KafkaClientConfig:
+    """The cluster and its client properties: ``--kafka-config``'s file, then ``-X`` pairs."""
+    client = resolve(args.bootstrap, args.kafka_config)
+    extra = kafka_properties(args.kafka_property)
+    return KafkaClientConfig(client.bootstrap, {**client.properties, **extra}, client.source)
+
+
+def config_from(args: argparse.Namespace, client: KafkaClientConfig | None = None) -> StreamConfig:
+    settings = load(ort_threads=args.ort_threads)
+    client = client or client_from(args)
     return StreamConfig(
         model=args.model,
         input_topic=args.input_topic,
         output_topic=args.output_topic,
         dlq_topic=args.dlq_topic,
-        bootstrap=settings.kafka_bootstrap,
+        bootstrap=client.bootstrap,
         group=args.group,
         worker=args.worker,
         exactly_once=args.guarantee == "exactly-once",
@@ -116,7 +136,7 @@ def config_from(args: argparse.Namespace) -> StreamConfig:
         metrics_port=args.metrics_port,
         start_from=args.start_from,
         transaction_timeout_ms=args.transaction_timeout_ms,
-        kafka=kafka_properties(args.kafka_property),
+        kafka=client.properties,
     )
 
 
@@ -137,20 +157,24 @@ def command(
     bootstrap: str,
     *options: str,
     kafka: Mapping[str, str] | None = None,
+    kafka_config: Path | None = None,
 ) -> list[str]:
     """How to start a worker as a child process of this Python: (input, output, dlq) topics.
 
-    ``kafka`` are extra client properties, passed on as ``-X KEY=VALUE``.
+    ``kafka_config`` is passed on as ``--kafka-config`` (secrets stay in the file, off the
+    command line); ``kafka`` are extra client properties, passed on as ``-X KEY=VALUE``.
     """
     input_topic, output_topic, dlq_topic = topics
     properties = [arg for k, v in (kafka or {}).items() for arg in ("-X", f"{k}={v}")]
+    if kafka_config is not None:
+        properties = ["--kafka-config", str(kafka_config), *properties]
     return [
         sys.executable, "-m", "scoring.stream.main",
         "--model", model,
         "--input-topic", input_topic,
         "--output-topic", output_topic,
         "--dlq-topic", dlq_topic,
-        "--bootstrap", bootstrap,
+        *(("--bootstrap", bootstrap) if bootstrap else ()),
         *properties,
         *options,
     ]  # fmt: skip
@@ -166,12 +190,23 @@ def main(argv: Sequence[str] | None = None) -> int:
     for noisy in ("mlflow", "alembic"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     try:
-        summary = Processor(config_from(args)).run()
+        client = client_from(args)
+        _mask_secrets(client)
+        preflight(client)  # the processor checks again; this one can name the file
+        summary = Processor(config_from(args, client)).run()
     except ScoringError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return exc.exit_code
     print(json.dumps({"status": "stopped", **summary}))
     return 0
+
+
+def _mask_secrets(client: KafkaClientConfig) -> None:
+    """Mask the client's secrets in every log line this process writes."""
+    secrets = SecretsFilter(client.secrets())
+    for handler in logging.getLogger().handlers:
+        handler.addFilter(secrets)
+    log.info("Kafka: %s", client.describe())
 
 
 if __name__ == "__main__":

@@ -46,6 +46,7 @@ from scoring.stream.events import (
     H_REASON,
     H_REASON_KIND,
 )
+from scoring.stream.kafka_config import KafkaClientConfig, preflight
 from scoring.stream.metrics import StreamMetrics, serve
 from scoring.stream.stages import (
     Assignment,
@@ -157,6 +158,9 @@ class Processor:
         self._set_model_metric(None, self.model)
         log.info("scoring with %s version %s", self.model.name, self.model.version)
         with self._serving(), _signals_stop(self):
+            # A refused login or TLS handshake fails here, at once and by name; librdkafka
+            # itself would retry it quietly until every timeout ran out.
+            preflight(KafkaClientConfig(config.bootstrap, config.kafka))
             topics.ensure(
                 config.bootstrap,
                 config.input_topic,

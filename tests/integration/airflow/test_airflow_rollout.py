@@ -14,9 +14,10 @@ from pathlib import Path
 
 import pytest
 from scoring.dev.demo.train import TrainedModel
-from scoring.dev.kafka_broker import Broker, free_port
+from scoring.dev.kafka_broker import Broker, SecureListeners, free_port
 from scoring.lifecycle import registry
 from scoring.lifecycle.packaging import package
+from scoring.stream.kafka_config import KafkaClientConfig
 
 from tests.integration.airflow.airflow_helpers import Airflow
 from tests.integration.conftest import DAYS
@@ -59,13 +60,17 @@ def processor(
 
 
 @pytest.fixture(scope="module")
-def variables(source_table: str, kafka: Broker, processor: ProcessorProcess) -> dict[str, str]:
+def variables(
+    source_table: str, secure_kafka: SecureListeners, processor: ProcessorProcess
+) -> dict[str, str]:
+    # The parity step goes through the SASL_SSL listener with the broker's client file.
     return {
         "rollout_source": source_table,
         "rollout_holdout_date": DAYS[2],
         "rollout_golden_date": DAYS[0],
         "rollout_golden_rows": "200",
-        "rollout_kafka_bootstrap": kafka.bootstrap,
+        "rollout_kafka_bootstrap": secure_kafka.sasl_ssl_bootstrap,
+        "rollout_kafka_config": str(secure_kafka.sasl_ssl_config),
         "rollout_health_urls": f"http://127.0.0.1:{processor.metrics_port}/health",
         "rollout_confirm_timeout": "30",
     }
@@ -96,6 +101,8 @@ def test_a_good_candidate_becomes_champion_and_the_processor_reports_it(
     }, output[-5000:]
     assert _champion() == candidate
     assert processor.health()["model_version"] == candidate  # type: ignore[index]
+    client = KafkaClientConfig.from_file(Path(variables["rollout_kafka_config"]))
+    assert client.properties["sasl.password"] not in output
 
 
 def test_a_candidate_failing_the_quality_gate_is_never_promoted(

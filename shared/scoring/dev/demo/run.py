@@ -66,7 +66,11 @@ def _step(console: Console, text: str) -> Iterator[None]:
 
 
 def run_demo(
-    console: Console, rows_per_day: int = 20_000, days: int = 7, stream_events: int = 3_000
+    console: Console,
+    rows_per_day: int = 20_000,
+    days: int = 7,
+    stream_events: int = 3_000,
+    secure: bool = False,
 ) -> dict[str, Any]:
     settings = load()
     paths = lake_paths(settings.home)
@@ -115,6 +119,7 @@ def run_demo(
             rows,
             batch_scores,
             [f.name for f in FEATURES],
+            secure=secure,
         )
     return summary
 

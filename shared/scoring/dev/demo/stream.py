@@ -3,7 +3,9 @@
 Starts a local broker (unless one is already up) and a stream processor following
 ``models:/fraud@champion``, produces the batch-scored date's transactions as JSON events,
 shows predictions as they arrive, checks every stream score against the batch score of the
-same row, and stops what it started.
+same row, and stops what it started. With ``secure`` (``scoring demo --secure``) every
+client goes through the broker's SASL_SSL listener with the client file it wrote, as on a
+secured cluster.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ from scoring.settings import Settings
 from scoring.stream import main as stream_job
 from scoring.stream import topics as topics_io
 from scoring.stream.events import to_events
+from scoring.stream.kafka_config import KafkaClientConfig
 from scoring.stream.metrics import fetch_health
 
 __all__ = ["run_stream_demo"]
@@ -42,23 +45,27 @@ def run_stream_demo(
     rows: pa.Table,
     batch_scores: dict[str, float],
     feature_names: list[str],
+    secure: bool = False,
 ) -> dict[str, Any]:
     """Stream ``rows`` through a processor and compare with ``batch_scores`` by key."""
     state_dir = settings.home.resolve() / "kafka"
     was_running = kafka_broker.is_running(state_dir)
     started = time.monotonic()
     with console.status("[bold]Starting the Kafka broker (KRaft, 127.0.0.1)…"):
-        broker = kafka_broker.start(state_dir)
+        broker = kafka_broker.start(state_dir, secure=secure)
+    client = KafkaClientConfig(broker.bootstrap)
+    if broker.secure is not None and secure:
+        client = KafkaClientConfig.from_file(broker.secure.sasl_ssl_config)
     console.print(
-        f"[green]✓[/] Kafka broker on {broker.bootstrap} "
+        f"[green]✓[/] Kafka broker on {client.describe()} "
         f"[dim]({time.monotonic() - started:.1f}s)[/]"
     )
     run = time.strftime("%Y%m%d-%H%M%S")
     topics = (f"demo-{run}.transactions", f"demo-{run}.fraud_scores", f"demo-{run}.dlq")
-    topics_io.create(broker.bootstrap, topics, PARTITIONS)
+    topics_io.create(client.bootstrap, topics, PARTITIONS, client.properties)
     log_file = settings.home.resolve() / "demo" / f"processor-{run}.log"
     log_file.parent.mkdir(parents=True, exist_ok=True)
-    processor, port = _start_processor(broker.bootstrap, model_uri, topics, log_file)
+    processor, port = _start_processor(client, model_uri, topics, log_file)
     try:
         health = _wait_ready(processor, port, log_file)
         console.print(
@@ -67,10 +74,10 @@ def run_stream_demo(
         )
         events = list(to_events(rows, KEY, feature_names))
         # A steady stream rather than one burst, to watch it arrive.
-        topics_io.produce(broker.bootstrap, topics[0], events, pace=0.02)
+        topics_io.produce(client.bootstrap, topics[0], events, pace=0.02, kafka=client.properties)
         console.print(f"[green]✓[/] Produced {len(events):,} transaction events to {topics[0]}")
-        stream_scores = _watch(console, broker.bootstrap, topics[1], len(batch_scores))
-        dead = _count(broker.bootstrap, topics[2])
+        stream_scores = _watch(console, client, topics[1], len(batch_scores))
+        dead = _count(client, topics[2])
     finally:
         processor.send_signal(signal.SIGTERM)
         code = processor.wait(60)
@@ -103,11 +110,13 @@ def run_stream_demo(
 
 
 def _start_processor(
-    bootstrap: str, model_uri: str, topics: tuple[str, ...], log_file: Path
+    client: KafkaClientConfig, model_uri: str, topics: tuple[str, ...], log_file: Path
 ) -> tuple[subprocess.Popen[bytes], int]:
     port = kafka_broker.free_port()
     options = ("--group", f"demo-{topics[0]}", "--metrics-port", str(port))
-    command = stream_job.command(model_uri, topics, bootstrap, *options)
+    command = stream_job.command(
+        model_uri, topics, client.bootstrap, *options, kafka_config=client.source
+    )
     with log_file.open("wb") as log:
         process = subprocess.Popen(
             command, stdout=log, stderr=subprocess.STDOUT, env=dict(os.environ)
@@ -130,9 +139,11 @@ def _wait_ready(process: subprocess.Popen[bytes], port: int, log_file: Path) -> 
     raise StreamError(f"the processor did not become ready; see {log_file}")
 
 
-def _watch(console: Console, bootstrap: str, topic: str, expected: int) -> dict[str, float]:
+def _watch(
+    console: Console, client: KafkaClientConfig, topic: str, expected: int
+) -> dict[str, float]:
     """Read predictions as they are committed, showing the latest ones live."""
-    consumer = topics_io.reader(bootstrap, topic, PARTITIONS)
+    consumer = topics_io.reader(client.bootstrap, topic, PARTITIONS, client.properties)
     scores: dict[str, float] = {}
     latest: list[dict[str, Any]] = []
     deadline = time.monotonic() + 120
@@ -165,8 +176,8 @@ def _live_table(latest: list[dict[str, Any]], done: int, expected: int) -> Table
     return table
 
 
-def _count(bootstrap: str, topic: str) -> int:
-    consumer = topics_io.reader(bootstrap, topic, PARTITIONS)
+def _count(client: KafkaClientConfig, topic: str) -> int:
+    consumer = topics_io.reader(client.bootstrap, topic, PARTITIONS, client.properties)
     n, idle = 0, 0
     while idle < 3:
         polled = consumer.poll(timeout_ms=300)
