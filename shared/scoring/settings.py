@@ -34,6 +34,7 @@ ENV = {
     "home": "SCORING_HOME",
     "config": "SCORING_CONFIG",
     "jars_dir": "SCORING_JARS_DIR",
+    "engine_jars_dir": "SCORING_ENGINE_JARS_DIR",
     "tracking_uri": "MLFLOW_TRACKING_URI",
     "registry_uri": "MLFLOW_REGISTRY_URI",
     "ort_threads": "SCORING_ORT_THREADS",
@@ -66,6 +67,11 @@ class Settings(BaseSettings):
         default=PROJECT_ROOT / "infra" / "jars",
         validation_alias=ENV["jars_dir"],
         description="Folder of JVM jars resolved by Maven (infra/pom.xml).",
+    )
+    engine_jars_dir: Path = Field(
+        default=PROJECT_ROOT / "infra" / "engine" / "jars",
+        validation_alias=ENV["engine_jars_dir"],
+        description="Folder of the JVM scoring engine's jars (infra/engine/pom.xml).",
     )
     tracking_uri: str | None = Field(default=None, validation_alias=ENV["tracking_uri"])
     registry_uri: str | None = Field(default=None, validation_alias=ENV["registry_uri"])
