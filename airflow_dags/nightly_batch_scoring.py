@@ -25,7 +25,8 @@ ends (00:00 UTC on the 8th) and scores the rows whose date column is 2026-11-07.
 
 Variables (all optional, see `scoring_common.py` for the shared ones):
 `scoring_nightly_source`, `scoring_nightly_predictions`, `scoring_nightly_rejects`,
-`scoring_nightly_date_column`, `scoring_nightly_reports_dir`,
+`scoring_nightly_date_column`, `scoring_nightly_engine` (`jvm` or `python`, see
+ADR 0006), `scoring_nightly_reports_dir`,
 `scoring_nightly_max_rejects_ratio`, `scoring_nightly_max_psi`,
 `scoring_nightly_reference_date`, `scoring_nightly_experiment`.
 
@@ -159,6 +160,7 @@ with DAG(
                 "--rejects": "{{ scoring('nightly_rejects') }}",
                 "--date": "{{ ds }}",
                 "--date-column": "{{ scoring('nightly_date_column') }}",
+                "--engine": "{{ scoring('nightly_engine') }}",
                 "--run-id": "{{ run_id }}",
                 "--summary-file": f"{REPORTS}/batch_summary.json",
             }

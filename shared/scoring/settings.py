@@ -44,6 +44,7 @@ ENV = {
     "config": "SCORING_CONFIG",
     "jars_dir": "SCORING_JARS_DIR",
     "kafka_jars_dir": "SCORING_KAFKA_JARS_DIR",
+    "engine_jars_dir": "SCORING_ENGINE_JARS_DIR",
     "tracking_uri": "MLFLOW_TRACKING_URI",
     "registry_uri": "MLFLOW_REGISTRY_URI",
     "ort_threads": "SCORING_ORT_THREADS",
@@ -84,6 +85,12 @@ class Settings(BaseSettings):
         validation_alias=ENV["kafka_jars_dir"],
         description="Folder of the local Kafka broker's jars (Maven, infra/kafka/pom.xml). "
         "Default: infra/kafka/jars of the checkout, else SCORING_HOME/jars/kafka.",
+    )
+    engine_jars_dir: Path = Field(
+        default_factory=lambda data: _jars_default(data["home"], "engine"),
+        validation_alias=ENV["engine_jars_dir"],
+        description="Folder of the JVM scoring engine's jars (infra/engine/pom.xml). "
+        "Default: infra/engine/jars of the checkout, else SCORING_HOME/jars/engine.",
     )
     tracking_uri: str | None = Field(default=None, validation_alias=ENV["tracking_uri"])
     registry_uri: str | None = Field(default=None, validation_alias=ENV["registry_uri"])
@@ -129,7 +136,8 @@ class Settings(BaseSettings):
 def _jars_default(home: Path, kind: str) -> Path:
     """Where ``make jars`` / ``make kafka-jars`` put the jars; under the data dir without one."""
     if PROJECT_ROOT is not None:
-        return PROJECT_ROOT / "infra" / ("jars" if kind == "spark" else "kafka/jars")
+        folder = {"spark": "jars", "kafka": "kafka/jars", "engine": "engine/jars"}[kind]
+        return PROJECT_ROOT / "infra" / folder
     return home / "jars" / kind
 
 

@@ -24,7 +24,7 @@ from datetime import date
 from pathlib import Path
 from typing import Any
 
-from scoring.batch.job import BatchJob, run
+from scoring.batch.job import ENGINES, BatchJob, run
 from scoring.batch.spark import build_session
 from scoring.errors import ScoringError
 
@@ -50,6 +50,13 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--date-column", default="ds", help="the source's date column")
     parser.add_argument("--master", help="Spark master when not launched by spark-submit")
     parser.add_argument("--run-id", help="lineage id recorded on every row (default: random)")
+    parser.add_argument(
+        "--engine",
+        choices=ENGINES,
+        default="jvm",
+        help="jvm: validate in Spark SQL and score with ONNX Runtime for Java in the executors "
+        "(default); python: score in Python workers through mapInArrow",
+    )
     parser.add_argument(
         "--summary-file", type=Path, help="also write the JSON summary to this file"
     )
@@ -80,6 +87,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         rejects=args.rejects,
         date=args.date,
         date_column=args.date_column,
+        engine=args.engine,
         **({"run_id": args.run_id} if args.run_id else {}),
     )
     try:

@@ -31,6 +31,7 @@ __all__ = [
     "Output",
     "TrainingData",
     "Validation",
+    "cast_float64",
     "validate",
 ]
 
@@ -284,10 +285,23 @@ def _check(
     return out
 
 
+def cast_float64(column: pa.Array | pa.ChunkedArray) -> pa.Array | pa.ChunkedArray:
+    """Numbers as float64, each the nearest double to its value.
+
+    Arrow's direct decimal-to-float cast is not always correctly rounded (11211.05 became
+    11211.050000000001); Spark's cast is, and the JVM engine reads decimals through it.
+    Going through the exact decimal text and Arrow's correctly rounded parser gives the
+    same double on both engines.
+    """
+    if pa.types.is_decimal(column.type):
+        column = pc.cast(column, pa.string())
+    return pc.cast(column, pa.float64(), safe=False)
+
+
 def _as_float64(column: pa.Array | pa.ChunkedArray) -> np.ndarray:
     """Numbers as float64 with nulls as NaN; never raises (huge decimals become inf)."""
     try:
-        cast = pc.cast(column, pa.float64(), safe=False)
+        cast = cast_float64(column)
         return np.asarray(cast.to_numpy(zero_copy_only=False), dtype=np.float64)
     except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
         return np.array(

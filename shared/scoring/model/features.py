@@ -15,7 +15,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from scoring.model.contract import Contract, Feature
+from scoring.model.contract import Contract, Feature, cast_float64
 
 __all__ = ["MISSING_STRING", "model_frame", "model_inputs"]
 
@@ -29,10 +29,7 @@ def _column(data: pa.RecordBatch | pa.Table, feature: Feature) -> np.ndarray:
     if feature.type == "string":
         filled = pc.fill_null(column.cast(pa.string()), MISSING_STRING)
         return np.asarray(filled.to_numpy(zero_copy_only=False), dtype=object)
-    return np.asarray(
-        pc.cast(column, pa.float64(), safe=False).to_numpy(zero_copy_only=False),
-        dtype=np.float64,
-    )
+    return np.asarray(cast_float64(column).to_numpy(zero_copy_only=False), dtype=np.float64)
 
 
 def model_inputs(

@@ -10,12 +10,14 @@ import pyarrow as pa
 import pytest
 from pyspark.sql import SparkSession
 from pyspark.sql import functions as F
+from scoring.batch import job as job_module
 from scoring.batch.job import BatchJob, run, table_version
 from scoring.batch.main import main
+from scoring.dev.demo.run import write_demo_table
 from scoring.model.artifact import load_artifact
-from scoring.model.contract import validate
+from scoring.model.contract import Feature, validate
 
-from tests.integration.conftest import DAYS, ROWS_PER_DAY, job_args
+from tests.integration.conftest import DAYS, ROWS_PER_DAY, START, job_args
 
 
 def _job(artifact_dir: Path, source: str, lake: Path, date: str | None = DAYS[1]) -> BatchJob:
@@ -26,6 +28,10 @@ def _job(artifact_dir: Path, source: str, lake: Path, date: str | None = DAYS[1]
         rejects=str(lake / "rejects"),
         date=date,
     )
+
+
+def _features(artifact_dir: Path) -> tuple[Feature, ...]:
+    return load_artifact(str(artifact_dir)).contract.features
 
 
 def _day(spark: SparkSession, table: str, day: str) -> pa.Table:
@@ -54,13 +60,19 @@ def test_rerunning_a_date_replaces_it_without_duplicates(
 ) -> None:
     job = _job(artifact_dir, source_table, lake)
     first = run(spark, job)
-    run(spark, _job(artifact_dir, source_table, lake, DAYS[2]))
+    other = run(spark, _job(artifact_dir, source_table, lake, DAYS[2]))
     before = table_version(spark, job.target)
     second = run(spark, BatchJob(**{**job.__dict__, "run_id": "rerun"}))
     scores = spark.read.format("delta").load(job.target)
     assert table_version(spark, job.target) == before + 1  # one atomic commit per run
     per_day = {r["ds"].isoformat(): r["count"] for r in scores.groupBy("ds").count().collect()}
-    assert per_day == {DAYS[1]: first["rows_scored"], DAYS[2]: per_day[DAYS[2]]}
+    # The other date is untouched by the re-run: its count is the one its own run scored,
+    # which is the source's rows of that date less the ones the contract refuses.
+    refused = int(
+        (~validate(_day(spark, source_table, DAYS[2]), _features(artifact_dir)).valid).sum()
+    )
+    assert other["rows_scored"] == ROWS_PER_DAY - refused
+    assert per_day == {DAYS[1]: first["rows_scored"], DAYS[2]: other["rows_scored"]}
     assert scores.select("transaction_id").distinct().count() == scores.count()
     day = scores.where(F.col("ds") == DAYS[1])
     assert {r["run_id"] for r in day.select("run_id").distinct().collect()} == {"rerun"}
@@ -112,11 +124,40 @@ def test_lineage_columns(
 
 
 def test_source_is_read_at_a_pinned_version(
-    spark: SparkSession, source_table: str, artifact_dir: Path, lake: Path
+    spark: SparkSession,
+    artifact_dir: Path,
+    lake: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    version = table_version(spark, source_table)
-    summary = run(spark, _job(artifact_dir, source_table, lake))
-    assert summary["source_version"] == version
+    """A commit that lands after the job pinned its version is not scored."""
+    source = str(tmp_path / "moving")
+    write_demo_table(spark, source, days=1, rows_per_day=500, start=START)
+    pinned = table_version(spark, source)
+    late_keys = [f"late-{i}" for i in range(50)]
+
+    def pin_then_commit(spark_: SparkSession, table: str) -> int:
+        version = table_version(spark_, table)
+        if table == source:  # another writer appends to the date while the job runs
+            late = spark_.read.format("delta").load(source).limit(len(late_keys)).toArrow()
+            late = late.set_column(
+                late.schema.get_field_index("transaction_id"),
+                "transaction_id",
+                pa.array(late_keys, late.schema.field("transaction_id").type),
+            )
+            spark_.createDataFrame(late).write.format("delta").mode("append").save(source)
+        return version
+
+    monkeypatch.setattr(job_module, "table_version", pin_then_commit)
+    summary = run(spark, _job(artifact_dir, source, lake, START.isoformat()))
+
+    assert table_version(spark, source) == pinned + 1  # the late commit did land
+    assert summary["source_version"] == pinned
+    assert summary["rows_read"] == 500  # not 550: the rows at the pinned version only
+    scored = spark.read.format("delta").load(summary["target"]).select("transaction_id")
+    rejected = spark.read.format("delta").load(summary["rejects"]).select("transaction_id")
+    keys = {r[0] for r in scored.union(rejected).collect()}
+    assert len(keys) == 500 and not keys & set(late_keys)
 
 
 @pytest.fixture
