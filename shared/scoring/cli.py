@@ -28,8 +28,15 @@ model_app = typer.Typer(
 )
 batch_app = typer.Typer(help="Nightly batch scoring on Spark + Delta.", no_args_is_help=True)
 dev_app = typer.Typer(
-    help="Local services for development: a Kafka broker on loopback.", no_args_is_help=True
+    help="Local services for development on loopback: Kafka, an S3 server, an MLflow server.",
+    no_args_is_help=True,
 )
+s3_app = typer.Typer(help="An S3 API server (moto) on loopback.", no_args_is_help=True)
+mlflow_app = typer.Typer(
+    help="An MLflow tracking server on loopback, artifacts in the S3 server.", no_args_is_help=True
+)
+dev_app.add_typer(s3_app, name="s3")
+dev_app.add_typer(mlflow_app, name="mlflow")
 app.add_typer(model_app, name="model")
 app.add_typer(batch_app, name="batch")
 stream_app = typer.Typer(help="Real-time scoring of a Kafka topic.", no_args_is_help=True)
@@ -507,6 +514,83 @@ def dev_down() -> None:
 
     stopped = kafka_broker.stop(_broker_dir())
     console.print("Kafka broker stopped" if stopped else "no Kafka broker was running")
+
+
+def _service_dir(name: str) -> Path:
+    from scoring.settings import load
+
+    return load().home.resolve() / name
+
+
+def _exports(env: dict[str, str]) -> None:
+    import shlex
+
+    for key, value in env.items():
+        print(f"export {key}={shlex.quote(value)}")
+
+
+@s3_app.command("up")
+@_user_errors
+def dev_s3_up(
+    bucket: Annotated[list[str], typer.Option(help="bucket to create (repeat)")] = ["lake"],  # noqa: B006
+    port: Annotated[int | None, typer.Option(help="port (default: a free one)")] = None,
+) -> None:
+    """Start an S3 API server (moto, in memory) on 127.0.0.1 with one user and BUCKETs.
+
+    Prints the AWS variables that point clients at it: `eval "$(scoring dev s3 up)"`.
+    """
+    from scoring.dev import services
+
+    server = services.start_s3(_service_dir("s3"), tuple(bucket), port)
+    errors.print(
+        f"S3 server at {server.endpoint} (pid {server.pid}), buckets {', '.join(bucket)}; "
+        "its data lives in memory. Stop it with `scoring dev s3 down`."
+    )
+    _exports(server.env())
+
+
+@s3_app.command("down")
+@_user_errors
+def dev_s3_down() -> None:
+    """Stop the S3 server started by `scoring dev s3 up` (its data is gone)."""
+    from scoring.dev import services
+
+    stopped = services.stop(_service_dir("s3"))
+    console.print("S3 server stopped" if stopped else "no S3 server was running")
+
+
+@mlflow_app.command("up")
+@_user_errors
+def dev_mlflow_up(
+    basic_auth: Annotated[
+        bool, typer.Option(help="MLflow's basic-auth app, a new password")
+    ] = False,
+    port: Annotated[int | None, typer.Option(help="port (default: a free one)")] = None,
+) -> None:
+    """Start `mlflow server` on 127.0.0.1: SQLite store, artifacts in s3://mlflow (the S3 server).
+
+    Starts the S3 server too if it is not running. Prints the MLflow (and AWS) variables
+    that point clients at them: `eval "$(scoring dev mlflow up)"`.
+    """
+    from scoring.dev import services
+
+    s3 = services.start_s3(_service_dir("s3"), ("lake",))
+    server = services.start_mlflow(_service_dir("mlflow"), s3, port=port, basic_auth=basic_auth)
+    errors.print(
+        f"MLflow tracking server at {server.uri} (pid {server.pid}), artifacts in "
+        f"s3://mlflow on {s3.endpoint}. Stop it with `scoring dev mlflow down`."
+    )
+    _exports({**s3.env(), **server.env()})
+
+
+@mlflow_app.command("down")
+@_user_errors
+def dev_mlflow_down() -> None:
+    """Stop the MLflow server started by `scoring dev mlflow up` (its store is kept)."""
+    from scoring.dev import services
+
+    stopped = services.stop(_service_dir("mlflow"))
+    console.print("MLflow server stopped" if stopped else "no MLflow server was running")
 
 
 @app.command("demo")

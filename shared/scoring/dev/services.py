@@ -209,9 +209,14 @@ def start_mlflow(
     env = {**_clean_env(), **s3.env(), "MLFLOW_S3_ENDPOINT_URL": s3.endpoint}
     username = password = None
     if basic_auth:
-        username, password = "admin", secrets.token_urlsafe(18)
         config = state_dir / "basic_auth.ini"
+        # The admin account is created in auth.db on the first start only; a restart keeps
+        # its password.
+        username, password = "admin", _ini_value(config, "admin_password")
+        password = password or secrets.token_urlsafe(18)
+        flask_key = _ini_value(config, "# flask_secret_key") or secrets.token_urlsafe(32)
         config.write_text(
+            f"# flask_secret_key = {flask_key}\n"
             "[mlflow]\n"
             "default_permission = READ\n"
             f"database_uri = sqlite:///{(state_dir / 'auth.db').resolve()}\n"
@@ -222,12 +227,24 @@ def start_mlflow(
         config.chmod(0o600)
         command += ["--app-name", "basic-auth"]
         env["MLFLOW_AUTH_CONFIG_PATH"] = str(config)
+        # The auth app's CSRF protection needs a key that stays the same across restarts.
+        env["MLFLOW_FLASK_SERVER_SECRET_KEY"] = _ini_value(config, "# flask_secret_key") or ""
     pid = _spawn(state_dir, command, env)
     uri = f"http://{HOST}:{port}"
     _wait_http(f"{uri}/health", state_dir, pid, timeout=120)
     server = MlflowServer(uri, pid, str(state_dir), username, password)
     _save(state_dir, asdict(server))
     return server
+
+
+def _ini_value(path: Path, key: str) -> str | None:
+    if not path.is_file():
+        return None
+    for line in path.read_text().splitlines():
+        name, _, value = line.partition("=")
+        if name.strip() == key:
+            return value.strip()
+    return None
 
 
 def stop(state_dir: Path, timeout: float = 30) -> bool:

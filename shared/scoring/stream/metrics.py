@@ -89,6 +89,12 @@ class StreamMetrics:
             "Failed attempts to load a newly promoted version",
             registry=r,
         )
+        self.alias_check_failures = Counter(
+            "scoring_stream_model_alias_check_failures",
+            "Checks of the followed registry alias that failed (registry unreachable or "
+            "refusing); the current version keeps scoring",
+            registry=r,
+        )
 
     def text(self) -> bytes:
         return generate_latest(self.registry)
