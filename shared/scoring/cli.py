@@ -243,20 +243,61 @@ def batch_run(ctx: typer.Context) -> None:
 def batch_submit(
     ctx: typer.Context,
     master: Annotated[str | None, typer.Option(help="Spark master (default: settings)")] = None,
+    python_env: Annotated[
+        str | None,
+        typer.Option(
+            help="packed environment for the executors (`scoring batch pack-env`), shipped "
+            "with --archives; for clusters whose nodes do not share this machine's paths"
+        ),
+    ] = None,
     dry_run: Annotated[bool, typer.Option(help="print the command instead of running it")] = False,
 ) -> None:
     """spark-submit the batch job with the jars and Delta settings; job options follow."""
     import shlex
     import subprocess
 
+    from scoring.batch.pyenv import archive_conf
     from scoring.batch.spark import submit_command
     from scoring.entrypoints import batch_score
 
-    command = submit_command(Path(batch_score.__file__), ctx.args, master=master)
+    conf = archive_conf(_archive(python_env)) if python_env else None
+    command = submit_command(Path(batch_score.__file__), ctx.args, master=master, conf=conf)
     if dry_run:
         print(shlex.join(command))
         return
     raise typer.Exit(subprocess.run(command, check=False).returncode)
+
+
+def _archive(location: str) -> str:
+    """A packed environment's location as spark-submit takes it (local files made absolute)."""
+    if "://" in location:
+        return location
+    path = Path(location).expanduser().resolve()
+    if not path.is_file():
+        from scoring.errors import ConfigError
+
+        raise ConfigError(
+            f"No packed environment at {path}; build one with `scoring batch pack-env`."
+        )
+    return str(path)
+
+
+@batch_app.command("pack-env")
+@_user_errors
+def batch_pack_env(
+    output: Annotated[Path, typer.Option(help="the archive to write (.tar.gz)")] = Path(
+        "scoring-env.tar.gz"
+    ),
+) -> None:
+    """Pack the executors' Python environment (this project + what the job imports there).
+
+    Pass it to `scoring batch submit --python-env` (or the nightly DAG's
+    `scoring_python_env` Variable): executors then need only a plain Python of the same
+    version at the same path, not this project.
+    """
+    from scoring.batch.pyenv import pack
+
+    print(pack(output))
 
 
 def _iso_date(text: str | None) -> str | None:
@@ -303,6 +344,10 @@ def batch_spark_conf(
         Path | None, typer.Option(help="write to this file (printed) instead of stdout")
     ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="JSON instead of properties")] = False,
+    python_env: Annotated[
+        str | None,
+        typer.Option(help="packed environment for the executors (see `batch submit --help`)"),
+    ] = None,
 ) -> None:
     """The Spark settings every scoring job needs (jars, Delta, Arrow, Python).
 
@@ -311,10 +356,13 @@ def batch_spark_conf(
     """
     import json
 
+    from scoring.batch.pyenv import archive_conf
     from scoring.batch.spark import properties_text, session_conf
     from scoring.settings import load
 
     conf = session_conf(load())
+    if python_env:
+        conf.update(archive_conf(_archive(python_env)))
     text = json.dumps(conf, indent=2) + "\n" if as_json else properties_text(conf)
     if output is None:
         print(text, end="")

@@ -124,7 +124,7 @@ def test_sensor_checks_and_report_read_the_bucket_and_no_secret_is_recorded(
     assert missing.returncode == 4, missing.stderr
     checked = _cli("batch", "check", *tables, env=env)
     assert checked.returncode == 0, checked.stderr
-    assert json.loads(checked.stdout.strip().splitlines()[-1])["passed"] is True
+    assert json.loads(checked.stdout.strip().splitlines()[-1])["status"] == "passed"
     out_dir = tmp_path / "report"
     reported = _cli("batch", "report", *tables, "--out-dir", str(out_dir), env=env)
     assert reported.returncode == 0, reported.stderr
