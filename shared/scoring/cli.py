@@ -271,7 +271,9 @@ def batch_submit(
 def _archive(location: str) -> str:
     """A packed environment's location as spark-submit takes it (local files made absolute)."""
     if "://" in location:
-        return location
+        from scoring.batch.tables import for_spark
+
+        return for_spark(location)  # s3:// is read by Spark's S3A as s3a://
     path = Path(location).expanduser().resolve()
     if not path.is_file():
         from scoring.errors import ConfigError
