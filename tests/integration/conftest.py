@@ -20,7 +20,7 @@ from scoring.dev.demo.data import LABEL, generate_day
 from scoring.dev.demo.run import write_demo_table
 from scoring.dev.demo.train import TrainedModel, train
 from scoring.dev.kafka_broker import Broker
-from scoring.dev.services import S3Server
+from scoring.dev.services import MlflowServer, S3Server
 
 from tests.integration.airflow.airflow_helpers import Airflow, airflow_in
 from tests.integration.kafka_helpers import Topics, create_topics
@@ -43,6 +43,15 @@ def s3(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3Server]:
         for key, value in server.env().items():
             patch.setenv(key, value)
         yield server
+    services.stop(state_dir)
+
+
+@pytest.fixture(scope="session")
+def mlflow_server(s3: S3Server, tmp_path_factory: pytest.TempPathFactory) -> Iterator[MlflowServer]:
+    """``mlflow server`` on loopback with basic auth, its artifacts in the S3 server."""
+    state_dir = tmp_path_factory.mktemp("mlflow-server")
+    started = services.start_mlflow(state_dir, s3, basic_auth=True)
+    yield started
     services.stop(state_dir)
 
 

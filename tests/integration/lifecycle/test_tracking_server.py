@@ -36,11 +36,8 @@ SCORING = str(Path(sys.executable).parent / "scoring")
 
 
 @pytest.fixture(scope="module")
-def server(s3: S3Server, tmp_path_factory: pytest.TempPathFactory) -> Iterator[MlflowServer]:
-    state_dir = tmp_path_factory.mktemp("mlflow-server")
-    started = services.start_mlflow(state_dir, s3, basic_auth=True)
-    yield started
-    services.stop(state_dir)
+def server(mlflow_server: MlflowServer) -> MlflowServer:
+    return mlflow_server
 
 
 @pytest.fixture
