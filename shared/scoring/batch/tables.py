@@ -18,8 +18,8 @@ table's metadata. A location that carries credentials in it is refused.
 
 from __future__ import annotations
 
+import os
 import re
-from pathlib import Path
 from urllib.parse import urlsplit
 
 from scoring.errors import ConfigError, StorageAccessError
@@ -56,11 +56,12 @@ def normalize(table: str) -> str:
     if is_catalog_name(text):
         return text
     match = _SCHEME.match(text)
+    # Absolute, but symlinks kept as the user wrote them (no filesystem access needed).
     if match is None:  # a plain path, relative to the current directory or not
-        return str(Path(text).expanduser().resolve())
+        return os.path.abspath(os.path.expanduser(text))
     scheme = match["scheme"].lower()
     if scheme == "file":
-        return str(Path(urlsplit(text).path).resolve())
+        return os.path.abspath(urlsplit(text).path)
     parts = urlsplit(text)
     if parts.username or parts.password:
         raise ConfigError(

@@ -86,7 +86,9 @@ class MlflowServer:
 
     def env(self) -> dict[str, str]:
         """The MLflow variables that point a client at this server."""
-        env = {"MLFLOW_TRACKING_URI": self.uri}
+        # Artifacts through the server's proxy: moto refuses presigned URLs while its IAM
+        # authentication is on, so direct (multipart) downloads from the bucket would fail.
+        env = {"MLFLOW_TRACKING_URI": self.uri, "MLFLOW_ENABLE_PROXY_MULTIPART_DOWNLOAD": "false"}
         if self.username and self.password:
             env["MLFLOW_TRACKING_USERNAME"] = self.username
             env["MLFLOW_TRACKING_PASSWORD"] = self.password

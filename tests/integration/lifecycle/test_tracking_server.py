@@ -46,7 +46,7 @@ def client_env(server: MlflowServer, monkeypatch: pytest.MonkeyPatch) -> dict[st
     env = {
         **server.env(),
         "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0",
-        "MLFLOW_HTTP_REQUEST_TIMEOUT": "5",
+        "MLFLOW_HTTP_REQUEST_TIMEOUT": "20",
     }
     for key, value in env.items():
         monkeypatch.setenv(key, value)
