@@ -134,8 +134,15 @@ with DAG(
         settings are never copied into Airflow by hand and cannot drift from the code.
         """
         assert ds is not None
+        packed = sc.setting("python_env")
         return sc.run_cli(
-            ["batch", "spark-conf", "--output", f"{_reports(ds)}/spark.properties"]
+            [
+                "batch",
+                "spark-conf",
+                "--output",
+                f"{_reports(ds)}/spark.properties",
+                *(["--python-env", packed] if packed else []),
+            ]
         ).strip()
 
     score = sc.ScoringSparkSubmitOperator(
@@ -143,7 +150,11 @@ with DAG(
         conn_id="spark_default",
         application="{{ scoring('project_root') }}/jobs/batch/score.py",
         properties_file="{{ ti.xcom_pull(task_ids='spark_conf') }}",
-        conf={"spark.pyspark.python": "{{ scoring('venv') }}/bin/python"},
+        # Executors run the packed environment when one is set, else the project venv.
+        conf={
+            "spark.pyspark.python": "{{ './environment/bin/python' if scoring('python_env') "
+            "else scoring('venv') ~ '/bin/python' }}"
+        },
         env_vars={
             # spark-submit (the connection's `spark-binary`) resolves to the project venv's.
             "PATH": "{{ spark_submit_path() }}",

@@ -16,6 +16,9 @@ default below, computed when a task runs. The shared ones:
 ``scoring_model``           model URI the jobs score with (``models:/fraud@champion``)
 ``scoring_spark_local_ip``  address the Spark driver binds to and advertises
                             (``127.0.0.1``; on a cluster, one the executors can reach)
+``scoring_python_env``      packed environment shipped to the executors with
+                            ``--archives`` (``scoring batch pack-env``; default none:
+                            executors run the project venv's Python at its path)
 ==========================  ===========================================================
 
 Each DAG documents its own (``scoring_nightly_*`` for nightly_batch_scoring,
@@ -72,6 +75,7 @@ DEFAULTS: dict[str, Callable[[], str]] = {
     "tracking_uri": lambda: "",
     "model": lambda: "models:/fraud@champion",
     "spark_local_ip": lambda: "127.0.0.1",
+    "python_env": lambda: "",
     # nightly_batch_scoring
     "nightly_source": lambda: f"{setting('home')}/lake/transactions",
     "nightly_predictions": lambda: f"{setting('home')}/lake/fraud_scores",

@@ -28,8 +28,15 @@ model_app = typer.Typer(
 )
 batch_app = typer.Typer(help="Nightly batch scoring on Spark + Delta.", no_args_is_help=True)
 dev_app = typer.Typer(
-    help="Local services for development: a Kafka broker on loopback.", no_args_is_help=True
+    help="Local services for development on loopback: Kafka, an S3 server, an MLflow server.",
+    no_args_is_help=True,
 )
+s3_app = typer.Typer(help="An S3 API server (moto) on loopback.", no_args_is_help=True)
+mlflow_app = typer.Typer(
+    help="An MLflow tracking server on loopback, artifacts in the S3 server.", no_args_is_help=True
+)
+dev_app.add_typer(s3_app, name="s3")
+dev_app.add_typer(mlflow_app, name="mlflow")
 app.add_typer(model_app, name="model")
 app.add_typer(batch_app, name="batch")
 stream_app = typer.Typer(help="Real-time scoring of a Kafka topic.", no_args_is_help=True)
@@ -256,20 +263,63 @@ def batch_run(ctx: typer.Context) -> None:
 def batch_submit(
     ctx: typer.Context,
     master: Annotated[str | None, typer.Option(help="Spark master (default: settings)")] = None,
+    python_env: Annotated[
+        str | None,
+        typer.Option(
+            help="packed environment for the executors (`scoring batch pack-env`), shipped "
+            "with --archives; for clusters whose nodes do not share this machine's paths"
+        ),
+    ] = None,
     dry_run: Annotated[bool, typer.Option(help="print the command instead of running it")] = False,
 ) -> None:
     """spark-submit the batch job with the jars and Delta settings; job options follow."""
     import shlex
     import subprocess
 
+    from scoring.batch.pyenv import archive_conf
     from scoring.batch.spark import submit_command
     from scoring.entrypoints import batch_score
 
-    command = submit_command(Path(batch_score.__file__), ctx.args, master=master)
+    conf = archive_conf(_archive(python_env)) if python_env else None
+    command = submit_command(Path(batch_score.__file__), ctx.args, master=master, conf=conf)
     if dry_run:
         print(shlex.join(command))
         return
     raise typer.Exit(subprocess.run(command, check=False).returncode)
+
+
+def _archive(location: str) -> str:
+    """A packed environment's location as spark-submit takes it (local files made absolute)."""
+    if "://" in location:
+        from scoring.batch.tables import for_spark
+
+        return for_spark(location)  # s3:// is read by Spark's S3A as s3a://
+    path = Path(location).expanduser().resolve()
+    if not path.is_file():
+        from scoring.errors import ConfigError
+
+        raise ConfigError(
+            f"No packed environment at {path}; build one with `scoring batch pack-env`."
+        )
+    return str(path)
+
+
+@batch_app.command("pack-env")
+@_user_errors
+def batch_pack_env(
+    output: Annotated[Path, typer.Option(help="the archive to write (.tar.gz)")] = Path(
+        "scoring-env.tar.gz"
+    ),
+) -> None:
+    """Pack the executors' Python environment (this project + what the job imports there).
+
+    Pass it to `scoring batch submit --python-env` (or the nightly DAG's
+    `scoring_python_env` Variable): executors then need only a plain Python of the same
+    version at the same path, not this project.
+    """
+    from scoring.batch.pyenv import pack
+
+    print(pack(output))
 
 
 def _iso_date(text: str | None) -> str | None:
@@ -316,6 +366,10 @@ def batch_spark_conf(
         Path | None, typer.Option(help="write to this file (printed) instead of stdout")
     ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="JSON instead of properties")] = False,
+    python_env: Annotated[
+        str | None,
+        typer.Option(help="packed environment for the executors (see `batch submit --help`)"),
+    ] = None,
 ) -> None:
     """The Spark settings every scoring job needs (jars, Delta, Arrow, Python).
 
@@ -324,10 +378,13 @@ def batch_spark_conf(
     """
     import json
 
+    from scoring.batch.pyenv import archive_conf
     from scoring.batch.spark import properties_text, session_conf
     from scoring.settings import load
 
     conf = session_conf(load())
+    if python_env:
+        conf.update(archive_conf(_archive(python_env)))
     text = json.dumps(conf, indent=2) + "\n" if as_json else properties_text(conf)
     if output is None:
         print(text, end="")
@@ -551,6 +608,83 @@ def dev_down() -> None:
 
     stopped = kafka_broker.stop(_broker_dir())
     console.print("Kafka broker stopped" if stopped else "no Kafka broker was running")
+
+
+def _service_dir(name: str) -> Path:
+    from scoring.settings import load
+
+    return load().home.resolve() / name
+
+
+def _exports(env: dict[str, str]) -> None:
+    import shlex
+
+    for key, value in env.items():
+        print(f"export {key}={shlex.quote(value)}")
+
+
+@s3_app.command("up")
+@_user_errors
+def dev_s3_up(
+    bucket: Annotated[list[str], typer.Option(help="bucket to create (repeat)")] = ["lake"],  # noqa: B006
+    port: Annotated[int | None, typer.Option(help="port (default: a free one)")] = None,
+) -> None:
+    """Start an S3 API server (moto, in memory) on 127.0.0.1 with one user and BUCKETs.
+
+    Prints the AWS variables that point clients at it: `eval "$(scoring dev s3 up)"`.
+    """
+    from scoring.dev import services
+
+    server = services.start_s3(_service_dir("s3"), tuple(bucket), port)
+    errors.print(
+        f"S3 server at {server.endpoint} (pid {server.pid}), buckets {', '.join(bucket)}; "
+        "its data lives in memory. Stop it with `scoring dev s3 down`."
+    )
+    _exports(server.env())
+
+
+@s3_app.command("down")
+@_user_errors
+def dev_s3_down() -> None:
+    """Stop the S3 server started by `scoring dev s3 up` (its data is gone)."""
+    from scoring.dev import services
+
+    stopped = services.stop(_service_dir("s3"))
+    console.print("S3 server stopped" if stopped else "no S3 server was running")
+
+
+@mlflow_app.command("up")
+@_user_errors
+def dev_mlflow_up(
+    basic_auth: Annotated[
+        bool, typer.Option(help="MLflow's basic-auth app, a new password")
+    ] = False,
+    port: Annotated[int | None, typer.Option(help="port (default: a free one)")] = None,
+) -> None:
+    """Start `mlflow server` on 127.0.0.1: SQLite store, artifacts in s3://mlflow (the S3 server).
+
+    Starts the S3 server too if it is not running. Prints the MLflow (and AWS) variables
+    that point clients at them: `eval "$(scoring dev mlflow up)"`.
+    """
+    from scoring.dev import services
+
+    s3 = services.start_s3(_service_dir("s3"), ("lake",))
+    server = services.start_mlflow(_service_dir("mlflow"), s3, port=port, basic_auth=basic_auth)
+    errors.print(
+        f"MLflow tracking server at {server.uri} (pid {server.pid}), artifacts in "
+        f"s3://mlflow on {s3.endpoint}. Stop it with `scoring dev mlflow down`."
+    )
+    _exports({**s3.env(), **server.env()})
+
+
+@mlflow_app.command("down")
+@_user_errors
+def dev_mlflow_down() -> None:
+    """Stop the MLflow server started by `scoring dev mlflow up` (its store is kept)."""
+    from scoring.dev import services
+
+    stopped = services.stop(_service_dir("mlflow"))
+    console.print("MLflow server stopped" if stopped else "no MLflow server was running")
 
 
 @app.command("demo")

@@ -26,7 +26,9 @@ __all__ = [
     "SchemaMismatchError",
     "ScoringError",
     "SourceNotFoundError",
+    "StorageAccessError",
     "StreamError",
+    "TrackingServerError",
     "UnsupportedModelError",
 ]
 
@@ -108,6 +110,30 @@ class SourceNotFoundError(ScoringError):
 
     def __init__(self, source: str, detail: str) -> None:
         super().__init__(f"The source table {source} could not be read: {detail}")
+
+
+class StorageAccessError(ScoringError):
+    """The object store refused the credentials (wrong key, expired token, no permission)."""
+
+    exit_code = 3
+
+    def __init__(self, table: str, code: str) -> None:
+        super().__init__(
+            f"The object store refused access to {table} ({code}). "
+            "Check the credentials the AWS provider chain finds (AWS_ACCESS_KEY_ID, "
+            "AWS_SECRET_ACCESS_KEY, AWS_SESSION_TOKEN, AWS_PROFILE or the instance role), "
+            "AWS_ENDPOINT_URL and AWS_REGION, and that they may read the source and write "
+            "the targets."
+        )
+
+
+class TrackingServerError(ScoringError):
+    """The MLflow tracking server refused the credentials or could not be reached."""
+
+    exit_code = 2
+
+    def __init__(self, uri: str, detail: str) -> None:
+        super().__init__(f"The MLflow tracking server at {uri} {detail}")
 
 
 class JarsMissingError(ScoringError):

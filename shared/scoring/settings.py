@@ -51,6 +51,11 @@ ENV = {
     "spark_master": "SCORING_SPARK_MASTER",
     "kafka_bootstrap": "KAFKA_BOOTSTRAP_SERVERS",
     "kafka_config": "SCORING_KAFKA_CONFIG",
+    # Object storage: the standard AWS variables. Credentials (AWS_ACCESS_KEY_ID,
+    # AWS_SECRET_ACCESS_KEY, AWS_SESSION_TOKEN, AWS_PROFILE) are read by the AWS SDKs in
+    # Spark (S3A) and delta-rs themselves, never by this package, so no secret is held here.
+    "s3_endpoint": "AWS_ENDPOINT_URL",
+    "aws_region": "AWS_REGION",
 }
 
 
@@ -107,6 +112,22 @@ class Settings(BaseSettings):
         description="Kafka client properties file (kcat -F format): security and other "
         "librdkafka settings of every Kafka client (scoring.stream.kafka_config).",
     )
+
+    s3_endpoint: str | None = Field(
+        default=None,
+        validation_alias=ENV["s3_endpoint"],
+        description="S3-compatible endpoint (e.g. http://127.0.0.1:9000); path-style access.",
+    )
+    aws_region: str | None = Field(
+        default=None,
+        validation_alias=ENV["aws_region"],
+        description="Region of the buckets (us-east-1 when a custom endpoint has none).",
+    )
+
+    @property
+    def s3_region(self) -> str | None:
+        """The region S3 clients use: the configured one, else us-east-1 for a custom endpoint."""
+        return self.aws_region or ("us-east-1" if self.s3_endpoint else None)
 
     @classmethod
     def settings_customise_sources(

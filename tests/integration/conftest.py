@@ -15,11 +15,12 @@ import pyarrow as pa
 import pytest
 from pyspark.sql import SparkSession
 from scoring.batch.spark import build_session
-from scoring.dev import kafka_broker
+from scoring.dev import kafka_broker, services
 from scoring.dev.demo.data import LABEL, generate_day
 from scoring.dev.demo.run import write_demo_table
 from scoring.dev.demo.train import TrainedModel, train
 from scoring.dev.kafka_broker import Broker, SecureListeners
+from scoring.dev.services import MlflowServer, S3Server
 
 from tests.integration.airflow.airflow_helpers import Airflow, airflow_in
 from tests.integration.kafka_helpers import Topics, create_topics
@@ -30,7 +31,33 @@ ROWS_PER_DAY = 3000
 
 
 @pytest.fixture(scope="session")
-def spark(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SparkSession]:
+def s3(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3Server]:
+    """A real S3 API server (moto's server mode, SigV4 checked) on loopback, bucket ``lake``.
+
+    Its AWS_* variables are set for the whole session, as a user would set them, so the
+    Spark session below, delta-rs and every child process reach it with no other setting.
+    """
+    state_dir = tmp_path_factory.mktemp("s3")
+    server = services.start_s3(state_dir, ("lake",))
+    with pytest.MonkeyPatch.context() as patch:
+        for key, value in server.env().items():
+            patch.setenv(key, value)
+        yield server
+    services.stop(state_dir)
+
+
+@pytest.fixture(scope="session")
+def mlflow_server(s3: S3Server, tmp_path_factory: pytest.TempPathFactory) -> Iterator[MlflowServer]:
+    """``mlflow server`` on loopback with basic auth, its artifacts in the S3 server."""
+    state_dir = tmp_path_factory.mktemp("mlflow-server")
+    started = services.start_mlflow(state_dir, s3, basic_auth=True)
+    yield started
+    services.stop(state_dir)
+
+
+@pytest.fixture(scope="session")
+def spark(tmp_path_factory: pytest.TempPathFactory, s3: S3Server) -> Iterator[SparkSession]:
+    # After s3: the session's S3A settings and credentials come from the environment.
     home = tmp_path_factory.mktemp("spark-home")
     session = build_session(
         "scoring-tests",

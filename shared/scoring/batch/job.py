@@ -12,7 +12,7 @@ import logging
 import time
 import uuid
 from collections.abc import Callable, Iterator
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any, Literal, get_args
 
@@ -23,6 +23,7 @@ from pyspark.sql import Column, DataFrame, SparkSession
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
+from scoring.batch.tables import for_spark, is_catalog_name, normalize, raise_for_access
 from scoring.errors import SchemaMismatchError, SourceNotFoundError
 from scoring.model.artifact import Artifact, cached_scorer, load_artifact
 from scoring.model.contract import Contract
@@ -82,23 +83,20 @@ class BatchJob:
         return self.rejects or f"{self.target.rstrip('/')}_rejects"
 
 
-def _is_path(table: str) -> bool:
-    return "/" in table or ":" in table
-
-
 def _reader(spark: SparkSession, table: str, version: int | None = None) -> DataFrame:
     reader = spark.read.format("delta")
     if version is not None:
         reader = reader.option("versionAsOf", version)
-    return reader.load(table) if _is_path(table) else reader.table(table)
+    return reader.table(table) if is_catalog_name(table) else reader.load(for_spark(table))
 
 
 def table_version(spark: SparkSession, table: str) -> int:
-    """The latest committed version of a Delta table."""
-    target = f"delta.`{table}`" if _is_path(table) else table
+    """The latest committed version of a Delta table (a location or a catalog name)."""
+    target = table if is_catalog_name(table) else f"delta.`{for_spark(table)}`"
     try:
         row = spark.sql(f"DESCRIBE HISTORY {target} LIMIT 1").first()
     except Exception as exc:  # Spark raises AnalysisException and friends
+        raise_for_access(table, exc)
         raise SourceNotFoundError(
             table,
             f"{type(exc).__name__}: {str(exc).splitlines()[0]}. "
@@ -249,10 +247,14 @@ def write_delta(
         ).partitionBy(date_column)
     else:
         writer = writer.option("overwriteSchema", "true")
-    if _is_path(table):
-        writer.save(table)
-    else:
-        writer.saveAsTable(table)
+    try:
+        if is_catalog_name(table):
+            writer.saveAsTable(table)
+        else:
+            writer.save(for_spark(table))
+    except Exception as exc:  # Py4J/Spark errors; a refused credential gets its own message
+        raise_for_access(table, exc)
+        raise
 
 
 def run(spark: SparkSession, job: BatchJob, artifact: Artifact | None = None) -> dict[str, Any]:
@@ -269,6 +271,13 @@ def run(spark: SparkSession, job: BatchJob, artifact: Artifact | None = None) ->
         timings[phase] = round(now - mark, 3)
         mark = now
 
+    # One spelling of every table from here on: lineage, metadata and summary record it.
+    job = replace(
+        job,
+        source=normalize(job.source),
+        target=normalize(job.target),
+        rejects=normalize(job.rejects_table),
+    )
     artifact = artifact or load_artifact(job.model)
     lap("load_model")
     source, source_version = read_source(spark, job.source)

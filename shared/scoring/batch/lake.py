@@ -19,6 +19,7 @@ import pyarrow.dataset as pads
 from deltalake import DeltaTable
 from deltalake.exceptions import TableNotFoundError
 
+from scoring.batch.tables import for_delta_rs, is_catalog_name, raise_for_access
 from scoring.errors import ConfigError, SourceNotFoundError
 
 __all__ = ["count_rows", "earlier_dates", "open_table", "read_date"]
@@ -28,20 +29,23 @@ log = logging.getLogger(__name__)
 
 def open_table(table: str, version: int | None = None) -> DeltaTable:
     """The Delta table at ``table`` (a path or URI), at ``version`` or its latest."""
-    if "/" not in table and ":" not in table:
+    if is_catalog_name(table):
         raise ConfigError(
             f"{table!r} looks like a catalog table name; this command reads Delta tables by "
             "path or URI (e.g. /lake/fraud_scores or s3://bucket/fraud_scores). Give the "
             "table's location."
         )
+    location, options = for_delta_rs(table)
     try:
-        return DeltaTable(table, version=version)
+        return DeltaTable(location, version=version, storage_options=options or None)
     except TableNotFoundError as exc:
-        raise SourceNotFoundError(table, "there is no Delta table at that location") from exc
+        raise_for_access(location, exc)
+        raise SourceNotFoundError(location, "there is no Delta table at that location") from exc
     except Exception as exc:  # delta-rs raises plain exceptions for missing versions, I/O
+        raise_for_access(location, exc)
         what = f"version {version}" if version is not None else "its latest version"
         raise SourceNotFoundError(
-            table, f"{what} could not be opened ({type(exc).__name__}: {exc})"
+            location, f"{what} could not be opened ({type(exc).__name__}: {exc})"
         ) from exc
 
 

@@ -23,6 +23,7 @@ import pyarrow.compute as pc
 
 from scoring.batch import lake
 from scoring.batch.checks import CheckReport, Observed, Thresholds
+from scoring.batch.tables import normalize
 from scoring.errors import SourceNotFoundError
 
 __all__ = ["Tables", "log_report", "observe", "write_report"]
@@ -42,6 +43,13 @@ class Tables:
     predictions: str
     rejects: str | None = None
     date_column: str = "ds"
+
+    def __post_init__(self) -> None:
+        # One spelling per table (absolute path, s3:// URI), as the batch job records it.
+        for name in ("source", "predictions", "rejects"):
+            value = getattr(self, name)
+            if value is not None:
+                object.__setattr__(self, name, normalize(value))
 
     @property
     def rejects_table(self) -> str:

@@ -22,6 +22,7 @@ __all__ = [
     "build_session",
     "jar_paths",
     "properties_text",
+    "s3a_conf",
     "session_conf",
     "submit_command",
 ]
@@ -70,7 +71,38 @@ def session_conf(settings: Settings) -> dict[str, str]:
         "spark.sql.warehouse.dir": str((settings.home / "warehouse").resolve()),
         # Plans of 20+ feature columns exceed the default and log a warning on every job.
         "spark.sql.debug.maxToStringFields": "200",
+        **s3a_conf(settings),
     }
+
+
+# S3A's own chain (session token, key pair from the Hadoop conf, which Spark fills from
+# the AWS_* variables of the driver and ships with each task), then the SDK's default chain
+# (environment, profile files, web identity, container and instance roles).
+S3A_CREDENTIALS = ",".join(
+    [
+        "org.apache.hadoop.fs.s3a.TemporaryAWSCredentialsProvider",
+        "org.apache.hadoop.fs.s3a.SimpleAWSCredentialsProvider",
+        "software.amazon.awssdk.auth.credentials.DefaultCredentialsProvider",
+    ]
+)
+
+
+def s3a_conf(settings: Settings) -> dict[str, str]:
+    """S3A settings for ``s3a://`` tables: endpoint, region, credential chain. No secrets.
+
+    A custom endpoint (an S3-compatible store) is addressed path-style, since such stores
+    seldom have per-bucket DNS names.
+    """
+    conf = {"spark.hadoop.fs.s3a.aws.credentials.provider": S3A_CREDENTIALS}
+    if settings.s3_endpoint:
+        conf["spark.hadoop.fs.s3a.endpoint"] = settings.s3_endpoint
+        conf["spark.hadoop.fs.s3a.path.style.access"] = "true"
+        conf["spark.hadoop.fs.s3a.connection.ssl.enabled"] = str(
+            settings.s3_endpoint.startswith("https://")
+        ).lower()
+    if settings.s3_region:
+        conf["spark.hadoop.fs.s3a.endpoint.region"] = settings.s3_region
+    return conf
 
 
 def properties_text(conf: dict[str, str]) -> str:

@@ -21,7 +21,7 @@ from mlflow.entities import Metric, Param
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
-from scoring.errors import ModelNotFoundError, RollbackError
+from scoring.errors import ModelNotFoundError, RollbackError, TrackingServerError
 from scoring.model.contract import Contract
 from scoring.settings import Settings, load
 
@@ -35,6 +35,7 @@ __all__ = [
     "register",
     "resolve",
     "rollback",
+    "server_error",
     "tracking",
 ]
 
@@ -88,15 +89,51 @@ def _store(settings: Settings | None = None, experiment: str = EXPERIMENT) -> _S
     if key not in _experiments:
         if uri.startswith("sqlite:///"):
             settings.home.mkdir(parents=True, exist_ok=True)
-        found = mlc.get_experiment_by_name(experiment)
-        if found is None:
-            # Without an explicit location a SQLite store puts artifacts under ./mlruns
-            # of whatever directory the process happens to run in.
-            location = None if settings.tracking_uri else settings.mlflow_artifacts.as_uri()
-            _experiments[key] = mlc.create_experiment(experiment, artifact_location=location)
-        else:
-            _experiments[key] = found.experiment_id
+        try:
+            found = mlc.get_experiment_by_name(experiment)
+            if found is None:
+                # Without an explicit location a SQLite store puts artifacts under ./mlruns
+                # of whatever directory the process happens to run in. A server chooses
+                # its own (its --artifacts-destination).
+                location = None if settings.tracking_uri else settings.mlflow_artifacts.as_uri()
+                _experiments[key] = mlc.create_experiment(experiment, artifact_location=location)
+            else:
+                _experiments[key] = found.experiment_id
+        except MlflowException as exc:
+            problem = server_error(uri, exc)
+            if problem is None:
+                raise
+            raise problem from exc
     return _Store(mlc, uri, registry_uri, _experiments[key])
+
+
+def server_error(uri: str, exc: MlflowException) -> TrackingServerError | None:
+    """What a user should do about ``exc`` from a tracking server, if it is about the server.
+
+    The message names the variables to fix; it never repeats the request or the response,
+    which could carry credentials.
+    """
+    text = str(exc)
+    shown = _without_credentials(uri)
+    if re.search(r"error code (401|403)\b", text):
+        return TrackingServerError(
+            shown,
+            "refused the credentials (HTTP 401/403). Set MLFLOW_TRACKING_USERNAME and "
+            "MLFLOW_TRACKING_PASSWORD (or MLFLOW_TRACKING_TOKEN) to an account of that server "
+            "that may use the registry.",
+        )
+    if any(s in text for s in ("Max retries exceeded", "Connection refused", "timed out")):
+        return TrackingServerError(
+            shown,
+            "could not be reached. Check MLFLOW_TRACKING_URI and that the server is up; "
+            "MLFLOW_HTTP_REQUEST_MAX_RETRIES and MLFLOW_HTTP_REQUEST_TIMEOUT bound how long "
+            "each call waits for it.",
+        )
+    return None
+
+
+def _without_credentials(uri: str) -> str:
+    return re.sub(r"//[^/@]*@", "//", uri)
 
 
 def tracking(experiment: str, settings: Settings | None = None) -> tuple[MlflowClient, str]:
@@ -139,6 +176,9 @@ def resolve(uri: str) -> ModelVersionInfo:
         else:
             mv = mlc.get_model_version(name, match["version"])
     except MlflowException as exc:
+        problem = server_error(_store().tracking_uri, exc)
+        if problem is not None:
+            raise problem from exc
         raise ModelNotFoundError(uri, exc.message) from exc
     return _info(mv)
 

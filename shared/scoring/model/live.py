@@ -48,8 +48,11 @@ class ModelFollower:
         current: the version scoring now; nothing is loaded until the alias moves away.
         threads: onnxruntime intra-op threads of the loaded versions' sessions.
         poll_s: seconds between two checks of the alias.
-        on_failure: called (from the follower's thread) when a check or a load fails;
-            the current version keeps scoring whatever happened.
+        on_failure: called (from the follower's thread) when loading a newly aliased
+            version fails; the current version keeps scoring.
+        on_check_failure: called (from the follower's thread) when the alias could not be
+            checked at all, e.g. while the registry is down or refuses the credentials;
+            the current version keeps scoring and the next check tries again.
     """
 
     def __init__(
@@ -59,10 +62,13 @@ class ModelFollower:
         threads: int = 1,
         poll_s: float = 10.0,
         on_failure: Callable[[Exception], None] | None = None,
+        on_check_failure: Callable[[Exception], None] | None = None,
     ) -> None:
         self.uri, self.version = uri, current.version
         self.threads, self.poll_s = threads, poll_s
         self.on_failure = on_failure
+        self.on_check_failure = on_check_failure
+        self.check_failures = 0
         self._pending: LiveModel | None = None
         self._lock = threading.Lock()
         self._stop = threading.Event()
@@ -89,8 +95,26 @@ class ModelFollower:
 
         try:
             info = registry.resolve(self.uri)
-            if info.version == self.version:
-                return
+        except Exception as exc:  # registry down or refusing: keep scoring, try again later
+            self.check_failures += 1
+            log.warning(
+                "could not check %s (%s failure%s in a row so far): %s; still scoring with "
+                "version %s",
+                self.uri,
+                self.check_failures,
+                "" if self.check_failures == 1 else "s",
+                type(exc).__name__,
+                self.version,
+            )
+            if self.on_check_failure is not None:
+                self.on_check_failure(exc)
+            return
+        if self.check_failures:
+            log.info("%s reachable again after %s failed checks", self.uri, self.check_failures)
+            self.check_failures = 0
+        if info.version == self.version:
+            return
+        try:
             log.info("%s now points to version %s; loading it", self.uri, info.version)
             model = LiveModel.of(load_artifact(f"models:/{info.name}/{info.version}"), self.threads)
         except Exception as exc:  # keep scoring with the current version whatever happened

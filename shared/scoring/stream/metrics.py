@@ -125,6 +125,12 @@ class StreamMetrics:
             "Failed attempts to load a newly promoted version",
             registry=r,
         )
+        self.alias_check_failures = Counter(
+            "scoring_stream_model_alias_check_failures",
+            "Checks of the followed registry alias that failed (registry unreachable or "
+            "refusing); the current version keeps scoring",
+            registry=r,
+        )
 
     def observe_end_to_end(self, done_ms: int, timestamps: Sequence[int]) -> None:
         """One micro-batch's latencies: from each event's timestamp (ms) to ``done_ms``."""

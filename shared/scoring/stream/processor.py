@@ -181,6 +181,7 @@ class Processor:
                     config.ort_threads,
                     config.model_poll_s,
                     on_failure=lambda _: self.metrics.model_swap_failures.inc(),
+                    on_check_failure=lambda _: self.metrics.alias_check_failures.inc(),
                 )
                 if follows_alias(config.model)
                 else None

@@ -60,3 +60,26 @@ def test_properties_file_carries_the_same_settings(tmp_path: Path) -> None:
     lines = properties_text(conf).splitlines()
     assert dict(line.split("=", 1) for line in lines) == conf
     assert properties_text({"a b": "c:\\d\ne"}) == "a\\ b=c:\\\\d\\ne\n"
+
+
+def test_s3a_settings_come_from_the_aws_environment_without_secrets(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from scoring.batch.spark import S3A_CREDENTIALS, session_conf
+
+    (tmp_path / "delta-spark_2.13-4.4.0.jar").write_bytes(b"")
+    monkeypatch.setenv("AWS_ENDPOINT_URL", "http://127.0.0.1:9000")
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "AKIAEXAMPLEKEY")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "example-secret")
+    monkeypatch.delenv("AWS_REGION", raising=False)
+    conf = session_conf(load(jars_dir=tmp_path))
+    assert conf["spark.hadoop.fs.s3a.endpoint"] == "http://127.0.0.1:9000"
+    assert conf["spark.hadoop.fs.s3a.path.style.access"] == "true"
+    assert conf["spark.hadoop.fs.s3a.connection.ssl.enabled"] == "false"
+    assert conf["spark.hadoop.fs.s3a.endpoint.region"] == "us-east-1"
+    assert conf["spark.hadoop.fs.s3a.aws.credentials.provider"] == S3A_CREDENTIALS
+    text = repr(conf)
+    assert "example-secret" not in text and "AKIAEXAMPLEKEY" not in text
+    monkeypatch.delenv("AWS_ENDPOINT_URL")
+    plain = session_conf(load(jars_dir=tmp_path))
+    assert "spark.hadoop.fs.s3a.endpoint" not in plain  # real S3: the SDK picks the endpoint

@@ -25,6 +25,7 @@ from rich.table import Table
 
 from scoring.batch.job import BatchJob, run, table_version
 from scoring.batch.spark import build_session
+from scoring.batch.tables import for_spark
 from scoring.dev.demo.data import DATE, FEATURES, KEY, write_parquet
 from scoring.dev.demo.stream import run_stream_demo
 from scoring.dev.demo.train import train
@@ -54,7 +55,7 @@ def write_demo_table(
         frame = spark.read.parquet(tmp)
         frame.write.format("delta").mode("overwrite").option("overwriteSchema", "true").partitionBy(
             DATE
-        ).save(path)
+        ).save(for_spark(path))
 
 
 @contextmanager
