@@ -65,9 +65,9 @@ def executor_requirements() -> list[str]:
     return [p for p in pinned if p.split("==")[0].lower() not in _PROVIDED]
 
 
-def pack(output: Path, project: Path = PROJECT_ROOT) -> Path:
+def pack(output: Path, project: Path | None = PROJECT_ROOT) -> Path:
     """Build the executors' environment and pack it into ``output`` (``.tar.gz``)."""
-    if not (project / "pyproject.toml").is_file():
+    if project is None or not (project / "pyproject.toml").is_file():
         raise ConfigError(f"{project} is not a checkout of the project (no pyproject.toml).")
     try:
         import venv_pack
