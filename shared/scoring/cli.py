@@ -209,9 +209,10 @@ def parity(
     """Score golden rows through Spark and through a stream processor; all must be equal."""
     from scoring.batch.spark import build_session
     from scoring.lifecycle.rollout import parity as run_parity
-    from scoring.stream.kafka_config import preflight, resolve
+    from scoring.stream.kafka_config import mask_in_logs, preflight, resolve
 
     client = resolve(bootstrap, kafka_config)
+    mask_in_logs(client)
     preflight(client)  # a refused login fails now, not after the Spark half of the gate
     spark = build_session("scoring-parity")
     _report(

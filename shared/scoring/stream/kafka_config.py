@@ -54,6 +54,7 @@ __all__ = [
     "SecretsFilter",
     "faust_settings",
     "is_secret",
+    "mask_in_logs",
     "preflight",
     "read_properties",
     "redact",
@@ -440,6 +441,13 @@ def faust_settings(config: KafkaClientConfig) -> dict[str, Any]:
         mechanism=mechanism.upper(),
     )
     return {"broker": brokers, "broker_credentials": credentials}
+
+
+def mask_in_logs(config: KafkaClientConfig) -> None:
+    """Mask ``config``'s secrets in every line the root logger's handlers write from now on."""
+    secrets = SecretsFilter(config.secrets())
+    for handler in logging.getLogger().handlers:
+        handler.addFilter(secrets)
 
 
 class SecretsFilter(logging.Filter):

@@ -22,7 +22,7 @@ from pathlib import Path
 
 from scoring.errors import ConfigError, ScoringError
 from scoring.settings import ENV, load
-from scoring.stream.kafka_config import KafkaClientConfig, SecretsFilter, preflight, resolve
+from scoring.stream.kafka_config import KafkaClientConfig, mask_in_logs, preflight, resolve
 from scoring.stream.processor import Processor, StreamConfig
 
 log = logging.getLogger(__name__)
@@ -191,7 +191,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         logging.getLogger(noisy).setLevel(logging.WARNING)
     try:
         client = client_from(args)
-        _mask_secrets(client)
+        mask_in_logs(client)
+        log.info("Kafka: %s", client.describe())
         preflight(client)  # the processor checks again; this one can name the file
         summary = Processor(config_from(args, client)).run()
     except ScoringError as exc:
@@ -199,14 +200,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         return exc.exit_code
     print(json.dumps({"status": "stopped", **summary}))
     return 0
-
-
-def _mask_secrets(client: KafkaClientConfig) -> None:
-    """Mask the client's secrets in every log line this process writes."""
-    secrets = SecretsFilter(client.secrets())
-    for handler in logging.getLogger().handlers:
-        handler.addFilter(secrets)
-    log.info("Kafka: %s", client.describe())
 
 
 if __name__ == "__main__":
