@@ -93,7 +93,12 @@ def s3a_conf(settings: Settings) -> dict[str, str]:
     A custom endpoint (an S3-compatible store) is addressed path-style, since such stores
     seldom have per-bucket DNS names.
     """
-    conf = {"spark.hadoop.fs.s3a.aws.credentials.provider": S3A_CREDENTIALS}
+    conf = {
+        "spark.hadoop.fs.s3a.aws.credentials.provider": S3A_CREDENTIALS,
+        # The JDK's TLS: the OpenSSL binding S3A would try first is not shipped (see
+        # infra/pom.xml: its native library crashed beside ONNX Runtime's).
+        "spark.hadoop.fs.s3a.ssl.channel.mode": "default_jsse",
+    }
     if settings.s3_endpoint:
         conf["spark.hadoop.fs.s3a.endpoint"] = settings.s3_endpoint
         conf["spark.hadoop.fs.s3a.path.style.access"] = "true"

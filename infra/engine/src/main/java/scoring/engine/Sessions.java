@@ -20,6 +20,10 @@ import java.util.function.Supplier;
  */
 final class Sessions {
   private static final Map<String, OrtSession> CACHE = new ConcurrentHashMap<>();
+  // ONNX Runtime's graph loading and optimisation recurse natively; on the 1 MB stack of a
+  // py4j or task thread that overflowed (a SIGSEGV the JVM cannot survive), so sessions are
+  // built on a thread of their own with room to spare.
+  private static final long LOADER_STACK_BYTES = 256L << 20;
 
   private Sessions() {}
 
@@ -35,6 +39,34 @@ final class Sessions {
           "The shipped ONNX graph has SHA-256 " + actual + ", the contract says " + sha256
               + ": the broadcast is corrupt or belongs to another model. Re-run the job.");
     }
+    OrtSession[] built = new OrtSession[1];
+    RuntimeException[] failed = new RuntimeException[1];
+    Thread loader =
+        new Thread(
+            null,
+            () -> {
+              try {
+                built[0] = create(sha256, threads, bytes);
+              } catch (RuntimeException exc) {
+                failed[0] = exc;
+              }
+            },
+            "onnx-session-loader",
+            LOADER_STACK_BYTES);
+    loader.start();
+    try {
+      loader.join();
+    } catch (InterruptedException exc) {
+      Thread.currentThread().interrupt();
+      throw new IllegalStateException("Interrupted while loading the graph " + sha256, exc);
+    }
+    if (failed[0] != null) {
+      throw failed[0];
+    }
+    return built[0];
+  }
+
+  private static OrtSession create(String sha256, int threads, byte[] bytes) {
     try {
       OrtEnvironment env = OrtEnvironment.getEnvironment();
       OrtSession.SessionOptions options = new OrtSession.SessionOptions();
