@@ -407,11 +407,12 @@ class Processor:
     def _produce(producer: Producer, records: list[Record]) -> None:
         produce: Callable[..., None] = producer.produce
         for topic, key, value, headers in records:
-            try:
-                produce(topic, value, key, headers=headers)
-            except BufferError:  # the local queue is full: let it drain, then go on
-                producer.poll(0.05)
-                produce(topic, value, key, headers=headers)
+            while True:
+                try:
+                    produce(topic, value, key, headers=headers)
+                    break
+                except BufferError:  # the local queue is full: let it drain, then go on
+                    producer.poll(0.05)
 
     @property
     def _call_timeout(self) -> float:
