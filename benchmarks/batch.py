@@ -92,6 +92,7 @@ def main() -> None:
         for path in ("e", "a", "b"):
             with console.status(f"{model.title}: cold ({path}), a fresh spark-submit process"):
                 model.cold[path] = _cold(path, model, work, args.master)
+            console.print(f"{model.title}: cold ({path}) {model.cold[path]}")
     if not args.skip_warm:
         spark = build_session("scoring-bench", master=args.master)
         for model in models:
@@ -135,7 +136,7 @@ def _tree_model(spark: Any, work: Path, args: argparse.Namespace, console: Conso
     with console.status(f"trees: {args.rows:,} rows x {len(trees.FEATURES)} features as Delta"):
         table = trees.generate(args.rows, START, days=args.days)
         frame = spark.createDataFrame(table)
-        frame.write.format("delta").partitionBy(trees.DATE).save(source)
+        frame.write.format("delta").mode("overwrite").partitionBy(trees.DATE).save(source)
     with console.status(f"trees: training {args.trees} trees, packaging, registering"):
         trained = trees.train_trees(table.slice(0, 20_000), work / "tree_model", args.trees)
         _register("bench_trees", trained.model_file, trained.sample_file, trained.contract_file)
@@ -175,7 +176,9 @@ def _save_native(spark: Any, model_file: Path, model: Model) -> None:
         pipeline,
         str(model.native_dir),
         pyfunc_predict_fn="predict_proba",
-        skops_trusted_types=["numpy.dtype"],
+        # The benchmark's own freshly trained model: pickle is safe here, and skops
+        # refuses tree internals without a list of trusted types per model kind.
+        serialization_format="cloudpickle",
         signature=infer_signature(sample, pipeline.predict_proba(sample)),
     )
     model.rows = spark.read.format("delta").load(model.source).count()
@@ -295,6 +298,7 @@ def _warm(spark: Any, model: Model, work: Path, repeat: int, console: Console) -
             target = str(work / f"out_{model.name}_{key}")
             best = min(_seconds(go, target) for _ in range(repeat))
         model.warm[key] = model.rows / best
+        console.print(f"{model.title}: warm ({key}) {model.warm[key]:,.0f} rows/s")
 
 
 def _seconds(job: Callable[[str, str | None], None], target: str) -> float:
