@@ -71,6 +71,11 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=2, help="warm timed runs per path")
     parser.add_argument("--skip-warm", action="store_true", help="cold runs only")
     parser.add_argument(
+        "--reuse",
+        action="store_true",
+        help="keep the tables and models a previous run left in --workdir",
+    )
+    parser.add_argument(
         "--workdir", type=Path, default=None, help="tables and registry (default: a temp dir)"
     )
     args = parser.parse_args()
@@ -110,12 +115,6 @@ def _demo_model(spark: Any, work: Path, args: argparse.Namespace, console: Conso
     from scoring.dev.demo.train import train
 
     source = str(work / "transactions")
-    with console.status(f"demo: {args.rows:,} rows x {len(FEATURES)} features as Delta"):
-        write_demo_table(spark, source, args.days, args.rows // args.days, START)
-    with console.status("demo: training, packaging, registering"):
-        history = spark.read.format("delta").load(source).limit(60_000).toArrow()
-        trained = train(history, work / "demo_model", source, 0)
-        _register("bench_demo", trained.model_file, trained.sample_file, trained.contract_file)
     features = [(f.name, "string" if f.type == "string" else "double") for f in FEATURES]
     model = Model(
         "bench_demo",
@@ -125,6 +124,15 @@ def _demo_model(spark: Any, work: Path, args: argparse.Namespace, console: Conso
         features,
         work / "demo_native",
     )
+    if args.reuse and model.native_dir.exists():
+        model.rows = spark.read.format("delta").load(source).count()
+        return model
+    with console.status(f"demo: {args.rows:,} rows x {len(FEATURES)} features as Delta"):
+        write_demo_table(spark, source, args.days, args.rows // args.days, START)
+    with console.status("demo: training, packaging, registering"):
+        history = spark.read.format("delta").load(source).limit(60_000).toArrow()
+        trained = train(history, work / "demo_model", source, 0)
+        _register("bench_demo", trained.model_file, trained.sample_file, trained.contract_file)
     _save_native(spark, trained.model_file, model)
     return model
 
@@ -133,13 +141,6 @@ def _tree_model(spark: Any, work: Path, args: argparse.Namespace, console: Conso
     from scoring.dev import trees
 
     source = str(work / "points")
-    with console.status(f"trees: {args.rows:,} rows x {len(trees.FEATURES)} features as Delta"):
-        table = trees.generate(args.rows, START, days=args.days)
-        frame = spark.createDataFrame(table)
-        frame.write.format("delta").mode("overwrite").partitionBy(trees.DATE).save(source)
-    with console.status(f"trees: training {args.trees} trees, packaging, registering"):
-        trained = trees.train_trees(table.slice(0, 20_000), work / "tree_model", args.trees)
-        _register("bench_trees", trained.model_file, trained.sample_file, trained.contract_file)
     features = [(f.name, "double") for f in trees.FEATURES]
     model = Model(
         "bench_trees",
@@ -149,6 +150,16 @@ def _tree_model(spark: Any, work: Path, args: argparse.Namespace, console: Conso
         features,
         work / "trees_native",
     )
+    if args.reuse and model.native_dir.exists():
+        model.rows = spark.read.format("delta").load(source).count()
+        return model
+    with console.status(f"trees: {args.rows:,} rows x {len(trees.FEATURES)} features as Delta"):
+        table = trees.generate(args.rows, START, days=args.days)
+        frame = spark.createDataFrame(table)
+        frame.write.format("delta").mode("overwrite").partitionBy(trees.DATE).save(source)
+    with console.status(f"trees: training {args.trees} trees, packaging, registering"):
+        trained = trees.train_trees(table.slice(0, 20_000), work / "tree_model", args.trees)
+        _register("bench_trees", trained.model_file, trained.sample_file, trained.contract_file)
     _save_native(spark, trained.model_file, model)
     return model
 
