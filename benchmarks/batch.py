@@ -71,6 +71,11 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=2, help="warm timed runs per path")
     parser.add_argument("--skip-warm", action="store_true", help="cold runs only")
     parser.add_argument(
+        "--reuse",
+        action="store_true",
+        help="keep the tables and models a previous run left in --workdir",
+    )
+    parser.add_argument(
         "--workdir", type=Path, default=None, help="tables and registry (default: a temp dir)"
     )
     args = parser.parse_args()
@@ -92,6 +97,7 @@ def main() -> None:
         for path in ("e", "a", "b"):
             with console.status(f"{model.title}: cold ({path}), a fresh spark-submit process"):
                 model.cold[path] = _cold(path, model, work, args.master)
+            console.print(f"{model.title}: cold ({path}) {model.cold[path]}")
     if not args.skip_warm:
         spark = build_session("scoring-bench", master=args.master)
         for model in models:
@@ -109,12 +115,6 @@ def _demo_model(spark: Any, work: Path, args: argparse.Namespace, console: Conso
     from scoring.dev.demo.train import train
 
     source = str(work / "transactions")
-    with console.status(f"demo: {args.rows:,} rows x {len(FEATURES)} features as Delta"):
-        write_demo_table(spark, source, args.days, args.rows // args.days, START)
-    with console.status("demo: training, packaging, registering"):
-        history = spark.read.format("delta").load(source).limit(60_000).toArrow()
-        trained = train(history, work / "demo_model", source, 0)
-        _register("bench_demo", trained.model_file, trained.sample_file, trained.contract_file)
     features = [(f.name, "string" if f.type == "string" else "double") for f in FEATURES]
     model = Model(
         "bench_demo",
@@ -124,6 +124,15 @@ def _demo_model(spark: Any, work: Path, args: argparse.Namespace, console: Conso
         features,
         work / "demo_native",
     )
+    if args.reuse and model.native_dir.exists():
+        model.rows = spark.read.format("delta").load(source).count()
+        return model
+    with console.status(f"demo: {args.rows:,} rows x {len(FEATURES)} features as Delta"):
+        write_demo_table(spark, source, args.days, args.rows // args.days, START)
+    with console.status("demo: training, packaging, registering"):
+        history = spark.read.format("delta").load(source).limit(60_000).toArrow()
+        trained = train(history, work / "demo_model", source, 0)
+        _register("bench_demo", trained.model_file, trained.sample_file, trained.contract_file)
     _save_native(spark, trained.model_file, model)
     return model
 
@@ -132,13 +141,6 @@ def _tree_model(spark: Any, work: Path, args: argparse.Namespace, console: Conso
     from scoring.dev import trees
 
     source = str(work / "points")
-    with console.status(f"trees: {args.rows:,} rows x {len(trees.FEATURES)} features as Delta"):
-        table = trees.generate(args.rows, START, days=args.days)
-        frame = spark.createDataFrame(table)
-        frame.write.format("delta").partitionBy(trees.DATE).save(source)
-    with console.status(f"trees: training {args.trees} trees, packaging, registering"):
-        trained = trees.train_trees(table.slice(0, 20_000), work / "tree_model", args.trees)
-        _register("bench_trees", trained.model_file, trained.sample_file, trained.contract_file)
     features = [(f.name, "double") for f in trees.FEATURES]
     model = Model(
         "bench_trees",
@@ -148,6 +150,16 @@ def _tree_model(spark: Any, work: Path, args: argparse.Namespace, console: Conso
         features,
         work / "trees_native",
     )
+    if args.reuse and model.native_dir.exists():
+        model.rows = spark.read.format("delta").load(source).count()
+        return model
+    with console.status(f"trees: {args.rows:,} rows x {len(trees.FEATURES)} features as Delta"):
+        table = trees.generate(args.rows, START, days=args.days)
+        frame = spark.createDataFrame(table)
+        frame.write.format("delta").mode("overwrite").partitionBy(trees.DATE).save(source)
+    with console.status(f"trees: training {args.trees} trees, packaging, registering"):
+        trained = trees.train_trees(table.slice(0, 20_000), work / "tree_model", args.trees)
+        _register("bench_trees", trained.model_file, trained.sample_file, trained.contract_file)
     _save_native(spark, trained.model_file, model)
     return model
 
@@ -175,7 +187,9 @@ def _save_native(spark: Any, model_file: Path, model: Model) -> None:
         pipeline,
         str(model.native_dir),
         pyfunc_predict_fn="predict_proba",
-        skops_trusted_types=["numpy.dtype"],
+        # The benchmark's own freshly trained model: pickle is safe here, and skops
+        # refuses tree internals without a list of trusted types per model kind.
+        serialization_format="cloudpickle",
         signature=infer_signature(sample, pipeline.predict_proba(sample)),
     )
     model.rows = spark.read.format("delta").load(model.source).count()
@@ -295,6 +309,7 @@ def _warm(spark: Any, model: Model, work: Path, repeat: int, console: Console) -
             target = str(work / f"out_{model.name}_{key}")
             best = min(_seconds(go, target) for _ in range(repeat))
         model.warm[key] = model.rows / best
+        console.print(f"{model.title}: warm ({key}) {model.warm[key]:,.0f} rows/s")
 
 
 def _seconds(job: Callable[[str, str | None], None], target: str) -> float:

@@ -16,6 +16,7 @@ import pyarrow as pa
 import pytest
 from pyspark.sql import SparkSession
 from pyspark.sql import functions as F
+from scoring.batch import jvm
 from scoring.batch.job import ENGINES, BatchJob, run
 from scoring.dev import trees
 from scoring.lifecycle.packaging import build, write_artifact
@@ -105,3 +106,20 @@ def test_both_engines_give_the_same_rows_reasons_and_scores_bit_for_bit(
     valid = pa.array(direct.valid)
     assert rows.filter(valid)[key].to_pylist() == jvm_scores[key].to_pylist()
     assert np.array_equal(_bits(direct.score.filter(valid)), _bits(jvm_scores["score"]))
+
+
+def test_many_small_batches_with_refused_rows_between_them(
+    spark: SparkSession, artifact_dir: Path, source_table: str
+) -> None:
+    """64-row ONNX Runtime calls: batches of every fill level follow one another in a task."""
+    artifact = load_artifact(str(artifact_dir))
+    frame = spark.read.format("delta").load(source_table).where(F.col("ds") == DAYS[1])
+    scored = jvm.score_frame(
+        frame, artifact, ["transaction_id"], "reason", "features", batch_rows=64
+    ).toArrow()
+    rows = frame.toArrow()
+    direct = artifact.scorer().score(rows)
+    expected = dict(zip(rows["transaction_id"].to_pylist(), direct.score.to_pylist(), strict=True))
+    got = dict(zip(scored["transaction_id"].to_pylist(), scored["score"].to_pylist(), strict=True))
+    assert sum(s is None for s in got.values()) == direct.rejected > 0
+    assert got == expected

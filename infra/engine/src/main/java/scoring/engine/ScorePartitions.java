@@ -115,6 +115,7 @@ final class ScorePartitions implements MapPartitionsFunction<Row, Row> {
     private void fill() {
       count = 0;
       next = 0;
+      feeds.reset();
       int valid = 0;
       while (count < batchRows && input.hasNext()) {
         Row row = input.next();
@@ -234,6 +235,15 @@ final class ScorePartitions implements MapPartitionsFunction<Row, Row> {
 
     private static ByteBuffer direct(int bytes) {
       return ByteBuffer.allocateDirect(bytes).order(ByteOrder.nativeOrder());
+    }
+
+    /** Makes the whole capacity writable again (the last call narrowed it to its rows). */
+    void reset() {
+      for (Buffer buffer : buffers) {
+        if (buffer != null) {
+          buffer.clear();
+        }
+      }
     }
 
     /** Writes one row's features at position {@code row}. */
