@@ -550,6 +550,9 @@ def model_compare(
         float | None, typer.Option(min=0.0, help="highest challenger-vs-champion score PSI")
     ] = None,
     metric: Annotated[str, typer.Option(help="auc or average_precision")] = "auc",
+    resamples: Annotated[
+        int, typer.Option(min=10, help="bootstrap resamples of each metric difference")
+    ] = 1000,
     max_metric_drop: Annotated[
         float | None,
         typer.Option(min=0.0, help="fail if the challenger is surely worse than this on --metric"),
@@ -581,7 +584,7 @@ def model_compare(
         max_metric_drop=max_metric_drop,
     )
     pairs = read_batch(champion, challenger, date, key, date_column, source, label)
-    report = compare(pairs)
+    report = compare(pairs, resamples=resamples)
     files = write_report(pairs, report, out_dir, f"{challenger} vs {champion}, {date}")
     report["files"] = {k: str(v) for k, v in files.items()}
     if experiment:

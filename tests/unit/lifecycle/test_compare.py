@@ -147,7 +147,11 @@ def _table(path: Path, keys: list[str], columns: dict[str, object]) -> str:
     return str(path)
 
 
-def test_compare_command_reads_delta_and_gates(tmp_path: Path) -> None:
+def test_compare_command_reads_delta_and_gates(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("SCORING_HOME", str(tmp_path / "home"))
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     keys, truth, champion, challenger = _world(n=600)
     first = _table(tmp_path / "champ", keys, {"score": champion, "label": champion >= 0.5})
     second = _table(tmp_path / "chall", keys, {"score": challenger, "label": challenger >= 0.5})
@@ -165,15 +169,39 @@ def test_compare_command_reads_delta_and_gates(tmp_path: Path) -> None:
         "is_fraud",
         "--out-dir",
         str(tmp_path / "out"),
+        "--resamples",
+        "200",
     ]
     runner = CliRunner()
     passed = runner.invoke(
-        app, [*common, "--champion", first, "--challenger", second, "--max-metric-drop", "0"]
+        app,
+        [
+            *common,
+            "--champion",
+            first,
+            "--challenger",
+            second,
+            "--max-metric-drop",
+            "0",
+            "--experiment",
+            "shadow",
+        ],
     )
     assert passed.exit_code == 0, passed.output
     last = json.loads(passed.stdout.strip().splitlines()[-1])
     assert last["rows"] == 600 and last["metrics"]["auc"]["difference"] > 0.1
     assert (tmp_path / "out" / "comparison.png").exists()
+    from scoring.lifecycle.registry import tracking
+
+    mlc, _ = tracking("shadow")
+    logged = mlc.get_run(last["mlflow_run_id"])
+    assert logged.data.metrics["auc_difference"] == pytest.approx(
+        last["metrics"]["auc"]["difference"]
+    )
+    assert {a.path for a in mlc.list_artifacts(last["mlflow_run_id"], "comparison")} == {
+        "comparison/comparison.json",
+        "comparison/comparison.png",
+    }
     held = runner.invoke(
         app, [*common, "--champion", second, "--challenger", first, "--max-metric-drop", "0"]
     )
