@@ -525,6 +525,81 @@ def batch_report(
     print(json.dumps({**report.as_dict(), **result}, default=str))
 
 
+@model_app.command("compare")
+@_user_errors
+def model_compare(
+    champion: Annotated[str, typer.Option(help="the champion's predictions Delta table")],
+    challenger: Annotated[str, typer.Option(help="the challenger's predictions Delta table")],
+    date: Day,
+    key: Annotated[str, typer.Option(help="the key column both tables share")],
+    out_dir: Annotated[Path, typer.Option(help="folder for comparison.json and the plot")],
+    date_column: DateColumn = "ds",
+    source: Annotated[
+        str | None, typer.Option(help="the scored source table, for its label column")
+    ] = None,
+    label: Annotated[
+        str | None, typer.Option(help="the source's true-outcome column (needs --source)")
+    ] = None,
+    experiment: Annotated[
+        str | None, typer.Option(help="MLflow experiment to log the comparison to (none: skip)")
+    ] = None,
+    min_rows: Annotated[int, typer.Option(min=1, help="fewest rows scored by both")] = 100,
+    min_label_agreement: Annotated[
+        float, typer.Option(min=0.0, max=1.0, help="lowest share of rows with equal labels")
+    ] = 0.0,
+    max_psi: Annotated[
+        float | None, typer.Option(min=0.0, help="highest challenger-vs-champion score PSI")
+    ] = None,
+    metric: Annotated[str, typer.Option(help="auc or average_precision")] = "auc",
+    resamples: Annotated[
+        int, typer.Option(min=10, help="bootstrap resamples of each metric difference")
+    ] = 1000,
+    max_metric_drop: Annotated[
+        float | None,
+        typer.Option(min=0.0, help="fail if the challenger is surely worse than this on --metric"),
+    ] = None,
+) -> None:
+    """Compare a challenger's shadow predictions with the champion's for one date.
+
+    Writes a JSON report and a plot, logs them to MLflow with --experiment, and exits 5
+    naming the numbers when a threshold is not met (a rollout's shadow gate).
+    """
+    from scoring.lifecycle.compare import (
+        GateThresholds,
+        compare,
+        log_report,
+        raise_for_gate,
+        read_batch,
+        write_report,
+    )
+
+    if (source is None) != (label is None):
+        raise typer.BadParameter("--source and --label go together")
+    if metric not in ("auc", "average_precision"):
+        raise typer.BadParameter(f"--metric is auc or average_precision, not {metric!r}")
+    thresholds = GateThresholds(
+        min_rows=min_rows,
+        min_label_agreement=min_label_agreement,
+        max_psi=max_psi or None,
+        metric=metric,
+        max_metric_drop=max_metric_drop,
+    )
+    pairs = read_batch(champion, challenger, date, key, date_column, source, label)
+    report = compare(pairs, resamples=resamples)
+    files = write_report(pairs, report, out_dir, f"{challenger} vs {champion}, {date}")
+    report["files"] = {k: str(v) for k, v in files.items()}
+    if experiment:
+        tags = {
+            "scoring.date": date,
+            "scoring.champion_table": champion,
+            "scoring.challenger_table": challenger,
+        }
+        report["mlflow_run_id"] = log_report(report, files, experiment, tags)
+    summary = {k: v for k, v in report.items() if k != "most_different"}
+    _report(summary)
+    raise_for_gate(report, thresholds)
+
+
 @stream_app.command(
     "run",
     context_settings=_FORWARD_ALL,

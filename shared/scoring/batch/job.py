@@ -24,7 +24,7 @@ from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
 from scoring.batch.tables import for_spark, is_catalog_name, normalize, raise_for_access
-from scoring.errors import SchemaMismatchError, SourceNotFoundError
+from scoring.errors import ConfigError, SchemaMismatchError, SourceNotFoundError
 from scoring.model.artifact import Artifact, cached_scorer, load_artifact
 from scoring.model.contract import Contract
 
@@ -77,10 +77,24 @@ class BatchJob:
     date_column: str = "ds"
     run_id: str = field(default_factory=lambda: uuid.uuid4().hex)
     engine: Engine = "jvm"
+    # A challenger scoring the same pinned rows into its own tables (ADR 0009).
+    shadow: str | None = None
+    shadow_target: str | None = None
+
+    def __post_init__(self) -> None:
+        if (self.shadow is None) != (self.shadow_target is None):
+            raise ConfigError(
+                "--shadow and --shadow-target go together: give the challenger model and the "
+                "Delta table its predictions go to (its rejects go to TABLE_rejects)."
+            )
 
     @property
     def rejects_table(self) -> str:
         return self.rejects or f"{self.target.rstrip('/')}_rejects"
+
+    @property
+    def shadow_rejects_table(self) -> str | None:
+        return f"{self.shadow_target.rstrip('/')}_rejects" if self.shadow_target else None
 
 
 def _reader(spark: SparkSession, table: str, version: int | None = None) -> DataFrame:
@@ -257,8 +271,109 @@ def write_delta(
         raise
 
 
+def _score_and_write(
+    source: DataFrame,
+    artifact: Artifact,
+    job: BatchJob,
+    tables: tuple[str, str],
+    source_version: int,
+    lap: Callable[[str], None],
+    phase: str = "",
+) -> tuple[dict[bool, int], datetime]:
+    """Score ``source`` with ``artifact`` into ``tables`` (predictions, rejects).
+
+    Returns the counts of scored (True) and refused (False) rows and the lineage time.
+    """
+    date_column = job.date_column if job.date else None
+    scored = score_frame(source, artifact, date_column, job.engine).persist(
+        StorageLevel.MEMORY_AND_DISK
+    )
+    lap(f"{phase}pin_and_plan")
+    try:
+        counts = {
+            bool(r["ok"]): int(r["n"])
+            for r in scored.groupBy(F.col(REASON).isNull().alias("ok"))
+            .agg(F.count("*").alias("n"))
+            .collect()
+        }
+        lap(f"{phase}read_validate_score")
+        log.info(
+            "%s v%s scored %s rows (%s refused)",
+            artifact.name,
+            artifact.version,
+            counts.get(True, 0) + counts.get(False, 0),
+            counts.get(False, 0),
+        )
+        scored_at = datetime.now(UTC)
+        lineage = _lineage(artifact, source_version, job.run_id, scored_at)
+        metadata = {
+            "model": artifact.name,
+            "model_version": artifact.version,
+            "source": job.source,
+            "source_version": source_version,
+            "run_id": job.run_id,
+            "date": job.date,
+        }
+        target, rejects_table = tables
+        for table, frame in (
+            (target, predictions(scored, lineage, date_column)),
+            (rejects_table, rejects(scored, lineage, date_column)),
+        ):
+            write_delta(frame, table, date_column, job.date, metadata)
+            lap(f"{phase}write_predictions" if table == target else f"{phase}write_rejects")
+            log.info("wrote %s", table)
+    finally:
+        scored.unpersist()
+    return counts, scored_at
+
+
+def _shadow(
+    source: DataFrame,
+    job: BatchJob,
+    source_version: int,
+    lap: Callable[[str], None],
+) -> dict[str, Any]:
+    """Score the challenger into its own tables; a failure is reported, never raised.
+
+    The champion's tables are already written when this runs, so a challenger that
+    cannot be loaded, does not fit the source or fails while scoring leaves them as they
+    are; the summary says what went wrong.
+    """
+    assert job.shadow is not None and job.shadow_target is not None
+    tables = (job.shadow_target, job.shadow_rejects_table or "")
+    summary: dict[str, Any] = {"model": job.shadow, "target": tables[0], "rejects": tables[1]}
+    try:
+        artifact = load_artifact(job.shadow)
+        date_column = job.date_column if job.date else None
+        check_schema(
+            source.schema,
+            artifact.contract,
+            date_column,
+            f"{job.source} (version {source_version})",
+        )
+        counts, _ = _score_and_write(
+            source, artifact, job, tables, source_version, lap, phase="shadow_"
+        )
+    except Exception as exc:  # the challenger must never fail the champion's run
+        log.exception("shadow %s failed; the champion's output stands", job.shadow)
+        return {**summary, "status": "failed", "error": f"{type(exc).__name__}: {exc}"}
+    return {
+        **summary,
+        "status": "ok",
+        "model_name": artifact.name,
+        "model_version": artifact.version,
+        "rows_scored": counts.get(True, 0),
+        "rows_rejected": counts.get(False, 0),
+    }
+
+
 def run(spark: SparkSession, job: BatchJob, artifact: Artifact | None = None) -> dict[str, Any]:
-    """Score ``job.source`` into ``job.target`` (+ rejects); returns the run summary."""
+    """Score ``job.source`` into ``job.target`` (+ rejects); returns the run summary.
+
+    With ``job.shadow`` the challenger then scores the same rows, read once at the same
+    pinned version, into ``job.shadow_target`` (+ ``_rejects``) with the same columns and
+    lineage; the summary's ``shadow`` entry says how that went.
+    """
     started = time.monotonic()
     # Where the job's own time goes, phase by phase (seconds, in the summary): a slow or
     # cold run can be told apart from a slow model without a profiler.
@@ -277,6 +392,7 @@ def run(spark: SparkSession, job: BatchJob, artifact: Artifact | None = None) ->
         source=normalize(job.source),
         target=normalize(job.target),
         rejects=normalize(job.rejects_table),
+        shadow_target=normalize(job.shadow_target) if job.shadow_target else None,
     )
     artifact = artifact or load_artifact(job.model)
     lap("load_model")
@@ -295,46 +411,20 @@ def run(spark: SparkSession, job: BatchJob, artifact: Artifact | None = None) ->
     )
     if job.date:
         source = rows_for_date(source, job.date_column, job.date)
-    scored = score_frame(source, artifact, date_column, job.engine).persist(
-        StorageLevel.MEMORY_AND_DISK
-    )
-    lap("pin_and_plan")
+    if job.shadow:
+        # Read once: both models score these cached rows, not two reads of the files.
+        source = source.persist(StorageLevel.MEMORY_AND_DISK)
     try:
-        counts = {
-            bool(r["ok"]): int(r["n"])
-            for r in scored.groupBy(F.col(REASON).isNull().alias("ok"))
-            .agg(F.count("*").alias("n"))
-            .collect()
-        }
-        lap("read_validate_score")
-        log.info(
-            "scored %s rows (%s refused) in %.1fs",
-            counts.get(True, 0) + counts.get(False, 0),
-            counts.get(False, 0),
-            time.monotonic() - started,
+        counts, scored_at = _score_and_write(
+            source, artifact, job, (job.target, job.rejects_table), source_version, lap
         )
-        scored_at = datetime.now(UTC)
-        lineage = _lineage(artifact, source_version, job.run_id, scored_at)
-        metadata = {
-            "model": artifact.name,
-            "model_version": artifact.version,
-            "source": job.source,
-            "source_version": source_version,
-            "run_id": job.run_id,
-            "date": job.date,
-        }
-        for table, frame in (
-            (job.target, predictions(scored, lineage, date_column)),
-            (job.rejects_table, rejects(scored, lineage, date_column)),
-        ):
-            write_delta(frame, table, date_column, job.date, metadata)
-            lap("write_predictions" if table == job.target else "write_rejects")
-            log.info("wrote %s (%.1fs)", table, time.monotonic() - started)
+        shadow = _shadow(source, job, source_version, lap) if job.shadow else None
     finally:
-        scored.unpersist()
+        if job.shadow:
+            source.unpersist()
     seconds = time.monotonic() - started
     rows = counts.get(True, 0) + counts.get(False, 0)
-    return {
+    summary = {
         **asdict(job),
         "rejects": job.rejects_table,
         "model_name": artifact.name,
@@ -348,3 +438,6 @@ def run(spark: SparkSession, job: BatchJob, artifact: Artifact | None = None) ->
         "scored_at": scored_at.isoformat(),
         "timings": timings,
     }
+    if shadow is not None:
+        summary["shadow"] = shadow
+    return summary

@@ -58,6 +58,14 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         "(default); python: score in Python workers through mapInArrow",
     )
     parser.add_argument(
+        "--shadow",
+        help="a challenger model that scores the same pinned rows into --shadow-target "
+        "(its failures are reported in the summary and never fail the run)",
+    )
+    parser.add_argument(
+        "--shadow-target", help="Delta table for the challenger's predictions (with --shadow)"
+    )
+    parser.add_argument(
         "--summary-file", type=Path, help="also write the JSON summary to this file"
     )
     return parser.parse_args(argv)
@@ -80,17 +88,19 @@ def main(argv: Sequence[str] | None = None) -> int:
         format="%(asctime)s %(levelname)s %(name)s %(message)s",
     )
     logging.getLogger("py4j").setLevel(logging.WARNING)
-    job = BatchJob(
-        model=args.model,
-        source=args.source,
-        target=args.target,
-        rejects=args.rejects,
-        date=args.date,
-        date_column=args.date_column,
-        engine=args.engine,
-        **({"run_id": args.run_id} if args.run_id else {}),
-    )
     try:
+        job = BatchJob(
+            model=args.model,
+            source=args.source,
+            target=args.target,
+            rejects=args.rejects,
+            date=args.date,
+            date_column=args.date_column,
+            engine=args.engine,
+            shadow=args.shadow,
+            shadow_target=args.shadow_target,
+            **({"run_id": args.run_id} if args.run_id else {}),
+        )
         spark = build_session("scoring-batch", master=args.master)
         summary = run(spark, job)
     except ScoringError as exc:
