@@ -133,8 +133,8 @@ def test_the_reasons_quote_values_as_python_writes_them(functions: SparkSession)
     """A few fixed rows whose texts a reader can check by eye."""
     features = [
         Feature(name="amount", type="double", nullable=False, min=0.0, max=1e16),
-        Feature(name="count", type="int64"),
-        Feature(name="country", type="string", categories=("FR", "DE")),
+        Feature(name="count", type="int64", nullable=True),
+        Feature(name="country", type="string", nullable=True, categories=("FR", "DE")),
     ]
     table = pa.table(
         {
