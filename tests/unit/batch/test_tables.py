@@ -42,7 +42,12 @@ def test_credentials_in_a_location_are_refused_without_echoing_them() -> None:
         normalize("s3:///t")
 
 
-def test_delta_rs_gets_the_endpoint_region_and_plain_http_but_no_credentials() -> None:
+def test_delta_rs_gets_the_endpoint_region_and_plain_http_but_no_credentials(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Settings read the environment: an S3 server's variables must not leak in.
+    for variable in ("AWS_ENDPOINT_URL", "AWS_REGION"):
+        monkeypatch.delenv(variable, raising=False)
     settings = Settings(s3_endpoint="http://127.0.0.1:9000")
     location, options = for_delta_rs("s3a://lake/t", settings)
     assert location == "s3://lake/t"
