@@ -35,15 +35,13 @@ from faust.types import AgentT, EventT, TopicT
 from scoring.api import DEFAULT_MAX_MESSAGE_BYTES, Model, Prediction, load_model
 from scoring.errors import ConfigError
 from scoring.model.live import follows_alias
-from scoring.stream.events import encode_prediction, iso_millis
-from scoring.stream.processor import (
+from scoring.stream.events import (
     H_MODEL_NAME,
     H_MODEL_VERSION,
-    H_ORIGIN_OFFSET,
-    H_ORIGIN_PARTITION,
-    H_ORIGIN_TOPIC,
-    H_REASON,
-    H_REASON_KIND,
+    Refused,
+    dead_letter_headers,
+    encode_prediction,
+    iso_millis,
 )
 
 __all__ = ["add_scoring_agent"]
@@ -144,15 +142,15 @@ async def _send(
         (H_MODEL_VERSION, prediction.model_version.encode()),
     ]
     if prediction.refused:
-        headers = [
-            *_headers(message.headers),
-            (H_REASON, (prediction.reason or "").encode()),
-            (H_REASON_KIND, (prediction.reason_kind or "").encode()),
-            (H_ORIGIN_TOPIC, message.topic.encode()),
-            (H_ORIGIN_PARTITION, str(message.partition).encode()),
-            (H_ORIGIN_OFFSET, str(message.offset).encode()),
-            *identity,
-        ]
+        problem = Refused(-1, prediction.reason_kind or "", prediction.reason or "")
+        headers = dead_letter_headers(
+            _headers(message.headers),
+            problem,
+            message.topic,
+            message.partition,
+            message.offset,
+            identity,
+        )
         # Kafka needs a key or a value; a keyless empty event is forwarded as b"".
         value = message.value if message.value is not None or message.key is not None else b""
         return await dead_letters.send(key=message.key, value=value, headers=headers)
