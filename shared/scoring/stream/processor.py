@@ -37,15 +37,6 @@ from scoring.errors import StreamError
 from scoring.model.artifact import load_artifact
 from scoring.model.live import LiveModel, ModelFollower, follows_alias
 from scoring.stream import clients, topics
-from scoring.stream.events import (
-    H_MODEL_NAME,
-    H_MODEL_VERSION,
-    H_ORIGIN_OFFSET,
-    H_ORIGIN_PARTITION,
-    H_ORIGIN_TOPIC,
-    H_REASON,
-    H_REASON_KIND,
-)
 from scoring.stream.kafka_config import KafkaClientConfig, preflight
 from scoring.stream.metrics import StreamMetrics, serve
 from scoring.stream.stages import (
@@ -61,13 +52,6 @@ from scoring.stream.stages import (
 )
 
 __all__ = [
-    "H_MODEL_NAME",
-    "H_MODEL_VERSION",
-    "H_ORIGIN_OFFSET",
-    "H_ORIGIN_PARTITION",
-    "H_ORIGIN_TOPIC",
-    "H_REASON",
-    "H_REASON_KIND",
     "Processor",
     "Record",
     "StreamConfig",
