@@ -183,15 +183,15 @@ def _benchmark(args: argparse.Namespace) -> None:
     _report(console, results, args)
 
 
-# Where a worker's time goes, by stage (cumulative seconds of these functions).
+# Where a worker's main thread spends its time, by stage (cumulative seconds of these
+# functions). The commit thread sends a batch while the next one is gathered and scored;
+# the main thread's wait for it is the last stage.
 STAGES = {
     "gather (consume)": "gather",
     "decode and validate": "decode_and_validate",
     "score (contract checks + onnxruntime)": "score",
     "route (encode predictions)": "route",
-    "produce": "_produce",
-    "send offsets + commit": "_transact",
-    "flush + commit offsets": "_send_then_commit",
+    "wait for the previous batch's commit": "_settle",
 }
 
 
@@ -202,19 +202,19 @@ def _print_profile(console: Any, path: Path) -> None:
 
     stats = pstats.Stats(str(path))
     raw: dict[Any, Any] = stats.stats  # type: ignore[attr-defined]
-    total = max(
-        (ct for (_, _, name), (_, _, _, ct, _) in raw.items() if name == "_process"), default=0
-    )
-    table = Table(title=f"Where the time goes: {path.name} (cumulative s)")
+    seconds = {
+        label: sum(ct for (_, _, name), (_, _, _, ct, _) in raw.items() if name == function)
+        for label, function in STAGES.items()
+    }
+    total = sum(seconds.values())
+    table = Table(title=f"Where the main thread's time goes: {path.name} (cumulative s)")
     table.add_column("stage")
     table.add_column("seconds", justify="right")
-    table.add_column("of _process", justify="right")
-    for label, function in STAGES.items():
-        seconds = sum(ct for (_, _, name), (_, _, _, ct, _) in raw.items() if name == function)
-        if seconds:
-            table.add_row(label, f"{seconds:.2f}", f"{seconds / total:.0%}" if total else "")
+    table.add_column("share", justify="right")
+    for label, spent in seconds.items():
+        table.add_row(label, f"{spent:.2f}", f"{spent / total:.0%}" if total else "")
     console.print(table)
-    stats.sort_stats("tottime").print_stats(15)
+    stats.sort_stats("tottime").print_stats(25)
 
 
 def _report(console: Any, results: dict[tuple[str, str], dict[str, Any]], args: Any) -> None:

@@ -99,6 +99,12 @@ class StreamMetrics:
             buckets=_LATENCY_BUCKETS,
             registry=r,
         )
+        self.commit_seconds = Histogram(
+            "scoring_stream_commit_seconds",
+            "Time to send one micro-batch's records and commit them with its offsets",
+            buckets=_LATENCY_BUCKETS,
+            registry=r,
+        )
         self.end_to_end_seconds = BatchHistogram(
             "scoring_stream_end_to_end_seconds",
             "From the event's Kafka timestamp to its prediction's commit",

@@ -27,6 +27,7 @@ import signal
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping
+from concurrent.futures import Future, ThreadPoolExecutor, wait
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
@@ -104,6 +105,15 @@ class StreamConfig:
         return f"scoring-stream.{self.group}.{self.worker}"
 
 
+@dataclass(frozen=True)
+class Sending:
+    """A micro-batch whose records and offsets are being committed on the commit thread."""
+
+    batch: Batch
+    out: Outgoing
+    future: Future[None]
+
+
 class Processor:
     """One worker of the consumer group. :meth:`run` blocks until :meth:`stop` or SIGTERM."""
 
@@ -118,6 +128,7 @@ class Processor:
         self._consumer: Consumer | None = None
         self._producer: Producer | None = None
         self._failed_deliveries: list[str] = []
+        self._sending: Sending | None = None  # the batch on the commit thread, if any
         self._last_lag_check = 0.0
 
     def stop(self) -> None:
@@ -171,6 +182,7 @@ class Processor:
                 else None
             )
             self.status = "ok"
+            sender = ThreadPoolExecutor(1, thread_name_prefix="commit")
             try:
                 while not self._stop.is_set():
                     if follower is not None:
@@ -183,11 +195,25 @@ class Processor:
                         self._stop,
                         self._rewind,
                     )
-                    if len(batch):
-                        self._process(batch)
+                    # While the previous batch commits, this one is decoded and scored.
+                    out = self.outgoing(batch) if len(batch) else None
+                    if self._sending is not None:
+                        committed, self._sending = self._settle(self._sending, batch), None
+                        if not committed:
+                            continue  # rewound to the failed batch: this one is read again
+                    if out is not None:
+                        # The group's generation as of this batch's gathering: offsets
+                        # sent for it after a rebalance are refused, never misapplied.
+                        group = consumer.consumer_group_metadata()
+                        future = sender.submit(self._send, batch, out, group)
+                        self._sending = Sending(batch, out, future)
                     self._update_lag()
             finally:
                 self.status = "stopping"
+                if self._sending is not None:
+                    self._settle(self._sending, None)
+                    self._sending = None
+                sender.shutdown()
                 if follower is not None:
                     follower.stop()
                 consumer.close()  # leaves the group at once: the partitions move now
@@ -238,13 +264,18 @@ class Processor:
         )
         consumer.subscribe(
             [config.input_topic],
-            on_assign=lambda _, parts: self.assignment.assigned(_names(parts)),
+            on_assign=lambda _, parts: self._assigned(parts),
             on_revoke=lambda _, parts: self._revoked(parts),
             on_lost=lambda _, parts: self._revoked(parts),
         )
         return consumer
 
+    def _assigned(self, partitions: list[TopicPartition]) -> None:
+        self._await_commit()
+        self.assignment.assigned(_names(partitions))
+
     def _revoked(self, partitions: list[TopicPartition]) -> None:
+        self._await_commit()
         self.assignment.revoked(_names(partitions))
         for _, partition in _names(partitions):
             with suppress(KeyError):
@@ -314,11 +345,6 @@ class Processor:
 
     # -- one micro-batch ------------------------------------------------------------------
 
-    def _process(self, batch: Batch) -> None:
-        out = self.outgoing(batch)
-        if self._commit(batch, out):
-            self._count(batch, out)
-
     def outgoing(self, batch: Batch) -> Outgoing:
         """Decode and validate, score, route: what one micro-batch sends."""
         model, config = self.model, self.config
@@ -337,20 +363,35 @@ class Processor:
             time.time_ns() // 1_000_000,
         )
 
-    def _commit(self, batch: Batch, out: Outgoing) -> bool:
-        """Send the batch's records and commit its offsets.
-
-        Returns False when the batch was aborted: its partitions are put back at its first
-        offsets, so the next gathering reads it again (with the model of that moment).
-        """
-        assert self._producer is not None and self._consumer is not None
+    def _send(self, batch: Batch, out: Outgoing, group: object) -> None:
+        """Send the batch's records and commit its offsets (on the commit thread)."""
         offsets = [TopicPartition(t, p, o) for (t, p), o in batch.next_offsets().items()]
-        try:
+        with self.metrics.commit_seconds.time():
             if self.config.exactly_once:
-                self._transact(out.records, offsets)
+                self._transact(out.records, offsets, group)
             else:
                 self._send_then_commit(out.records, offsets)
-            return True
+
+    def _await_commit(self) -> None:
+        """Let the batch on the commit thread finish before partitions move.
+
+        A partition's new position (here or on another worker) is read from its committed
+        offset: it must already include that batch's offsets, or its events would be
+        read again and sent twice. Success or failure is handled later by :meth:`_settle`.
+        """
+        if self._sending is not None:
+            wait([self._sending.future])
+
+    def _settle(self, sending: Sending, following: Batch | None) -> bool:
+        """Wait for a batch's commit; count it, or undo it and rewind.
+
+        Returns False when the batch was aborted: its partitions, and those of the
+        ``following`` batch gathered meanwhile (not sent yet), are put back at their first
+        offsets, so the next gathering reads both again (with the model of that moment).
+        """
+        batch = sending.batch
+        try:
+            sending.future.result()
         except clients.KafkaException as exc:
             error = clients.error_of(exc)
             if clients.is_fenced(error):
@@ -358,21 +399,22 @@ class Processor:
             self.metrics.aborts.inc()
             log.warning("micro-batch of %d events aborted (%s); reading it again", len(batch), exc)
             self._abort(error)
-            self._rewind(batch.first_offsets())
+            later = following.first_offsets() if following is not None else {}
+            self._rewind({**later, **batch.first_offsets()})
             time.sleep(0.2)
             return False
+        self._count(batch, sending.out)
+        return True
 
-    def _transact(self, records: list[Record], offsets: list[TopicPartition]) -> None:
-        producer, consumer = self._producer, self._consumer
-        assert producer is not None and consumer is not None
+    def _transact(
+        self, records: list[Record], offsets: list[TopicPartition], group: object
+    ) -> None:
+        producer = self._producer
+        assert producer is not None
         timeout = self._call_timeout
         producer.begin_transaction()
         self._produce(producer, records)
-        _retrying(
-            lambda: producer.send_offsets_to_transaction(
-                offsets, consumer.consumer_group_metadata(), timeout
-            )
-        )
+        _retrying(lambda: producer.send_offsets_to_transaction(offsets, group, timeout))
         _retrying(lambda: producer.commit_transaction(timeout))
         producer.poll(0)  # serve failure reports, if any (there are none per success)
 
