@@ -206,6 +206,8 @@ class Processor:
                 while not self._stop.is_set():
                     if follower is not None:
                         self._swap(follower.take())
+                    if self.shadow is not None:
+                        self.shadow.refresh()
                     batch = gather(
                         consumer,
                         self.assignment,

@@ -83,7 +83,7 @@ class Shadow:
             )
             return
         try:
-            self._take(LiveModel.of(load_artifact(self.uri), self.threads))
+            self.use(LiveModel.of(load_artifact(self.uri), self.threads))
         except Exception as exc:  # the champion goes on without a shadow
             self._failed("load", exc)
 
@@ -94,6 +94,11 @@ class Shadow:
     def health(self) -> dict[str, Any]:
         return dict(self.counts)
 
+    def refresh(self) -> None:
+        """Between two micro-batches: take up what the alias names now (or nothing)."""
+        if self._follower is not None:
+            self.use(self._follower.current)
+
     def outgoing(
         self,
         batch: Batch,
@@ -103,8 +108,6 @@ class Shadow:
         max_bytes: int,
     ) -> ShadowOutgoing | None:
         """The challenger's part of a micro-batch the champion has scored; never raises."""
-        if self._follower is not None:
-            self._take(self._follower.current)
         challenger = self.model
         if challenger is None:
             return None
@@ -140,7 +143,7 @@ class Shadow:
         counts["shadow_refused"] += len(out.refused_kinds)
         counts["shadow_disagreements"] += out.disagreements
 
-    def _take(self, model: LiveModel | None) -> None:
+    def use(self, model: LiveModel | None) -> None:
         """Score with ``model`` from the next micro-batch on (``None``: no shadow records)."""
         previous = self.model
         if model is previous:

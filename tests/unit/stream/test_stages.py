@@ -286,7 +286,7 @@ def test_a_challenger_that_raises_is_counted_and_the_batch_goes_without_it(
     champion = LiveModel.of(load_artifact(str(artifact_dir)))
     metrics = StreamMetrics()
     shadowed = Shadow("unused", "shadow", metrics)
-    shadowed._take(LiveModel("fraud", "9", RaisingScorer(champion.scorer.contract)))  # type: ignore[arg-type]
+    shadowed.use(LiveModel("fraud", "9", RaisingScorer(champion.scorer.contract)))  # type: ignore[arg-type]
     batch = _mixed_batch(champion, demo_table)
     decoded = decode_and_validate(batch, champion.scorer.contract, 64 * 1024)
     scored = score(decoded, champion)
@@ -312,12 +312,12 @@ def test_shadow_counts_follow_the_version_that_scores(
     scored = score(decoded, champion)
     assert shadowed.outgoing(batch, decoded, scored, champion, 64 * 1024) is None  # no challenger
 
-    shadowed._take(LiveModel("fraud", "7", champion.scorer))
+    shadowed.use(LiveModel("fraud", "7", champion.scorer))
     for _ in range(2):
         out = shadowed.outgoing(batch, decoded, scored, champion, 64 * 1024)
         assert out is not None
         shadowed.count(out)
-    shadowed._take(LiveModel("fraud", "8", champion.scorer))
+    shadowed.use(LiveModel("fraud", "8", champion.scorer))
     out = shadowed.outgoing(batch, decoded, scored, champion, 64 * 1024)
     assert out is not None
     shadowed.count(out)
@@ -331,6 +331,6 @@ def test_shadow_counts_follow_the_version_that_scores(
     assert 'scoring_stream_shadow_refused_total{reason="not_json"} 3.0' in text
     assert 'scoring_stream_shadow_model_version{model="fraud"} 8.0' in text
     assert 'scoring_stream_shadow_score_difference_bucket{le="0.0"} 9.0' in text
-    shadowed._take(None)  # the alias was deleted
+    shadowed.use(None)  # the alias was deleted
     assert shadowed.health()["shadow_model_version"] is None
     assert shadowed.outgoing(batch, decoded, scored, champion, 64 * 1024) is None
