@@ -119,12 +119,13 @@ class Shadow:
         except Exception as exc:  # whatever the challenger does, the champion's batch goes
             self._failed("score", exc)
             return None
-        if out.refused_kinds:
+        if out.refused_scored:
             self._log_limited(
                 "refused",
-                "the challenger (version %s) refused %d of %d events: %s",
+                "the challenger (version %s) refused %d events the champion scored, of %d; "
+                "its refusals by kind: %s",
                 challenger.version,
-                len(out.refused_kinds),
+                out.refused_scored,
                 len(batch),
                 dict(Counter(out.refused_kinds)),
             )

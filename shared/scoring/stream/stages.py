@@ -240,13 +240,15 @@ def score(decoded: Decoded, model: LiveModel) -> ScoredBatch:
 class ShadowOutgoing:
     """The challenger's part of a micro-batch: its predictions, and how they compare.
 
-    ``refused_kinds`` has one reason kind per event the challenger refused;
-    ``disagreements`` and ``score_differences`` (absolute, one per event) are taken over
-    the events both models scored.
+    ``refused_kinds`` has one reason kind per event the challenger refused, and
+    ``refused_scored`` counts those the champion scored (the sign of a challenger that
+    does not fit the events); ``disagreements`` and ``score_differences`` (absolute, one
+    per event) are taken over the events both models scored.
     """
 
     records: list[Record]
     refused_kinds: list[str]
+    refused_scored: int
     disagreements: int
     score_differences: np.ndarray
 
@@ -383,6 +385,7 @@ def shadow(
     return ShadowOutgoing(
         records=records,
         refused_kinds=refused,
+        refused_scored=int((theirs[2] & ~ours[2]).sum()),
         disagreements=int((ours[1][both] != theirs[1][both]).sum()),
         score_differences=np.abs(ours[0][both] - theirs[0][both]),
     )

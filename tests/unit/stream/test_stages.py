@@ -227,6 +227,7 @@ def test_the_shadow_scores_the_champions_events_into_its_own_records(
         assert (m["model_name"], m["model_version"]) == ("fraud", "7")
         assert m["event_time"] == t["event_time"]
     assert sorted(out.refused_kinds) == sorted(champion_out.dead_kinds)
+    assert out.refused_scored == 0
     assert out.disagreements == 0
     assert out.score_differences.tolist() == [0.0, 0.0, 0.0]
 
@@ -269,10 +270,18 @@ def test_a_challenger_with_another_contract_reads_the_events_its_own_way(
 
     out = shadow(batch, decoded, scored, champion, challenger, "shadow", 64 * 1024, 0)
 
-    assert len(out.records) == 2 and out.refused_kinds == []
+    assert len(out.records) == 2 and out.refused_kinds == [] and out.refused_scored == 0
     both = scored.score.to_pylist()[0]
     assert out.score_differences.tolist() == [abs(0.9 - both)]  # only the event both scored
     assert out.disagreements == int(scored.label.to_pylist()[0] != 1)
+
+    # One that needs a feature the events lack refuses them all, the one the champion scored too.
+    extra = contract.features[0].model_copy(update={"name": "extra"})
+    wider = contract.model_copy(update={"features": (*contract.features, extra)})
+    picky = LiveModel("fraud", "9", ConstantScorer(wider))  # type: ignore[arg-type]
+    out = shadow(batch, decoded, scored, champion, picky, "shadow", 64 * 1024, 0)
+    assert out.records == [] and out.refused_kinds == ["missing_field"] * 2
+    assert out.refused_scored == 1 and out.score_differences.size == 0
 
 
 class RaisingScorer(ConstantScorer):
