@@ -141,7 +141,7 @@ class ModelFollower:
             return
         self._reachable()
         self._named = True
-        if info.version == self.version and (self._current is not None or not self.optional):
+        if info.version == self.version:
             return
         if info.version == self._failed and time.monotonic() < self._retry_at:
             return
