@@ -98,7 +98,10 @@ class ModelFollower:
 
     @property
     def current(self) -> LiveModel | None:
-        """The version the alias names, loaded; ``None`` only for an optional model."""
+        """The version to score with now (for a required model, the last that loaded).
+
+        ``None`` only for an optional model: its alias names no version that loaded.
+        """
         with self._lock:
             return self._current
 
