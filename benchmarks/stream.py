@@ -7,12 +7,16 @@ run, against one local broker started for the purpose, for each delivery guarant
     with decoding and scoring replaced by a copy of each event cut to the size of a
     prediction (same record count, same bytes out, same headers): the ceiling this client
     stack allows;
-(b) the processor with the demo model (``python -m scoring.stream.main``).
+(b) the processor with the demo model (``python -m scoring.stream.main``);
+(c) ``shadow``: the same, with a second demo model (trained on another day's rows, same
+    contract) as the challenger in its shadow (``--shadow``): every event is scored twice
+    and each batch's transaction also carries the challenger's predictions. Its
+    throughput is also shown as a share of (b)'s.
 
 Throughput: ``--events`` events are loaded into a fresh input topic, then a worker is
 started and timed from its first committed batch to its last (events/s at saturation).
-One warm-up run of each worker is discarded; then (a) and (b) alternate ``--rounds``
-times and the median is kept, so neither always runs on a colder broker.
+One warm-up run of each worker is discarded; then (a), (b) and (c) alternate ``--rounds``
+times and the median is kept, so none always runs on a colder broker.
 
 Latency: a worker runs while events are produced at a steady rate, first 1,000 events/s,
 then half the model's measured maximum; readers note when each event's output (its
@@ -49,9 +53,10 @@ from scoring.stream import topics as topics_io  # noqa: E402
 from scoring.stream.metrics import fetch_health  # noqa: E402
 
 PARTITIONS = 3
-MODES = ("pass-through", "model")
+MODES = ("pass-through", "model", "shadow")
 GUARANTEES = ("exactly-once", "at-least-once")
 TARGETS = {"exactly-once": (40_000, 50.0), "at-least-once": (60_000, 15.0)}
+SHADOW_TARGET = 0.55  # (c) at least this share of (b)'s throughput
 
 
 def main(argv: Sequence[str] | None = None) -> None:
@@ -127,6 +132,12 @@ def _benchmark(args: argparse.Namespace) -> None:
         model = work / "model"
         write_artifact(packaged, model)
         names = packaged.contract.feature_names
+    with console.status("training and packaging a second model, the challenger"):
+        second = train(
+            generate_day(date(2026, 11, 4), 20_000, seed=7), work / "trained-2", "bench", 0
+        )
+        challenger = work / "challenger"
+        write_artifact(build(second.model_file, second.sample_file, spec=spec), challenger)
     with console.status("generating events"):
         saturate = list(to_events(generate_day(date(2026, 11, 2), args.events, seed=3), KEY, names))
     broker = kafka_broker.start(work / "kafka")
@@ -136,7 +147,8 @@ def _benchmark(args: argparse.Namespace) -> None:
     try:
         for guarantee in guarantees if args.rounds else ():
             runs = {
-                mode: Run(broker.bootstrap, model, mode, guarantee, args, work) for mode in MODES
+                mode: Run(broker.bootstrap, model, mode, guarantee, args, work, challenger)
+                for mode in MODES
             }
             rates: dict[str, list[float]] = {mode: [] for mode in MODES}
             for round_ in range(args.rounds + 1):
@@ -252,6 +264,14 @@ def _report(console: Any, results: dict[tuple[str, str], dict[str, Any]], args: 
             f"(target 80%: {'met' if ratio >= 0.8 else 'MISSED'}); p99 {at_1000:.1f} ms at "
             f"1,000/s (target {p99:.0f} ms: {'met' if at_1000 <= p99 else 'MISSED'})"
         )
+        if ("shadow", guarantee) in results:
+            shadow = results[("shadow", guarantee)]["rate"]
+            share = shadow / r["rate"]
+            console.print(
+                f"{guarantee}: with a shadow {shadow:,.0f} events/s, {share:.0%} of the "
+                f"single-model run (target {SHADOW_TARGET:.0%}: "
+                f"{'met' if share >= SHADOW_TARGET else 'MISSED'})"
+            )
 
 
 class Run:
@@ -265,9 +285,10 @@ class Run:
         guarantee: str,
         args: argparse.Namespace,
         work: Path,
+        challenger: Path | None = None,
     ) -> None:
         self.bootstrap, self.model, self.mode, self.guarantee = bootstrap, model, mode, guarantee
-        self.args, self.work = args, work
+        self.args, self.work, self.challenger = args, work, challenger
         self.runs = 0
         self.profile: Path | None = None
 
@@ -288,6 +309,9 @@ class Run:
             "--metrics-port", str(port),
             "--ort-threads", "1",
         ]  # fmt: skip
+        if self.mode == "shadow":
+            assert self.challenger is not None
+            options += ["--shadow", str(self.challenger), "--shadow-topic", f"{topics[0]}.shadow"]
         command = stream_job.command(str(self.model), topics, self.bootstrap, *options)
         if self.mode == "pass-through":
             command[1:3] = [__file__, "pass-through-worker"]

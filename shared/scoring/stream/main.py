@@ -8,6 +8,8 @@ or Ctrl-C, which finish and commit the current micro-batch; the last line printe
 JSON summary of what was processed. Exit codes: 0 stopped cleanly, 2 bad arguments or
 settings, 4 Kafka problem (no broker, login or TLS handshake refused, missing input topic,
 fenced worker), 1 other. A secured cluster: ``--kafka-config FILE`` (README, "Secured Kafka").
+A challenger in the model's shadow: ``--shadow models:/fraud@challenger --shadow-topic T``
+(README, "Shadow scoring").
 """
 
 from __future__ import annotations
@@ -36,6 +38,18 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     add("--input-topic", required=True, help="topic of JSON feature events")
     add("--output-topic", required=True, help="topic for predictions (created if missing)")
     add("--dlq-topic", required=True, help="dead-letter topic for refused events")
+    add(
+        "--shadow",
+        metavar="MODEL",
+        help="a challenger scored beside the model on every event, e.g. "
+        "models:/NAME@challenger (followed; while the alias names no version, nothing is "
+        "scored in the shadow); needs --shadow-topic",
+    )
+    add(
+        "--shadow-topic",
+        help="topic for the challenger's predictions, sent in the same transaction as the "
+        "model's (created if missing)",
+    )
     add(
         "--bootstrap",
         help=f"Kafka host:port (default ${ENV['kafka_bootstrap']}, then the --kafka-config "
@@ -137,6 +151,8 @@ def config_from(args: argparse.Namespace, client: KafkaClientConfig | None = Non
         start_from=args.start_from,
         transaction_timeout_ms=args.transaction_timeout_ms,
         kafka=client.properties,
+        shadow=args.shadow,
+        shadow_topic=args.shadow_topic,
     )
 
 
@@ -193,8 +209,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         client = client_from(args)
         mask_in_logs(client)
         log.info("Kafka: %s", client.describe())
+        config = config_from(args, client)  # bad settings fail before any connection
         preflight(client)  # the processor checks again; this one can name the file
-        summary = Processor(config_from(args, client)).run()
+        summary = Processor(config).run()
     except ScoringError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return exc.exit_code

@@ -4,6 +4,10 @@ One :class:`StreamMetrics` per processor, on its own registry (two processors in
 process, as in tests, never collide). :func:`serve` exposes ``/metrics`` (Prometheus text
 format) and ``/health`` (JSON: status, model, version, assigned partitions) on loopback by
 default; the rollout DAG reads ``/health`` to confirm a promotion reached every worker.
+
+The champion's metrics keep their names (``events_out``, ``dead_letters``, ...); a
+challenger scored in its shadow has its own, all named ``scoring_stream_shadow_*``, so a
+dashboard of the champion never mixes in the challenger's numbers.
 """
 
 from __future__ import annotations
@@ -39,6 +43,9 @@ _LATENCY_BUCKETS = (
     10.0,
     30.0,
 )
+
+# Absolute differences between two models' scores of one event (probabilities: 0 to 1).
+_DIFFERENCE_BUCKETS = (0.0, 1e-6, 1e-4, 0.001, 0.01, 0.05, 0.1, 0.25, 0.5, 1.0)
 
 
 class BatchHistogram:
@@ -135,6 +142,43 @@ class StreamMetrics:
             "scoring_stream_model_alias_check_failures",
             "Checks of the followed registry alias that failed (registry unreachable or "
             "refusing); the current version keeps scoring",
+            registry=r,
+        )
+
+        # The challenger in the champion's shadow (scoring.stream.shadow).
+        self.shadow_predictions = Counter(
+            "scoring_stream_shadow_predictions",
+            "Challenger predictions produced to the shadow topic",
+            registry=r,
+        )
+        self.shadow_refused = Counter(
+            "scoring_stream_shadow_refused",
+            "Events the challenger refused, by reason kind (never dead-lettered)",
+            ["reason"],
+            registry=r,
+        )
+        self.shadow_failures = Counter(
+            "scoring_stream_shadow_failures",
+            "Challenger failures, by stage: load (a version that cannot be loaded) or score "
+            "(a micro-batch it raised on); the champion is never affected",
+            ["stage"],
+            registry=r,
+        )
+        self.shadow_disagreements = Counter(
+            "scoring_stream_shadow_disagreements",
+            "Events both models scored whose labels differ",
+            registry=r,
+        )
+        self.shadow_score_difference = BatchHistogram(
+            "scoring_stream_shadow_score_difference",
+            "Absolute difference of the two models' scores, on events both scored",
+            _DIFFERENCE_BUCKETS,
+            r,
+        )
+        self.shadow_model_version = Gauge(
+            "scoring_stream_shadow_model_version",
+            "Registry version of the challenger scoring in the shadow now",
+            ["model"],
             registry=r,
         )
 

@@ -18,6 +18,11 @@ repeats the batch).
 
 A new model version is loaded in a background thread when the registry alias moves, and
 takes over between two micro-batches; every prediction carries the version that made it.
+
+With ``shadow`` (a challenger) and ``shadow_topic``, every micro-batch is also scored by
+the challenger after the champion's records are built, and the challenger's predictions
+go to the shadow topic in the same transaction (:mod:`scoring.stream.shadow`). The
+challenger can never change or fail the champion's output; a slow one delays the batch.
 """
 
 from __future__ import annotations
@@ -34,12 +39,13 @@ from typing import Any, TypeVar
 
 from confluent_kafka import Consumer, Producer, TopicPartition
 
-from scoring.errors import StreamError
+from scoring.errors import ConfigError, StreamError
 from scoring.model.artifact import load_artifact
 from scoring.model.live import LiveModel, ModelFollower, follows_alias
 from scoring.stream import clients, topics
 from scoring.stream.kafka_config import KafkaClientConfig, preflight
 from scoring.stream.metrics import StreamMetrics, serve
+from scoring.stream.shadow import Shadow, no_shadow_health
 from scoring.stream.stages import (
     Assignment,
     Batch,
@@ -91,11 +97,24 @@ class StreamConfig:
     # Extra librdkafka client properties (security.protocol, sasl.*, ssl.*, tuning) for
     # every client this worker makes: consumer, producer and admin.
     kafka: Mapping[str, str] = field(default_factory=dict)
+    # A challenger scored in the champion's shadow, and the topic of its predictions.
+    shadow: str | None = None
+    shadow_topic: str | None = None
 
     def __post_init__(self) -> None:
         if self.batch_size < 1 or self.batch_wait_ms < 0 or self.model_poll_s <= 0:
             raise StreamError(
                 "batch size must be >= 1, batch wait >= 0 ms and model poll interval > 0 s"
+            )
+        if bool(self.shadow) != bool(self.shadow_topic):
+            raise ConfigError(
+                "--shadow and --shadow-topic go together: give the challenger's model URI "
+                "and the topic for its predictions, or neither"
+            )
+        if self.shadow_topic in (self.input_topic, self.output_topic, self.dlq_topic):
+            raise ConfigError(
+                f"the shadow topic {self.shadow_topic!r} must differ from the input, output "
+                "and dead-letter topics: give --shadow-topic a topic of its own"
             )
         if self.start_from not in ("earliest", "latest"):
             raise StreamError(f"start offset must be earliest or latest, not {self.start_from!r}")
@@ -121,6 +140,17 @@ class Processor:
         self.config = config
         self.metrics = StreamMetrics()
         self.model: LiveModel | None = None
+        self.shadow = (
+            Shadow(
+                config.shadow,
+                config.shadow_topic,
+                self.metrics,
+                config.ort_threads,
+                config.model_poll_s,
+            )
+            if config.shadow and config.shadow_topic
+            else None
+        )
         self.status = "starting"
         self.assignment = Assignment()
         self.counts = {"events_in": 0, "predictions": 0, "dead_letters": 0, "batches": 0}
@@ -145,6 +175,7 @@ class Processor:
             "worker": self.config.worker,
             "assigned": [f"{t}-{p}" for t, p in self.assignment.snapshot()],
             **self.counts,
+            **(self.shadow.health() if self.shadow else no_shadow_health()),
         }
 
     def run(self) -> dict[str, int]:
@@ -156,12 +187,10 @@ class Processor:
             # A refused login or TLS handshake fails here, at once and by name; librdkafka
             # itself would retry it quietly until every timeout ran out.
             preflight(KafkaClientConfig(config.bootstrap, config.kafka))
-            topics.ensure(
-                config.bootstrap,
-                config.input_topic,
-                (config.output_topic, config.dlq_topic),
-                config.kafka,
-            )
+            outputs = [config.output_topic, config.dlq_topic]
+            if config.shadow_topic:
+                outputs.append(config.shadow_topic)
+            topics.ensure(config.bootstrap, config.input_topic, outputs, config.kafka)
             try:
                 self._producer = self._new_producer()
             except clients.KafkaException as exc:
@@ -181,12 +210,16 @@ class Processor:
                 if follows_alias(config.model)
                 else None
             )
+            if self.shadow is not None:
+                self.shadow.start()
             self.status = "ok"
             sender = ThreadPoolExecutor(1, thread_name_prefix="commit")
             try:
                 while not self._stop.is_set():
                     if follower is not None:
                         self._swap(follower.take())
+                    if self.shadow is not None:
+                        self.shadow.refresh()
                     batch = gather(
                         consumer,
                         self.assignment,
@@ -216,6 +249,8 @@ class Processor:
                 sender.shutdown()
                 if follower is not None:
                     follower.stop()
+                if self.shadow is not None:
+                    self.shadow.stop()
                 consumer.close()  # leaves the group at once: the partitions move now
                 if self._producer is not None:
                     self._producer.flush(10)
@@ -346,14 +381,17 @@ class Processor:
     # -- one micro-batch ------------------------------------------------------------------
 
     def outgoing(self, batch: Batch) -> Outgoing:
-        """Decode and validate, score, route: what one micro-batch sends."""
+        """Decode and validate, score, route: what one micro-batch sends.
+
+        The challenger, if any, scores after the champion's records are built.
+        """
         model, config = self.model, self.config
         assert model is not None
         started = time.perf_counter()
         decoded = decode_and_validate(batch, model.scorer.contract, config.max_message_bytes)
         scored = score(decoded, model)
         self.metrics.score_seconds.observe(time.perf_counter() - started)
-        return route(
+        out = route(
             batch,
             decoded,
             scored,
@@ -362,15 +400,19 @@ class Processor:
             config.dlq_topic,
             time.time_ns() // 1_000_000,
         )
+        if self.shadow is None:
+            return out
+        shadowed = self.shadow.outgoing(batch, decoded, scored, model, config.max_message_bytes)
+        return Outgoing(out.records, out.dead_kinds, shadowed)
 
     def _send(self, batch: Batch, out: Outgoing, group: object) -> None:
         """Send the batch's records and commit its offsets (on the commit thread)."""
         offsets = [TopicPartition(t, p, o) for (t, p), o in batch.next_offsets().items()]
         with self.metrics.commit_seconds.time():
             if self.config.exactly_once:
-                self._transact(out.records, offsets, group)
+                self._transact(out.to_send(), offsets, group)
             else:
-                self._send_then_commit(out.records, offsets)
+                self._send_then_commit(out.to_send(), offsets)
 
     def _await_commit(self) -> None:
         """Let the batch on the commit thread finish before partitions move.
@@ -492,6 +534,8 @@ class Processor:
         self.counts["predictions"] += out.predictions
         self.counts["dead_letters"] += len(out.dead_kinds)
         self.counts["batches"] += 1
+        if self.shadow is not None and out.shadow is not None:
+            self.shadow.count(out.shadow)
 
     # -- between batches --------------------------------------------------------------------
 

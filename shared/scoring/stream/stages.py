@@ -8,7 +8,11 @@ One micro-batch goes through them in order:
    a reason for every event that cannot be read (:func:`scoring.stream.events.decode`);
 3. :func:`score`: the contract's checks and the model, the same code the batch job runs;
 4. :func:`route`: one output record per event, in input order: a prediction, or the
-   event itself to the dead-letter topic with the reason in its headers.
+   event itself to the dead-letter topic with the reason in its headers;
+5. with a challenger in the champion's shadow, :func:`shadow`: the challenger's
+   predictions of the same events for the shadow topic, and how they compare with the
+   champion's (its refusals are counted, never dead-lettered: the dead letters are the
+   champion's).
 
 Producing and committing (one transaction per micro-batch) is the processor's own part,
 since it is the part that talks to Kafka (:mod:`scoring.stream.processor`). The consumer
@@ -23,6 +27,8 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
+
+import numpy as np
 
 from scoring.model.artifact import ScoredBatch
 from scoring.model.contract import Contract
@@ -43,11 +49,13 @@ __all__ = [
     "Batch",
     "Outgoing",
     "Record",
+    "ShadowOutgoing",
     "Source",
     "decode_and_validate",
     "gather",
     "route",
     "score",
+    "shadow",
 ]
 
 log = logging.getLogger(__name__)
@@ -229,15 +237,44 @@ def score(decoded: Decoded, model: LiveModel) -> ScoredBatch:
 
 
 @dataclass(frozen=True)
+class ShadowOutgoing:
+    """The challenger's part of a micro-batch: its predictions, and how they compare.
+
+    ``refused_kinds`` has one reason kind per event the challenger refused, and
+    ``refused_scored`` counts those the champion scored (the sign of a challenger that
+    does not fit the events); ``disagreements`` and ``score_differences`` (absolute, one
+    per event) are taken over the events both models scored.
+    """
+
+    records: list[Record]
+    refused_kinds: list[str]
+    refused_scored: int
+    disagreements: int
+    score_differences: np.ndarray
+
+    @property
+    def predictions(self) -> int:
+        return len(self.records)
+
+
+@dataclass(frozen=True)
 class Outgoing:
-    """What a micro-batch sends, in input order, and the dead letters' reason kinds."""
+    """What a micro-batch sends, in input order, and the dead letters' reason kinds.
+
+    ``shadow``: the challenger's records and comparison, sent in the same transaction.
+    """
 
     records: list[Record]
     dead_kinds: list[str]
+    shadow: ShadowOutgoing | None = None
 
     @property
     def predictions(self) -> int:
         return len(self.records) - len(self.dead_kinds)
+
+    def to_send(self) -> list[Record]:
+        """The champion's records, then the challenger's."""
+        return self.records if self.shadow is None else [*self.records, *self.shadow.records]
 
 
 def route(
@@ -296,3 +333,76 @@ def _dead_letter(
     key, value = batch.keys[index], batch.values[index]
     # Kafka needs a key or a value; a keyless empty event is forwarded as b"".
     return (topic, key, value if value is not None or key is not None else b"", headers)
+
+
+def shadow(
+    batch: Batch,
+    decoded: Decoded,
+    scored: ScoredBatch,
+    champion: LiveModel,
+    challenger: LiveModel,
+    topic: str,
+    max_bytes: int,
+    now_ms: int,
+) -> ShadowOutgoing:
+    """The challenger's prediction of every event it accepts, for the shadow topic.
+
+    The records have the champion's shape (same Kafka key, :func:`encode_prediction`, the
+    ``model_name`` and ``model_version`` headers) with the challenger's identity. The
+    events are decoded again only when the challenger reads them differently (another key
+    or other features); its refusals are counted, not sent anywhere.
+    """
+    contract = challenger.scorer.contract
+    if _reads_alike(contract, champion.scorer.contract):
+        own = decoded
+    else:
+        own = decode_and_validate(batch, contract, max_bytes)
+    own_scored = challenger.scorer.score(own.batch)
+    refused = [r.kind for r in own.refused]
+    refused += [kind or "invalid" for kind in own_scored.kinds if kind is not None]
+
+    identity = (challenger.name, challenger.version)
+    headers = [(H_MODEL_NAME, challenger.name.encode()), (H_MODEL_VERSION, identity[1].encode())]
+    scored_time = iso_millis(now_ms)
+    scores, labels = own_scored.score.to_pylist(), own_scored.label.to_pylist()
+    valid = own_scored.valid
+    records: list[Record] = []
+    for row, index in enumerate(own.rows):
+        if valid[row]:
+            value = encode_prediction(
+                contract.key,
+                own.keys[row],
+                scores[row],
+                labels[row],
+                identity,
+                iso_millis(batch.timestamps[index]),
+                scored_time,
+            )
+            records.append((topic, batch.keys[index], value, headers))
+
+    ours, theirs = _per_event(len(batch), own, own_scored), _per_event(len(batch), decoded, scored)
+    both = ours[2] & theirs[2]
+    return ShadowOutgoing(
+        records=records,
+        refused_kinds=refused,
+        refused_scored=int((theirs[2] & ~ours[2]).sum()),
+        disagreements=int((ours[1][both] != theirs[1][both]).sum()),
+        score_differences=np.abs(ours[0][both] - theirs[0][both]),
+    )
+
+
+def _reads_alike(a: Contract, b: Contract) -> bool:
+    """Whether events decode the same way under both contracts (same key, names and types)."""
+    return a.key == b.key and [(f.name, f.type) for f in a.features] == [
+        (f.name, f.type) for f in b.features
+    ]
+
+
+def _per_event(n: int, decoded: Decoded, scored: ScoredBatch) -> tuple[np.ndarray, ...]:
+    """(score, label, scored) of each of a batch's ``n`` events, from its decoded rows."""
+    scores, labels, done = np.full(n, np.nan), np.full(n, -1, np.int64), np.zeros(n, bool)
+    rows = np.asarray(decoded.rows, dtype=np.int64)[scored.valid]
+    scores[rows] = scored.score.to_numpy(zero_copy_only=False)[scored.valid]
+    labels[rows] = scored.label.fill_null(-1).to_numpy(zero_copy_only=False)[scored.valid]
+    done[rows] = True
+    return scores, labels, done

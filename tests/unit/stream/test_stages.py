@@ -11,10 +11,21 @@ import threading
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import pyarrow as pa
-from scoring.model.artifact import load_artifact
+import pytest
+from scoring.model.artifact import ScoredBatch, load_artifact
+from scoring.model.contract import Contract
 from scoring.model.live import LiveModel
-from scoring.stream.events import H_MODEL_VERSION, H_ORIGIN_OFFSET, H_REASON_KIND, to_events
+from scoring.stream.events import (
+    H_MODEL_NAME,
+    H_MODEL_VERSION,
+    H_ORIGIN_OFFSET,
+    H_REASON_KIND,
+    to_events,
+)
+from scoring.stream.metrics import StreamMetrics
+from scoring.stream.shadow import Shadow
 from scoring.stream.stages import (
     Assignment,
     Batch,
@@ -22,6 +33,7 @@ from scoring.stream.stages import (
     gather,
     route,
     score,
+    shadow,
 )
 
 TP = ("in", 0)
@@ -179,3 +191,155 @@ def test_route_keeps_input_order_and_sends_refused_events_to_the_dead_letter_top
     assert first[H_REASON_KIND] == b"out_of_range"
     assert first[H_ORIGIN_OFFSET] == b"3"
     assert first[H_MODEL_VERSION] == b"local"
+
+
+def _mixed_batch(model: LiveModel, table: pa.Table) -> Batch:
+    """Three good events, one not JSON, one out of range, one empty."""
+    contract = model.scorer.contract
+    good = [v for _, v in to_events(table.slice(0, 3), contract.key, contract.feature_names)]
+    out_of_range = json.dumps({**json.loads(good[0]), "amount": -5.0}).encode()
+    values = [good[0], b"{not json", good[1], out_of_range, None, good[2]]
+    return Batch.of([FakeMessage(o, _value=v, _key=b"k%d" % o) for o, v in enumerate(values)])
+
+
+def test_the_shadow_scores_the_champions_events_into_its_own_records(
+    artifact_dir: Path, demo_table: pa.Table
+) -> None:
+    champion = LiveModel.of(load_artifact(str(artifact_dir)))
+    challenger = LiveModel("fraud", "7", champion.scorer)  # same graph: same scores
+    batch = _mixed_batch(champion, demo_table)
+    decoded = decode_and_validate(batch, champion.scorer.contract, 64 * 1024)
+    scored = score(decoded, champion)
+    champion_out = route(batch, decoded, scored, champion, "out", "dlq", 1_700_000_000_000)
+
+    out = shadow(
+        batch, decoded, scored, champion, challenger, "shadow", 64 * 1024, 1_700_000_000_005
+    )
+
+    assert [r[0] for r in out.records] == ["shadow"] * 3
+    assert [r[1] for r in out.records] == [b"k0", b"k2", b"k5"]  # the events' own keys
+    assert out.records[0][3] == [(H_MODEL_NAME, b"fraud"), (H_MODEL_VERSION, b"7")]
+    mine = [json.loads(r[2]) for r in out.records]
+    theirs = [json.loads(r[2]) for r in champion_out.records if r[0] == "out"]
+    key = champion.scorer.contract.key
+    for m, t in zip(mine, theirs, strict=True):
+        assert (m[key], m["score"], m["label"]) == (t[key], t["score"], t["label"])
+        assert (m["model_name"], m["model_version"]) == ("fraud", "7")
+        assert m["event_time"] == t["event_time"]
+    assert sorted(out.refused_kinds) == sorted(champion_out.dead_kinds)
+    assert out.refused_scored == 0
+    assert out.disagreements == 0
+    assert out.score_differences.tolist() == [0.0, 0.0, 0.0]
+
+
+class ConstantScorer:
+    """A challenger scoring every valid row 0.9 (label 1), under a contract of its own."""
+
+    def __init__(self, contract: Contract) -> None:
+        self.contract = contract
+
+    def score(self, data: pa.RecordBatch) -> ScoredBatch:
+        n = data.num_rows
+        return ScoredBatch(
+            score=pa.array(np.full(n, 0.9)),
+            label=pa.array(np.ones(n, np.int32)),
+            reason=pa.nulls(n, pa.string()),
+            valid=np.ones(n, bool),
+            kinds=[None] * n,
+        )
+
+
+def test_a_challenger_with_another_contract_reads_the_events_its_own_way(
+    artifact_dir: Path, demo_table: pa.Table
+) -> None:
+    champion = LiveModel.of(load_artifact(str(artifact_dir)))
+    contract = champion.scorer.contract
+    # The challenger does without `amount`: it scores the event that lacks it.
+    narrower = contract.model_copy(
+        update={"features": tuple(f for f in contract.features if f.name != "amount")}
+    )
+    challenger = LiveModel("fraud", "8", ConstantScorer(narrower))  # type: ignore[arg-type]
+    good = [v for _, v in to_events(demo_table.slice(0, 2), contract.key, contract.feature_names)]
+    without_amount = json.dumps(
+        {k: v for k, v in json.loads(good[1]).items() if k != "amount"}
+    ).encode()
+    batch = Batch.of([FakeMessage(0, _value=good[0]), FakeMessage(1, _value=without_amount)])
+    decoded = decode_and_validate(batch, contract, 64 * 1024)
+    scored = score(decoded, champion)
+    assert [r.kind for r in decoded.refused] == ["missing_field"]
+
+    out = shadow(batch, decoded, scored, champion, challenger, "shadow", 64 * 1024, 0)
+
+    assert len(out.records) == 2 and out.refused_kinds == [] and out.refused_scored == 0
+    both = scored.score.to_pylist()[0]
+    assert out.score_differences.tolist() == [abs(0.9 - both)]  # only the event both scored
+    assert out.disagreements == int(scored.label.to_pylist()[0] != 1)
+
+    # One that needs a feature the events lack refuses them all, the one the champion scored too.
+    extra = contract.features[0].model_copy(update={"name": "extra"})
+    wider = contract.model_copy(update={"features": (*contract.features, extra)})
+    picky = LiveModel("fraud", "9", ConstantScorer(wider))  # type: ignore[arg-type]
+    out = shadow(batch, decoded, scored, champion, picky, "shadow", 64 * 1024, 0)
+    assert out.records == [] and out.refused_kinds == ["missing_field"] * 2
+    assert out.refused_scored == 1 and out.score_differences.size == 0
+
+
+class RaisingScorer(ConstantScorer):
+    def score(self, data: pa.RecordBatch) -> ScoredBatch:
+        raise RuntimeError("onnxruntime: invalid dimensions")
+
+
+def test_a_challenger_that_raises_is_counted_and_the_batch_goes_without_it(
+    artifact_dir: Path, demo_table: pa.Table, caplog: pytest.LogCaptureFixture
+) -> None:
+    champion = LiveModel.of(load_artifact(str(artifact_dir)))
+    metrics = StreamMetrics()
+    shadowed = Shadow("unused", "shadow", metrics)
+    shadowed.use(LiveModel("fraud", "9", RaisingScorer(champion.scorer.contract)))  # type: ignore[arg-type]
+    batch = _mixed_batch(champion, demo_table)
+    decoded = decode_and_validate(batch, champion.scorer.contract, 64 * 1024)
+    scored = score(decoded, champion)
+
+    for _ in range(5):
+        assert shadowed.outgoing(batch, decoded, scored, champion, 64 * 1024) is None
+
+    health = shadowed.health()
+    assert health["shadow_failures"] == 5 and health["shadow_model_version"] == "9"
+    assert 'scoring_stream_shadow_failures_total{stage="score"} 5.0' in metrics.text().decode()
+    failures = [r for r in caplog.records if "failed to score" in r.getMessage()]
+    assert len(failures) == 1  # rate-limited: one line, not one per batch
+
+
+def test_shadow_counts_follow_the_version_that_scores(
+    artifact_dir: Path, demo_table: pa.Table
+) -> None:
+    champion = LiveModel.of(load_artifact(str(artifact_dir)))
+    metrics = StreamMetrics()
+    shadowed = Shadow("unused", "shadow", metrics)
+    batch = _mixed_batch(champion, demo_table)
+    decoded = decode_and_validate(batch, champion.scorer.contract, 64 * 1024)
+    scored = score(decoded, champion)
+    assert shadowed.outgoing(batch, decoded, scored, champion, 64 * 1024) is None  # no challenger
+
+    shadowed.use(LiveModel("fraud", "7", champion.scorer))
+    for _ in range(2):
+        out = shadowed.outgoing(batch, decoded, scored, champion, 64 * 1024)
+        assert out is not None
+        shadowed.count(out)
+    shadowed.use(LiveModel("fraud", "8", champion.scorer))
+    out = shadowed.outgoing(batch, decoded, scored, champion, 64 * 1024)
+    assert out is not None
+    shadowed.count(out)
+
+    health = shadowed.health()
+    assert health["shadow_model_version"] == "8"
+    assert (health["shadow_predictions"], health["shadow_version_predictions"]) == (9, 3)
+    assert health["shadow_refused"] == 9 and health["shadow_disagreements"] == 0
+    text = metrics.text().decode()
+    assert "scoring_stream_shadow_predictions_total 9.0" in text
+    assert 'scoring_stream_shadow_refused_total{reason="not_json"} 3.0' in text
+    assert 'scoring_stream_shadow_model_version{model="fraud"} 8.0' in text
+    assert 'scoring_stream_shadow_score_difference_bucket{le="0.0"} 9.0' in text
+    shadowed.use(None)  # the alias was deleted
+    assert shadowed.health()["shadow_model_version"] is None
+    assert shadowed.outgoing(batch, decoded, scored, champion, 64 * 1024) is None

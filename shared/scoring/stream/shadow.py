@@ -1,0 +1,191 @@
+"""A challenger scored in the champion's shadow: which version, its records, its counts.
+
+The processor scores every micro-batch with the champion first; then, when a challenger
+is loaded, :meth:`Shadow.outgoing` adds the challenger's predictions of the same events
+(:func:`scoring.stream.stages.shadow`), which the processor sends in the same transaction
+as the champion's records and the input offsets. Nothing here can change the champion's
+output: a challenger that cannot be loaded, whose alias names no version, or that raises
+while scoring is counted and logged (at most once a minute per kind of failure) and the
+micro-batch goes out without shadow records.
+
+A ``models:/NAME@ALIAS`` challenger is followed through its own alias
+(:class:`scoring.model.live.ModelFollower`, optional): when the alias is set, moved or
+deleted, the challenger that scores changes or stops between two micro-batches. Any other
+URI is loaded once, at start.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections import Counter
+from typing import Any
+
+from scoring.model.artifact import ScoredBatch, load_artifact
+from scoring.model.live import LiveModel, ModelFollower, follows_alias
+from scoring.stream.events import Decoded
+from scoring.stream.metrics import StreamMetrics
+from scoring.stream.stages import Batch, ShadowOutgoing, shadow
+
+__all__ = ["Shadow", "no_shadow_health"]
+
+log = logging.getLogger(__name__)
+
+LOG_EVERY_S = 60.0
+
+
+def no_shadow_health() -> dict[str, Any]:
+    """The ``/health`` fields of a processor without a shadow."""
+    return {
+        "shadow_model_name": None,
+        "shadow_model_version": None,
+        "shadow_predictions": 0,
+        "shadow_version_predictions": 0,
+        "shadow_refused": 0,
+        "shadow_failures": 0,
+        "shadow_disagreements": 0,
+    }
+
+
+class Shadow:
+    """The challenger of one processor; call :meth:`start` before and :meth:`stop` after.
+
+    Args:
+        uri: the challenger (``models:/NAME@ALIAS``, followed; or a fixed version or folder).
+        topic: where its predictions go.
+        metrics: the processor's metrics (the ``shadow_*`` ones are fed here).
+        threads, poll_s: as for the champion.
+    """
+
+    def __init__(
+        self, uri: str, topic: str, metrics: StreamMetrics, threads: int = 1, poll_s: float = 10.0
+    ) -> None:
+        self.uri, self.topic, self.metrics = uri, topic, metrics
+        self.threads, self.poll_s = threads, poll_s
+        self.model: LiveModel | None = None
+        self.counts = no_shadow_health()
+        self._follower: ModelFollower | None = None
+        self._last_logged: dict[str, float] = {}
+        self._unlogged: Counter[str] = Counter()
+        self._lock = threading.Lock()  # load failures are reported from the follower's thread
+
+    def start(self) -> None:
+        if follows_alias(self.uri):
+            # Loads in its own thread: the champion starts without waiting for it.
+            self._follower = ModelFollower(
+                self.uri,
+                None,
+                self.threads,
+                self.poll_s,
+                on_failure=lambda exc: self._failed("load", exc),
+                optional=True,
+            )
+            return
+        try:
+            self.use(LiveModel.of(load_artifact(self.uri), self.threads))
+        except Exception as exc:  # the champion goes on without a shadow
+            self._failed("load", exc)
+
+    def stop(self) -> None:
+        if self._follower is not None:
+            self._follower.stop()
+
+    def health(self) -> dict[str, Any]:
+        return dict(self.counts)
+
+    def refresh(self) -> None:
+        """Between two micro-batches: take up what the alias names now (or nothing)."""
+        if self._follower is not None:
+            self.use(self._follower.current)
+
+    def outgoing(
+        self,
+        batch: Batch,
+        decoded: Decoded,
+        scored: ScoredBatch,
+        champion: LiveModel,
+        max_bytes: int,
+    ) -> ShadowOutgoing | None:
+        """The challenger's part of a micro-batch the champion has scored; never raises."""
+        challenger = self.model
+        if challenger is None:
+            return None
+        try:
+            now_ms = time.time_ns() // 1_000_000
+            out = shadow(
+                batch, decoded, scored, champion, challenger, self.topic, max_bytes, now_ms
+            )
+        except Exception as exc:  # whatever the challenger does, the champion's batch goes
+            self._failed("score", exc)
+            return None
+        if out.refused_scored:
+            self._log_limited(
+                "refused",
+                "the challenger (version %s) refused %d events the champion scored, of %d; "
+                "its refusals by kind: %s",
+                challenger.version,
+                out.refused_scored,
+                len(batch),
+                dict(Counter(out.refused_kinds)),
+            )
+        return out
+
+    def count(self, out: ShadowOutgoing) -> None:
+        """Count a committed micro-batch's shadow part."""
+        metrics, counts = self.metrics, self.counts
+        metrics.shadow_predictions.inc(out.predictions)
+        for kind, n in Counter(out.refused_kinds).items():
+            metrics.shadow_refused.labels(kind).inc(n)
+        metrics.shadow_disagreements.inc(out.disagreements)
+        metrics.shadow_score_difference.observe_many(out.score_differences)
+        counts["shadow_predictions"] += out.predictions
+        counts["shadow_version_predictions"] += out.predictions
+        counts["shadow_refused"] += len(out.refused_kinds)
+        counts["shadow_disagreements"] += out.disagreements
+
+    def use(self, model: LiveModel | None) -> None:
+        """Score with ``model`` from the next micro-batch on (``None``: no shadow records)."""
+        previous = self.model
+        if model is previous:
+            return
+        self.model = model
+        if previous is not None:
+            self.metrics.shadow_model_version.remove(previous.name)
+        if model is not None:
+            self.metrics.shadow_model_version.labels(model.name).set(_number(model.version))
+        self.counts["shadow_model_name"] = model.name if model else None
+        self.counts["shadow_model_version"] = model.version if model else None
+        self.counts["shadow_version_predictions"] = 0
+        log.info(
+            "shadow %s: version %s -> %s",
+            self.uri,
+            previous.version if previous else "none",
+            model.version if model else "none",
+        )
+
+    def _failed(self, stage: str, exc: Exception) -> None:
+        self.metrics.shadow_failures.labels(stage).inc()
+        with self._lock:
+            self.counts["shadow_failures"] += 1
+            self._log_limited(
+                stage, "shadow %s failed to %s (the champion goes on): %s", self.uri, stage, exc
+            )
+
+    def _log_limited(self, kind: str, message: str, *args: object) -> None:
+        """Log at most once per ``LOG_EVERY_S`` for each kind, saying how many were left out."""
+        now = time.monotonic()
+        if now - self._last_logged.get(kind, -LOG_EVERY_S) < LOG_EVERY_S:
+            self._unlogged[kind] += 1
+            return
+        self._last_logged[kind] = now
+        left_out = self._unlogged.pop(kind, 0)
+        suffix = f" ({left_out} more like it since the last line)" if left_out else ""
+        log.warning(message + suffix, *args)
+
+
+def _number(version: str) -> float:
+    try:
+        return float(version)
+    except ValueError:
+        return 0.0  # a local folder has no registry version
