@@ -51,6 +51,7 @@ from scoring.stream import clients  # noqa: E402
 from scoring.stream import main as stream_job  # noqa: E402
 from scoring.stream import topics as topics_io  # noqa: E402
 from scoring.stream.metrics import fetch_health  # noqa: E402
+from scoring.stream.processor import StreamConfig  # noqa: E402
 
 PARTITIONS = 3
 MODES = ("pass-through", "model", "shadow")
@@ -69,8 +70,9 @@ def main(argv: Sequence[str] | None = None) -> None:
         "--rounds", type=int, default=3, help="alternated runs, median kept (0: profile only)"
     )
     parser.add_argument("--seconds", type=int, default=10, help="length of each latency run")
-    parser.add_argument("--batch-size", type=int, default=500)
-    parser.add_argument("--batch-wait-ms", type=int, default=0)
+    defaults = StreamConfig("", "", "", "", "")  # the processor's own defaults
+    parser.add_argument("--batch-size", type=int, default=defaults.batch_size)
+    parser.add_argument("--batch-wait-ms", type=int, default=defaults.batch_wait_ms)
     parser.add_argument("--guarantee", choices=(*GUARANTEES, "both"), default="both")
     parser.add_argument(
         "--profile",

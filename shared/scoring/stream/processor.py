@@ -82,7 +82,7 @@ class StreamConfig:
     # Unique per live worker of a group and stable across its restarts (see module doc).
     worker: str = "0"
     exactly_once: bool = True
-    batch_size: int = 500
+    batch_size: int = 2000
     # 0: take what has arrived; under load batches still grow (the next one gathers
     # while this one commits), at low rates nothing waits.
     batch_wait_ms: int = 0
