@@ -100,6 +100,15 @@ DEFAULTS: dict[str, Callable[[], str]] = {
     "rollout_health_urls": lambda: "",
     "rollout_confirm_timeout": lambda: "120",
     "rollout_alias": lambda: "champion",
+    "rollout_shadow_events": lambda: "1000",
+    "rollout_shadow_timeout": lambda: "3600",
+    "rollout_output_topic": lambda: "fraud_scores",
+    "rollout_shadow_topic": lambda: "fraud_scores_shadow",
+    "rollout_key": lambda: "transaction_id",
+    "rollout_shadow_min_agreement": lambda: "0.95",
+    "rollout_shadow_max_psi": lambda: "0.2",
+    "rollout_shadow_experiment": lambda: "scoring-shadow",
+    "rollout_reports_dir": lambda: f"{setting('home')}/reports/model_rollout",
 }
 
 

@@ -37,6 +37,8 @@ mlflow_app = typer.Typer(
 )
 dev_app.add_typer(s3_app, name="s3")
 dev_app.add_typer(mlflow_app, name="mlflow")
+alias_app = typer.Typer(help="Registry aliases beyond promote and rollback.", no_args_is_help=True)
+model_app.add_typer(alias_app, name="alias")
 app.add_typer(model_app, name="model")
 app.add_typer(batch_app, name="batch")
 stream_app = typer.Typer(help="Real-time scoring of a Kafka topic.", no_args_is_help=True)
@@ -160,10 +162,40 @@ def rollback(
     console.print(f"{name}@{alias} -> {version}")
 
 
+@alias_app.command("delete")
+@_user_errors
+def alias_delete(
+    name: str,
+    alias: Annotated[str, typer.Option(help="the alias to remove (e.g. challenger)")],
+    if_version: Annotated[str | None, typer.Option(help="only if ALIAS is on this version")] = None,
+) -> None:
+    """Remove ALIAS from NAME (processors following it stop using it); no alias is fine."""
+    from scoring.lifecycle import registry
+
+    removed = registry.delete_alias(name, alias, if_version)
+    if removed is None:
+        where = f" on {if_version}" if if_version else ""
+        console.print(f"{name}@{alias} is not set{where}: nothing deleted")
+    else:
+        console.print(f"{name}@{alias} ({removed}) deleted")
+
+
 def _report(report: dict[str, Any]) -> None:
     """Gate reports: readable on stderr, JSON as the last stdout line for schedulers."""
     errors.print(report)
     print(json.dumps(report, default=str))
+
+
+KafkaBootstrap = Annotated[
+    str | None, typer.Option(help="Kafka host:port (default KAFKA_BOOTSTRAP_SERVERS)")
+]
+KafkaConfigFile = Annotated[
+    Path | None,
+    typer.Option(
+        help="Kafka client properties file for a secured cluster (default "
+        "SCORING_KAFKA_CONFIG; README: Secured Kafka)"
+    ),
+]
 
 
 @model_app.command("validate")
@@ -192,16 +224,8 @@ def parity(
     name: str,
     version: str,
     source: Annotated[str, typer.Option(help="Delta table holding the golden rows")],
-    bootstrap: Annotated[
-        str | None, typer.Option(help="Kafka host:port (default KAFKA_BOOTSTRAP_SERVERS)")
-    ] = None,
-    kafka_config: Annotated[
-        Path | None,
-        typer.Option(
-            help="Kafka client properties file for a secured cluster (default "
-            "SCORING_KAFKA_CONFIG; README: Secured Kafka)"
-        ),
-    ] = None,
+    bootstrap: KafkaBootstrap = None,
+    kafka_config: KafkaConfigFile = None,
     date: Annotated[str | None, typer.Option(help="take the golden rows from this date")] = None,
     date_column: Annotated[str, typer.Option(help="the source's date column")] = "ds",
     rows: Annotated[int, typer.Option(help="golden rows (the first, by key)")] = 1000,
@@ -525,21 +549,64 @@ def batch_report(
     print(json.dumps({**report.as_dict(), **result}, default=str))
 
 
+def _compare_form(batch: dict[str, Any], stream: dict[str, Any], extras: dict[str, Any]) -> str:
+    """Which form of `model compare` the options make ("batch" or "stream"), or exit 2."""
+    batch_given = [flag for flag, value in batch.items() if value is not None]
+    stream_given = [flag for flag, value in {**stream, **extras}.items() if value is not None]
+    both = "either " + ", ".join(batch) + " (batch tables) or " + ", ".join(stream) + " (topics)"
+    if batch_given and stream_given:
+        raise typer.BadParameter(
+            f"give {both}, not both (got {', '.join(batch_given + stream_given)})"
+        )
+    if not batch_given and not stream_given:
+        raise typer.BadParameter(f"give {both}")
+    form, needed = ("batch", batch) if batch_given else ("stream", stream)
+    missing = [flag for flag, value in needed.items() if value is None]
+    if missing:
+        raise typer.BadParameter(f"the {form} form also needs {', '.join(missing)}")
+    return form
+
+
 @model_app.command("compare")
 @_user_errors
 def model_compare(
-    champion: Annotated[str, typer.Option(help="the champion's predictions Delta table")],
-    challenger: Annotated[str, typer.Option(help="the challenger's predictions Delta table")],
-    date: Day,
-    key: Annotated[str, typer.Option(help="the key column both tables share")],
+    key: Annotated[str, typer.Option(help="the key column (field) both sides share")],
     out_dir: Annotated[Path, typer.Option(help="folder for comparison.json and the plot")],
+    champion: Annotated[
+        str | None, typer.Option(help="batch: the champion's predictions Delta table")
+    ] = None,
+    challenger: Annotated[
+        str | None, typer.Option(help="batch: the challenger's predictions Delta table")
+    ] = None,
+    date: Annotated[
+        str | None, typer.Option(callback=_iso_date, help="batch: the date (YYYY-MM-DD)")
+    ] = None,
     date_column: DateColumn = "ds",
     source: Annotated[
-        str | None, typer.Option(help="the scored source table, for its label column")
+        str | None, typer.Option(help="batch: the scored source table, for its label column")
     ] = None,
     label: Annotated[
-        str | None, typer.Option(help="the source's true-outcome column (needs --source)")
+        str | None, typer.Option(help="batch: the source's true-outcome column (needs --source)")
     ] = None,
+    output_topic: Annotated[
+        str | None, typer.Option(help="stream: the champion's predictions topic")
+    ] = None,
+    shadow_topic: Annotated[
+        str | None, typer.Option(help="stream: the challenger's predictions topic")
+    ] = None,
+    since: Annotated[
+        str | None,
+        typer.Option(help="stream: the window's start, ISO-8601 (UTC if no zone) or epoch ms"),
+    ] = None,
+    until: Annotated[
+        str | None, typer.Option(help="stream: the window's end (default: now)")
+    ] = None,
+    challenger_version: Annotated[
+        str | None,
+        typer.Option(help="stream: keep only the shadow records of this model version"),
+    ] = None,
+    bootstrap: KafkaBootstrap = None,
+    kafka_config: KafkaConfigFile = None,
     experiment: Annotated[
         str | None, typer.Option(help="MLflow experiment to log the comparison to (none: skip)")
     ] = None,
@@ -559,22 +626,39 @@ def model_compare(
         typer.Option(min=0.0, help="fail if the challenger is surely worse than this on --metric"),
     ] = None,
 ) -> None:
-    """Compare a challenger's shadow predictions with the champion's for one date.
+    """Compare a challenger's shadow predictions with the champion's.
 
-    Writes a JSON report and a plot, logs them to MLflow with --experiment, and exits 5
-    naming the numbers when a threshold is not met (a rollout's shadow gate).
+    Batch form: one --date of two predictions tables (--champion, --challenger). Stream
+    form: a window (--since, --until) of the output and shadow topics, read committed,
+    each key's last record. Writes a JSON report and a plot, logs them to MLflow with
+    --experiment, and exits 5 naming the numbers when a threshold is not met (a
+    rollout's shadow gate).
     """
     from scoring.lifecycle.compare import (
         GateThresholds,
         compare,
         log_report,
+        parse_time,
         raise_for_gate,
         read_batch,
+        read_stream,
         write_report,
     )
 
+    form = _compare_form(
+        {"--champion": champion, "--challenger": challenger, "--date": date},
+        {"--output-topic": output_topic, "--shadow-topic": shadow_topic, "--since": since},
+        {
+            "--until": until,
+            "--challenger-version": challenger_version,
+            "--bootstrap": bootstrap,
+            "--kafka-config": kafka_config,
+        },
+    )
     if (source is None) != (label is None):
         raise typer.BadParameter("--source and --label go together")
+    if source is not None and form == "stream":
+        raise typer.BadParameter("--source and --label go with the batch form only")
     if metric not in ("auc", "average_precision"):
         raise typer.BadParameter(f"--metric is auc or average_precision, not {metric!r}")
     thresholds = GateThresholds(
@@ -584,16 +668,47 @@ def model_compare(
         metric=metric,
         max_metric_drop=max_metric_drop,
     )
-    pairs = read_batch(champion, challenger, date, key, date_column, source, label)
-    report = compare(pairs, resamples=resamples)
-    files = write_report(pairs, report, out_dir, f"{challenger} vs {champion}, {date}")
-    report["files"] = {k: str(v) for k, v in files.items()}
-    if experiment:
+    window: dict[str, Any] | None = None
+    if form == "batch":
+        assert champion and challenger and date  # _compare_form checked them
+        pairs = read_batch(champion, challenger, date, key, date_column, source, label)
+        title = f"{challenger} vs {champion}, {date}"
         tags = {
             "scoring.date": date,
             "scoring.champion_table": champion,
             "scoring.challenger_table": challenger,
         }
+    else:
+        assert output_topic and shadow_topic and since
+        from scoring.stream.kafka_config import mask_in_logs, resolve
+
+        since_ms, until_ms = parse_time(since), None if until is None else parse_time(until)
+        client = resolve(bootstrap, kafka_config)
+        mask_in_logs(client)
+        pairs, window = read_stream(
+            output_topic,
+            shadow_topic,
+            key,
+            since_ms,
+            until_ms,
+            challenger_version,
+            client.bootstrap,
+            client.properties,
+        )
+        title = f"{shadow_topic} vs {output_topic}, {window['since']} to {window['until']}"
+        tags = {
+            "scoring.output_topic": output_topic,
+            "scoring.shadow_topic": shadow_topic,
+            "scoring.since": window["since"],
+            "scoring.until": window["until"],
+            **({"scoring.challenger_version": challenger_version} if challenger_version else {}),
+        }
+    report = compare(pairs, resamples=resamples)
+    if window is not None:
+        report["window"] = window
+    files = write_report(pairs, report, out_dir, title)
+    report["files"] = {k: str(v) for k, v in files.items()}
+    if experiment:
         report["mlflow_run_id"] = log_report(report, files, experiment, tags)
     summary = {k: v for k, v in report.items() if k != "most_different"}
     _report(summary)
@@ -626,6 +741,29 @@ def wait_version(
     from scoring.lifecycle.rollout import wait_for_version
 
     _report(wait_for_version(health_url, name, version, timeout))
+
+
+@stream_app.command("wait-shadow")
+@_user_errors
+def wait_shadow(
+    name: str,
+    version: str,
+    health_url: Annotated[
+        list[str], typer.Option(help="a processor's /health URL (repeat for each)")
+    ],
+    events: Annotated[
+        int, typer.Option(min=1, help="shadow predictions by VERSION, summed over processors")
+    ] = 1000,
+    timeout: Annotated[float, typer.Option(help="seconds to wait")] = 3600,
+) -> None:
+    """Wait until every listed processor shadows NAME at VERSION and EVENTS were scored.
+
+    Prints the counts and when the wait started and ended as JSON; exits 5 with the
+    numbers when the timeout comes first.
+    """
+    from scoring.lifecycle.rollout import wait_for_shadow
+
+    _report(wait_for_shadow(health_url, name, version, events, timeout))
 
 
 def _broker_dir() -> Path:

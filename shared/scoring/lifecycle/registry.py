@@ -29,6 +29,7 @@ __all__ = [
     "EXPERIMENT",
     "ModelVersionInfo",
     "client",
+    "delete_alias",
     "download",
     "list_versions",
     "promote",
@@ -275,6 +276,23 @@ def rollback(name: str, alias: str = "champion") -> str:
     mlc.set_registered_model_tag(name, HISTORY_TAG.format(alias=alias), json.dumps(history))
     log.info("%s@%s rolled back to %s", name, alias, version)
     return version
+
+
+def delete_alias(name: str, alias: str, if_version: str | None = None) -> str | None:
+    """Remove ``alias`` from ``name``; returns the version it pointed at (None: no alias).
+
+    With ``if_version``, only when the alias is on that version: a rollout clears the
+    alias it set, never one that someone moved since. The alias's rollback history is kept.
+    """
+    try:
+        current: str | None = resolve(f"models:/{name}@{alias}").version
+    except ModelNotFoundError:
+        current = None
+    if current is None or (if_version is not None and current != if_version):
+        return None
+    client().delete_registered_model_alias(name, alias)
+    log.info("%s@%s (version %s) deleted", name, alias, current)
+    return current
 
 
 def list_versions(name: str) -> list[ModelVersionInfo]:

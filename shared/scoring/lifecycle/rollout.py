@@ -4,8 +4,9 @@ Each gate returns a JSON-able report or raises: :class:`SchemaMismatchError` whe
 candidate's contract does not fit the source table, :class:`GateFailedError` when the
 candidate is worse than the champion on the labelled holdout, scores the golden rows
 differently on the batch and stream paths, or is not picked up by the running stream
-processors in time. The rollout DAG runs them through ``scoring model validate``,
-``scoring model parity`` and ``scoring stream wait-version``.
+processors in time, or not shadowed by them on enough events. The rollout DAG runs them
+through ``scoring model validate``, ``scoring model parity``, ``scoring stream
+wait-shadow`` and ``scoring stream wait-version``.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import json
 import threading
 import time
 from collections.abc import Mapping, Sequence
+from datetime import UTC, datetime
 from typing import Any
 
 import numpy as np
@@ -28,7 +30,7 @@ from scoring.stream.metrics import fetch_health
 from scoring.stream.processor import Processor, StreamConfig
 from scoring.stream.topics import create, delete, produce, reader
 
-__all__ = ["METRICS", "parity", "quality_gate", "wait_for_version"]
+__all__ = ["METRICS", "parity", "quality_gate", "wait_for_shadow", "wait_for_version"]
 
 
 def _auc(labels: np.ndarray, scores: np.ndarray) -> float:
@@ -265,3 +267,61 @@ def _reported(url: str) -> str:
     except (OSError, ValueError) as exc:
         return f"unreachable ({exc})"
     return f"{health.get('model_name')} v{health.get('model_version')}"
+
+
+def wait_for_shadow(
+    urls: Sequence[str],
+    name: str,
+    version: str,
+    events: int,
+    timeout: float = 3600,
+    interval: float = 1.0,
+) -> dict[str, Any]:
+    """Wait until every processor shadows ``name`` at ``version`` and ``events`` were scored.
+
+    Counts ``shadow_version_predictions`` of ``/health`` (predictions by the current
+    shadow version since the processor took it up), summed over the processors that
+    shadow ``version``. The report says when the wait started and ended (ISO, UTC).
+    """
+    started = datetime.now(UTC)
+    deadline = time.monotonic() + timeout
+    wanted = f"{name} v{version}"
+    while True:
+        seen = {url: _shadow(url) for url in urls}
+        predictions = sum(int(s["predictions"]) for s in seen.values() if s["shadow"] == wanted)
+        lagging = {u: s for u, s in seen.items() if s["shadow"] != wanted}
+        if not lagging and predictions >= events:
+            return {
+                "model": name,
+                "version": version,
+                "events": events,
+                "predictions": predictions,
+                "processors": seen,
+                "started": started.isoformat(timespec="seconds"),
+                "ended": datetime.now(UTC).isoformat(timespec="seconds"),
+            }
+        if time.monotonic() >= deadline:
+            detail = "; ".join(f"{u}: {s['shadow']}" for u, s in lagging.items())
+            raise GateFailedError(
+                "shadow evidence",
+                f"after {timeout:.0f}s (since {started.isoformat(timespec='seconds')}) "
+                f"{predictions} of {events} shadow predictions by {wanted}"
+                + (f"; not shadowing it: {detail}" if detail else ""),
+            )
+        time.sleep(interval)
+
+
+def _shadow(url: str) -> dict[str, Any]:
+    """What one processor shadows, and its shadow counts."""
+    try:
+        health = fetch_health(url, timeout=5)
+    except (OSError, ValueError) as exc:
+        return {"shadow": f"unreachable ({exc})", "predictions": 0, "failures": 0}
+    shadow_version = health.get("shadow_model_version")
+    return {
+        "shadow": "no shadow"
+        if shadow_version is None
+        else f"{health.get('shadow_model_name')} v{shadow_version}",
+        "predictions": int(health.get("shadow_version_predictions") or 0),
+        "failures": int(health.get("shadow_failures") or 0),
+    }

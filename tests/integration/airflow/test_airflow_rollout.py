@@ -1,9 +1,10 @@
 """The model_rollout DAG in a real Airflow, with a real broker and a running processor.
 
 A stream processor follows ``fraud@champion`` for the whole module. Each test registers a
-candidate and runs ``airflow dags test model_rollout -c {"model": ..., "version": ...}``:
-a good one ends as champion and the processor reports it, one that fails the quality
-gate is never promoted, and a failure after promotion puts the alias back.
+candidate and runs ``airflow dags test model_rollout -c {"model": ..., "version": ...}``
+without the shadow phase (``scoring_rollout_shadow_events`` = 0): a good one ends as
+champion and the processor reports it, one that fails the quality gate is never
+promoted, and a failure after promotion puts the alias back.
 """
 
 from __future__ import annotations
@@ -73,6 +74,8 @@ def variables(
         "rollout_kafka_config": str(secure_kafka.sasl_ssl_config),
         "rollout_health_urls": f"http://127.0.0.1:{processor.metrics_port}/health",
         "rollout_confirm_timeout": "30",
+        # The processor here does not shadow: these rollouts promote without a shadow phase.
+        "rollout_shadow_events": "0",
     }
 
 
@@ -95,9 +98,13 @@ def test_a_good_candidate_becomes_champion_and_the_processor_reports_it(
     assert states == {
         "validate": "success",
         "parity": "success",
+        "shadow": "skipped",
+        "evidence": "skipped",
+        "compare": "skipped",
         "promote": "success",
         "confirm": "success",
         "rollback": "skipped",
+        "clear_challenger": "success",
     }, output[-5000:]
     assert _champion() == candidate
     assert processor.health()["model_version"] == candidate  # type: ignore[index]
@@ -112,8 +119,9 @@ def test_a_candidate_failing_the_quality_gate_is_never_promoted(
     candidate = _register(noise_model)
     states, output = _rollout(airflow, candidate, **variables)
     assert states["validate"] == "failed", output[-5000:]
-    assert states["promote"] == states["confirm"] == "upstream_failed"
+    assert states["promote"] == states["confirm"] == states["compare"] == "upstream_failed"
     assert states["rollback"] == "failed"  # fails the run, having nothing to undo
+    assert states["clear_challenger"] == "success"  # runs whatever happened
     assert "The quality gate failed: auc" in output
     assert "nothing rolled back" in output
     assert _champion() == before

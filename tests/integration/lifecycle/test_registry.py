@@ -52,6 +52,25 @@ def test_alias_resolves_to_an_immutable_version_and_rolls_back(
         registry.rollback("fraud")
 
 
+def test_alias_delete_clears_only_the_version_it_is_told(
+    scoring_home: Path, trained: TrainedModel
+) -> None:
+    first, second = _package(trained), _package(trained)
+    registry.promote("fraud", first)
+    registry.promote("fraud", second, alias="challenger")
+    delete = ["model", "alias", "delete", "fraud", "--alias", "challenger"]
+    kept = runner.invoke(app, [*delete, "--if-version", first])
+    assert kept.exit_code == 0 and "nothing deleted" in kept.output
+    assert registry.resolve("models:/fraud@challenger").version == second
+    done = runner.invoke(app, [*delete, "--if-version", second])
+    assert done.exit_code == 0 and f"fraud@challenger ({second}) deleted" in done.output
+    with pytest.raises(ModelNotFoundError):
+        registry.resolve("models:/fraud@challenger")
+    assert registry.resolve("models:/fraud@champion").version == first
+    again = runner.invoke(app, delete)
+    assert again.exit_code == 0 and "is not set: nothing deleted" in again.output
+
+
 def test_unknown_models_and_aliases_say_so(scoring_home: Path) -> None:
     for uri in ("models:/nope/1", "models:/nope@champion", "models:/bad uri"):
         with pytest.raises(ModelNotFoundError, match="could not be resolved"):
