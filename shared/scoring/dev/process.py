@@ -7,8 +7,8 @@ files of its state directory; any later process stops it through the pid file. T
 is that plumbing, in one place: starting a server, telling whether its pid is alive,
 stopping it (SIGTERM, then SIGKILL) and forgetting it.
 
-Children started by this process are remembered until they are stopped, so they are
-reaped (``Popen.poll``) rather than left as zombies that would still look alive.
+Children started by this process are remembered until :func:`forget`, so they are reaped
+(``Popen.poll``) rather than left as zombies that would still look alive.
 """
 
 from __future__ import annotations
