@@ -830,6 +830,13 @@ def _service_dir(name: str) -> Path:
     return load().home.resolve() / name
 
 
+def _stop_service(name: str, title: str) -> None:
+    from scoring.dev import services
+
+    stopped = services.stop(_service_dir(name))
+    console.print(f"{title} stopped" if stopped else f"no {title} was running")
+
+
 def _exports(env: dict[str, str]) -> None:
     import shlex
 
@@ -861,10 +868,7 @@ def dev_s3_up(
 @_user_errors
 def dev_s3_down() -> None:
     """Stop the S3 server started by `scoring dev s3 up` (its data is gone)."""
-    from scoring.dev import services
-
-    stopped = services.stop(_service_dir("s3"))
-    console.print("S3 server stopped" if stopped else "no S3 server was running")
+    _stop_service("s3", "S3 server")
 
 
 @mlflow_app.command("up")
@@ -895,10 +899,7 @@ def dev_mlflow_up(
 @_user_errors
 def dev_mlflow_down() -> None:
     """Stop the MLflow server started by `scoring dev mlflow up` (its store is kept)."""
-    from scoring.dev import services
-
-    stopped = services.stop(_service_dir("mlflow"))
-    console.print("MLflow server stopped" if stopped else "no MLflow server was running")
+    _stop_service("mlflow", "MLflow server")
 
 
 @app.command("demo")

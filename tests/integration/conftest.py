@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import os
 import re
+import subprocess
 from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import date
 from pathlib import Path
 from types import SimpleNamespace
@@ -19,8 +21,9 @@ from scoring.dev import kafka_broker, services
 from scoring.dev.demo.data import LABEL, generate_day
 from scoring.dev.demo.run import write_demo_table
 from scoring.dev.demo.train import TrainedModel, train
-from scoring.dev.kafka_broker import Broker, SecureListeners
+from scoring.dev.kafka_broker import Broker, SecureListeners, free_port
 from scoring.dev.services import MlflowServer, S3Server
+from scoring.settings import PROJECT_ROOT
 
 from tests.integration.airflow.airflow_helpers import Airflow, airflow_in
 from tests.integration.kafka_helpers import Topics, create_topics
@@ -28,6 +31,7 @@ from tests.integration.kafka_helpers import Topics, create_topics
 START = date(2026, 11, 1)
 DAYS = ("2026-11-01", "2026-11-02", "2026-11-03")
 ROWS_PER_DAY = 3000
+STANDALONE = PROJECT_ROOT / "infra" / "spark" / "standalone.sh"
 
 
 @pytest.fixture(scope="session")
@@ -91,6 +95,45 @@ def job_args(
     """Command-line options of jobs/batch/score.py."""
     args = ["--model", str(model), "--source", source, "--target", str(target)]
     return args + (["--date", date] if date else [])
+
+
+def package_args(trained: TrainedModel, name: str = "fraud") -> list[str]:
+    """`scoring model package` of a trained demo model, registered as ``name``."""
+    return [
+        "model",
+        "package",
+        str(trained.model_file),
+        "--name",
+        name,
+        "--sample",
+        str(trained.sample_file),
+        "--contract",
+        str(trained.contract_file),
+    ]
+
+
+@contextmanager
+def standalone_cluster(state: Path, env: dict[str, str]) -> Iterator[str]:
+    """A Spark standalone master and worker on free loopback ports; yields the master URL.
+
+    Started and stopped by the project's own script, in ``env`` (it finds Spark through the
+    ``PYTHON`` there), with ``state`` as their working and state directory.
+    """
+    env = env | {
+        "SPARK_STATE_DIR": str(state),
+        "SPARK_MASTER_PORT": str(free_port()),
+        "SPARK_MASTER_WEBUI_PORT": str(free_port()),
+        "SPARK_WORKER_WEBUI_PORT": str(free_port()),
+        "SPARK_WORKER_MEMORY": "2g",
+    }
+    started = subprocess.run(
+        [str(STANDALONE), "start"], capture_output=True, text=True, env=env, cwd=state, timeout=300
+    )
+    assert started.returncode == 0, started.stdout + started.stderr
+    try:
+        yield started.stdout.strip().splitlines()[-1]
+    finally:
+        subprocess.run([str(STANDALONE), "stop"], env=env, cwd=state, timeout=120, check=False)
 
 
 @pytest.fixture(scope="session")

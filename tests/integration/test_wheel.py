@@ -31,6 +31,7 @@ from scoring.settings import PROJECT_ROOT
 from scoring.stream.events import to_events
 from scoring.stream.metrics import fetch_health
 
+from tests.integration.conftest import package_args
 from tests.integration.kafka_helpers import Topics, outputs_by_key, produce, read_all
 
 pytestmark = pytest.mark.integration
@@ -159,22 +160,7 @@ def test_the_commands_run_from_the_wheel_without_the_checkout(
     assert shown.returncode == 0, shown.stderr
     assert all(group in shown.stdout for group in ("model", "batch", "stream"))
 
-    packaged = _run(
-        venv,
-        [
-            "model",
-            "package",
-            str(trained.model_file),
-            "--name",
-            "fraud",
-            "--sample",
-            str(trained.sample_file),
-            "--contract",
-            str(trained.contract_file),
-        ],
-        work,
-        env,
-    )
+    packaged = _run(venv, package_args(trained), work, env)
     assert packaged.returncode == 0, packaged.stderr
     assert packaged.stdout.split() == ["1"]
 

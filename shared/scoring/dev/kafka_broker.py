@@ -23,8 +23,9 @@ Everything lives in one state directory::
 
 The storage is formatted on the first start only, and the ports are picked on the first
 start only, so :func:`stop` then :func:`start` on the same directory brings back the same
-broker with its data at the same address. The JVM runs in its own session, so it outlives
-the Python process that started it until :func:`stop` is called.
+broker with its data at the same address. The JVM runs in its own session
+(:mod:`scoring.dev.process`), so it outlives the Python process that started it until
+:func:`stop` is called.
 
 Example:
     >>> broker = start(Path(".scoring/kafka"))  # doctest: +SKIP
@@ -36,12 +37,10 @@ Example:
 from __future__ import annotations
 
 import base64
-import contextlib
 import json
 import logging
 import os
 import shutil
-import signal
 import socket
 import subprocess
 import time
@@ -49,7 +48,7 @@ import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
-from scoring.dev import kafka_security
+from scoring.dev import kafka_security, process
 from scoring.errors import BrokerError
 from scoring.settings import ENV, load
 
@@ -106,9 +105,6 @@ logger.state.level = WARN
 logger.clients.name = org.apache.kafka.clients
 logger.clients.level = WARN
 """
-
-# Children started by this process, kept so they can be reaped (no zombies) on stop().
-_children: dict[int, subprocess.Popen[bytes]] = {}
 
 
 @dataclass(frozen=True)
@@ -327,20 +323,10 @@ def start(
     log_file = state_dir / _LOG_FILE
     command = [java, *_JVM_OPTS, log4j_opt, "-cp", classpath, _MAIN_CLASS, str(props_file)]
     began = time.monotonic()
-    with log_file.open("ab") as out:
-        proc = subprocess.Popen(
-            command,
-            stdin=subprocess.DEVNULL,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            cwd=state_dir,
-            start_new_session=True,
-        )
-    _children[proc.pid] = proc
-    (state_dir / _PID_FILE).write_text(f"{proc.pid}\n")
+    pid = process.spawn(command, state_dir, state_dir / _PID_FILE, log_file)
     broker = Broker(
         bootstrap=f"{HOST}:{port_}",
-        pid=proc.pid,
+        pid=pid,
         port=port_,
         controller_port=cport,
         cluster_id=cluster_id,
@@ -358,7 +344,7 @@ def start(
     log.info(
         "Kafka broker up at %s (pid %d) in %.1fs",
         broker.bootstrap,
-        proc.pid,
+        pid,
         time.monotonic() - began,
     )
     return broker
@@ -382,16 +368,12 @@ def stop(broker_or_state_dir: Broker | Path, timeout: float = 30) -> bool:
     state_dir = _state_dir_of(broker_or_state_dir)
     pid = _live_pid(state_dir)
     if pid is None:
-        _forget(state_dir)
+        process.forget(state_dir / _PID_FILE)
         return False
     began = time.monotonic()
-    _signal(pid, signal.SIGTERM)
-    if not _wait_exit(pid, timeout):
-        log.warning("Kafka broker pid %d ignored SIGTERM for %.0fs; killing it", pid, timeout)
-        _signal(pid, signal.SIGKILL)
-        if not _wait_exit(pid, 10):
-            raise BrokerError(f"The Kafka broker (pid {pid}) of {state_dir} survived SIGKILL.")
-    _forget(state_dir)
+    if not process.stop(pid, timeout):
+        raise BrokerError(f"The Kafka broker (pid {pid}) of {state_dir} survived SIGKILL.")
+    process.forget(state_dir / _PID_FILE)
     log.info("Kafka broker pid %d stopped in %.1fs", pid, time.monotonic() - began)
     return True
 
@@ -405,12 +387,11 @@ def kill(broker_or_state_dir: Broker | Path) -> bool:
     state_dir = _state_dir_of(broker_or_state_dir)
     pid = _live_pid(state_dir)
     if pid is None:
-        _forget(state_dir)
+        process.forget(state_dir / _PID_FILE)
         return False
-    _signal(pid, signal.SIGKILL)
-    if not _wait_exit(pid, 10):
+    if not process.kill(pid):
         raise BrokerError(f"The Kafka broker (pid {pid}) of {state_dir} survived SIGKILL.")
-    _forget(state_dir)
+    process.forget(state_dir / _PID_FILE)
     log.info("Kafka broker pid %d killed", pid)
     return True
 
@@ -680,37 +661,22 @@ def _log_tail(log_file: Path, lines: int = 40) -> str:
     return f"Last lines of {log_file}:\n" + "\n".join(text[-lines:])
 
 
-def _read_pid(state_dir: Path) -> int | None:
-    try:
-        return int((state_dir / _PID_FILE).read_text().strip())
-    except (OSError, ValueError):
-        return None
-
-
 def _live_pid(state_dir: Path) -> int | None:
     """The broker pid of ``state_dir`` if that process is alive and is this broker."""
-    pid = _read_pid(state_dir)
-    if pid is None:
+    pid = process.read_pid(state_dir / _PID_FILE)
+    if pid is None or not process.alive(pid):
         return None
-    child = _children.get(pid)
-    if child is not None:
-        return pid if child.poll() is None else None
-    proc = Path(f"/proc/{pid}")
-    if proc.is_dir():  # Linux: also rule out a zombie or a recycled pid
-        try:
-            status = (proc / "stat").read_text().rsplit(")", 1)[1].split()[0]
-            cmdline = (proc / "cmdline").read_bytes().split(b"\0")
-        except OSError:
-            return None
-        props = str(state_dir / _PROPERTIES_FILE).encode()
-        return pid if status != "Z" and props in cmdline else None
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return None
-    except PermissionError:
+    cmdline = Path(f"/proc/{pid}/cmdline")
+    # Our own child is this broker (its cmdline may even read empty while it execs); no
+    # /proc: trust the pid file.
+    if process.started_here(pid) or not cmdline.parent.is_dir():
         return pid
-    return pid
+    # A recycled pid runs something else: the broker has its properties file as argument.
+    try:
+        args = cmdline.read_bytes().split(b"\0")
+    except OSError:
+        return None
+    return pid if str(state_dir / _PROPERTIES_FILE).encode() in args else None
 
 
 def _running_broker(state_dir: Path) -> Broker | None:
@@ -736,46 +702,3 @@ def _running_broker(state_dir: Path) -> Broker | None:
         log_file=state_dir / _LOG_FILE,
         secure=secure,
     )
-
-
-def _signal(pid: int, sig: signal.Signals) -> None:
-    with contextlib.suppress(ProcessLookupError):
-        os.kill(pid, sig)
-
-
-def _wait_exit(pid: int, timeout: float) -> bool:
-    deadline = time.monotonic() + timeout
-    child = _children.get(pid)
-    while True:
-        if child is not None:
-            if child.poll() is not None:
-                return True
-        elif not _pid_alive(pid):
-            return True
-        if time.monotonic() >= deadline:
-            return False
-        time.sleep(0.1)
-
-
-def _pid_alive(pid: int) -> bool:
-    stat = Path(f"/proc/{pid}/stat")
-    if stat.parent.is_dir():
-        try:
-            return stat.read_text().rsplit(")", 1)[1].split()[0] != "Z"
-        except (OSError, IndexError):
-            return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
-def _forget(state_dir: Path) -> None:
-    pid = _read_pid(state_dir)
-    if pid is not None:
-        _children.pop(pid, None)
-    with contextlib.suppress(FileNotFoundError):
-        (state_dir / _PID_FILE).unlink()

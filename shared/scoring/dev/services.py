@@ -11,17 +11,16 @@
 
 Each service keeps ``service.json`` (ports and, for these throwaway local services, the
 credentials, readable by the owner only), ``service.pid`` and ``service.log`` in its own
-state directory; :func:`stop` ends the process recorded there. Both bind 127.0.0.1 only.
+state directory; :func:`stop` ends the process recorded there and the workers it forked
+(SIGTERM, then SIGKILL; :mod:`scoring.dev.process`). Both bind 127.0.0.1 only and outlive
+the Python process that started them.
 """
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import secrets
-import signal
-import subprocess
 import sys
 import time
 import urllib.error
@@ -30,6 +29,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from scoring.dev import process
 from scoring.dev.kafka_broker import HOST, free_port
 from scoring.errors import ScoringError
 
@@ -113,9 +113,12 @@ def start_s3(state_dir: Path, buckets: tuple[str, ...] = (), port: int | None = 
         ) from exc
     port = port or free_port()
     endpoint = f"http://{HOST}:{port}"
-    pid = _spawn(
-        state_dir,
+    state_dir.mkdir(parents=True, exist_ok=True)
+    pid = process.spawn(
         [sys.executable, "-m", "moto.server", "-H", HOST, "-p", str(port)],
+        state_dir,
+        state_dir / _PID,
+        state_dir / _LOG,
         # Authentication off until the user below exists; then turned on over the API.
         {**_clean_env(), "INITIAL_NO_AUTH_ACTION_COUNT": "inf"},
     )
@@ -231,7 +234,7 @@ def start_mlflow(
         env["MLFLOW_AUTH_CONFIG_PATH"] = str(config)
         # The auth app's CSRF protection needs a key that stays the same across restarts.
         env["MLFLOW_FLASK_SERVER_SECRET_KEY"] = _ini_value(config, "# flask_secret_key") or ""
-    pid = _spawn(state_dir, command, env)
+    pid = process.spawn(command, state_dir, state_dir / _PID, state_dir / _LOG, env)
     uri = f"http://{HOST}:{port}"
     _wait_http(f"{uri}/health", state_dir, pid, timeout=120)
     server = MlflowServer(uri, pid, str(state_dir), username, password)
@@ -251,29 +254,18 @@ def _ini_value(path: Path, key: str) -> str | None:
 
 def stop(state_dir: Path, timeout: float = 30) -> bool:
     """Stop the service recorded in ``state_dir``; ``False`` if none was running."""
-    pid = _pid(state_dir)
-    with contextlib.suppress(FileNotFoundError):
-        (state_dir / _PID).unlink()
-    if pid is None or not _alive(pid):
+    pid_file = state_dir / _PID
+    pid = process.read_pid(pid_file)
+    if pid is None or not process.alive(pid):
+        process.forget(pid_file)
         return False
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(pid, signal.SIGTERM)  # the server and the workers it forked
-    deadline = time.monotonic() + timeout
-    while _alive(pid) and time.monotonic() < deadline:
-        time.sleep(0.1)
-    if _alive(pid):
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(pid, signal.SIGKILL)
-    _children.pop(pid, None)
+    process.stop(pid, timeout, group=True)  # the server and the workers it forked
+    process.forget(pid_file)
     return True
 
 
 def is_running(state_dir: Path) -> bool:
     return _running(state_dir) is not None
-
-
-# Children started by this process, kept so they can be reaped on stop().
-_children: dict[int, subprocess.Popen[bytes]] = {}
 
 
 def _clean_env() -> dict[str, str]:
@@ -283,27 +275,10 @@ def _clean_env() -> dict[str, str]:
     return {k: v for k, v in os.environ.items() if not k.startswith(drop)}
 
 
-def _spawn(state_dir: Path, command: list[str], env: dict[str, str]) -> int:
-    state_dir.mkdir(parents=True, exist_ok=True)
-    with (state_dir / _LOG).open("ab") as log:
-        child = subprocess.Popen(
-            command,
-            stdin=subprocess.DEVNULL,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            env=env,
-            cwd=state_dir,
-            start_new_session=True,  # its own process group: stop() ends its workers too
-        )
-    _children[child.pid] = child
-    (state_dir / _PID).write_text(f"{child.pid}\n")
-    return child.pid
-
-
 def _wait_http(url: str, state_dir: Path, pid: int, timeout: float = 60) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        if not _alive(pid):
+        if not process.alive(pid):
             break
         try:
             with urllib.request.urlopen(url, timeout=2):
@@ -327,31 +302,9 @@ def _save(state_dir: Path, state: dict[str, Any]) -> None:
     path.write_text(json.dumps(state, indent=2) + "\n")
 
 
-def _pid(state_dir: Path) -> int | None:
-    try:
-        return int((state_dir / _PID).read_text().strip())
-    except (OSError, ValueError):
-        return None
-
-
-def _alive(pid: int) -> bool:
-    child = _children.get(pid)
-    if child is not None:
-        return child.poll() is None
-    stat = Path(f"/proc/{pid}/stat")
-    try:
-        return stat.read_text().rsplit(")", 1)[1].split()[0] != "Z"
-    except (OSError, IndexError):
-        try:
-            os.kill(pid, 0)
-        except ProcessLookupError:
-            return False
-        return True
-
-
 def _running(state_dir: Path) -> dict[str, Any] | None:
-    pid = _pid(state_dir)
-    if pid is None or not _alive(pid):
+    pid = process.read_pid(state_dir / _PID)
+    if pid is None or not process.alive(pid):
         return None
     try:
         state = dict(json.loads((state_dir / _STATE).read_text()))

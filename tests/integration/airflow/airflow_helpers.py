@@ -1,4 +1,7 @@
-"""Running the project's Airflow (its own venv, SQLite) from tests, as users run it."""
+"""Running the project's Airflow (its own venv, SQLite) from tests, as users run it.
+
+Also the state the nightly DAG starts from: a champion and a first day scored.
+"""
 
 from __future__ import annotations
 
@@ -8,6 +11,11 @@ import subprocess
 from pathlib import Path
 
 import pytest
+from pyspark.sql import SparkSession
+from scoring.batch.job import BatchJob, run
+from scoring.dev.demo.train import TrainedModel
+from scoring.lifecycle import registry
+from scoring.lifecycle.packaging import package
 from scoring.settings import PROJECT_ROOT
 
 AIRFLOW_VENV = PROJECT_ROOT / ".venv-airflow"
@@ -69,3 +77,32 @@ def airflow_in(home: Path) -> Airflow:
     migrated = runner("db", "migrate")
     assert migrated.returncode == 0, migrated.stderr[-3000:]
     return runner
+
+
+def nightly_reference(
+    spark: SparkSession, trained: TrainedModel, name: str, source: str, prefix: str, day: str
+) -> dict[str, str]:
+    """``name@champion`` registered from ``trained``, ``day`` scored as the drift reference.
+
+    Returns:
+        The nightly DAG's table Variables: ``source`` and the predictions and rejects
+        tables under ``prefix``.
+    """
+    version = package(
+        trained.model_file, name, trained.sample_file, spec_file=trained.contract_file
+    ).version
+    registry.promote(name, version)
+    tables = {
+        "nightly_source": source,
+        "nightly_predictions": f"{prefix}/fraud_scores",
+        "nightly_rejects": f"{prefix}/fraud_scores_rejects",
+    }
+    job = BatchJob(
+        f"models:/{name}@champion",
+        source,
+        tables["nightly_predictions"],
+        tables["nightly_rejects"],
+        date=day,
+    )
+    run(spark, job)
+    return tables

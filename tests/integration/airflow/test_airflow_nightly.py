@@ -16,12 +16,10 @@ from pathlib import Path
 import pytest
 from pyspark.sql import SparkSession
 from pyspark.sql import functions as F
-from scoring.batch.job import BatchJob, run
 from scoring.dev.demo.train import TrainedModel
 from scoring.lifecycle import registry
-from scoring.lifecycle.packaging import package
 
-from tests.integration.airflow.airflow_helpers import AIRFLOW_VENV, Airflow
+from tests.integration.airflow.airflow_helpers import AIRFLOW_VENV, Airflow, nightly_reference
 from tests.integration.conftest import DAYS, ROWS_PER_DAY
 
 DAG_ID = "nightly_batch_scoring"
@@ -33,26 +31,7 @@ def lake(
     home: Path, trained: TrainedModel, spark: SparkSession, source_table: str
 ) -> dict[str, str]:
     """fraud@champion in the module's registry; the first day already scored as reference."""
-    version = package(
-        trained.model_file, "fraud", trained.sample_file, spec_file=trained.contract_file
-    ).version
-    registry.promote("fraud", version)
-    tables = {
-        "nightly_source": source_table,
-        "nightly_predictions": str(home / "lake" / "fraud_scores"),
-        "nightly_rejects": str(home / "lake" / "fraud_scores_rejects"),
-    }
-    run(
-        spark,
-        BatchJob(
-            model="models:/fraud@champion",
-            source=source_table,
-            target=tables["nightly_predictions"],
-            rejects=tables["nightly_rejects"],
-            date=DAYS[0],
-        ),
-    )
-    return tables
+    return nightly_reference(spark, trained, "fraud", source_table, str(home / "lake"), DAYS[0])
 
 
 def _day(spark: SparkSession, table: str, day: str = DAY) -> list[tuple]:

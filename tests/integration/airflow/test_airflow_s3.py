@@ -14,14 +14,11 @@ import pytest
 from mlflow.tracking import MlflowClient
 from pyspark.sql import SparkSession
 from scoring.batch import lake
-from scoring.batch.job import BatchJob, run
 from scoring.batch.tables import for_spark
 from scoring.dev.demo.train import TrainedModel
 from scoring.dev.services import MlflowServer
-from scoring.lifecycle import registry
-from scoring.lifecycle.packaging import package
 
-from tests.integration.airflow.airflow_helpers import Airflow, airflow_in
+from tests.integration.airflow.airflow_helpers import Airflow, airflow_in, nightly_reference
 from tests.integration.conftest import DAYS
 
 DAG_ID = "nightly_batch_scoring"
@@ -42,28 +39,11 @@ def variables(
     on_server: MlflowServer, trained: TrainedModel, spark: SparkSession, source_table: str
 ) -> dict[str, str]:
     """The source in the bucket, fraud_s3@champion on the server, DAYS[0] scored as reference."""
-    version = package(
-        trained.model_file, "fraud_s3", trained.sample_file, spec_file=trained.contract_file
-    ).version
-    registry.promote("fraud_s3", version)
-    tables = {
-        "nightly_source": f"{PREFIX}/transactions",
-        "nightly_predictions": f"{PREFIX}/fraud_scores",
-        "nightly_rejects": f"{PREFIX}/fraud_scores_rejects",
-    }
+    source = f"{PREFIX}/transactions"
     spark.read.format("delta").load(source_table).write.format("delta").partitionBy("ds").save(
-        for_spark(tables["nightly_source"])
+        for_spark(source)
     )
-    run(
-        spark,
-        BatchJob(
-            "models:/fraud_s3@champion",
-            tables["nightly_source"],
-            tables["nightly_predictions"],
-            tables["nightly_rejects"],
-            date=DAYS[0],
-        ),
-    )
+    tables = nightly_reference(spark, trained, "fraud_s3", source, PREFIX, DAYS[0])
     return {**tables, "model": "models:/fraud_s3@champion", "tracking_uri": on_server.uri}
 
 

@@ -14,12 +14,10 @@ from pathlib import Path
 
 import pytest
 from scoring.batch.spark import submit_command
-from scoring.dev.kafka_broker import free_port
 from scoring.settings import PROJECT_ROOT
 
-from tests.integration.conftest import DAYS, ROWS_PER_DAY, job_args
+from tests.integration.conftest import DAYS, ROWS_PER_DAY, job_args, standalone_cluster
 
-STANDALONE = PROJECT_ROOT / "infra" / "spark" / "standalone.sh"
 SCORE = PROJECT_ROOT / "jobs" / "batch" / "score.py"
 
 
@@ -77,23 +75,8 @@ def test_spark_submit_without_the_jars_says_how_to_launch(
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     state = tmp_path_factory.mktemp("spark-cluster")
-    env = {
-        **os.environ,
-        "PYTHON": sys.executable,
-        "SPARK_STATE_DIR": str(state),
-        "SPARK_MASTER_PORT": str(free_port()),
-        "SPARK_MASTER_WEBUI_PORT": str(free_port()),
-        "SPARK_WORKER_WEBUI_PORT": str(free_port()),
-        "SPARK_WORKER_MEMORY": "2g",
-    }
-    started = subprocess.run(
-        [str(STANDALONE), "start"], capture_output=True, text=True, env=env, timeout=180
-    )
-    assert started.returncode == 0, started.stdout + started.stderr
-    try:
-        yield started.stdout.strip().splitlines()[-1]
-    finally:
-        subprocess.run([str(STANDALONE), "stop"], env=env, timeout=60, check=False)
+    with standalone_cluster(state, {**os.environ, "PYTHON": sys.executable}) as master:
+        yield master
 
 
 @pytest.mark.cluster

@@ -22,14 +22,12 @@ from pyspark.sql import functions as F
 from scoring.batch.job import BatchJob, run
 from scoring.batch.pyenv import archive_conf, pack
 from scoring.batch.spark import submit_command
-from scoring.dev.kafka_broker import free_port
 from scoring.settings import PROJECT_ROOT
 
-from tests.integration.conftest import DAYS, job_args
+from tests.integration.conftest import DAYS, job_args, standalone_cluster
 
 pytestmark = pytest.mark.cluster
 
-STANDALONE = PROJECT_ROOT / "infra" / "spark" / "standalone.sh"
 BASE_PYTHON = Path(getattr(sys, "_base_executable", sys.executable))
 PROBE = """
 import json
@@ -68,20 +66,9 @@ def bare_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str
         "PYSPARK_PYTHON": str(BASE_PYTHON),
         # Only to find the Spark installation the master and worker JVMs run from.
         "PYTHON": sys.executable,
-        "SPARK_STATE_DIR": str(state),
-        "SPARK_MASTER_PORT": str(free_port()),
-        "SPARK_MASTER_WEBUI_PORT": str(free_port()),
-        "SPARK_WORKER_WEBUI_PORT": str(free_port()),
-        "SPARK_WORKER_MEMORY": "2g",
     }
-    started = subprocess.run(
-        [str(STANDALONE), "start"], capture_output=True, text=True, env=env, cwd=state, timeout=300
-    )
-    assert started.returncode == 0, started.stdout + started.stderr
-    try:
-        yield started.stdout.strip().splitlines()[-1], state / "work"
-    finally:
-        subprocess.run([str(STANDALONE), "stop"], env=env, cwd=state, timeout=120, check=False)
+    with standalone_cluster(state, env) as master:
+        yield master, state / "work"
 
 
 def _submit(command: list[str], tmp_path: Path) -> str:

@@ -19,6 +19,8 @@ from scoring.lifecycle.packaging import package
 from scoring.model.artifact import load_artifact
 from typer.testing import CliRunner
 
+from tests.integration.conftest import package_args
+
 runner = CliRunner()
 
 
@@ -96,17 +98,7 @@ def test_a_graph_swapped_in_the_artifact_store_is_refused(
 
 
 def test_cli_package_promote_list_rollback(scoring_home: Path, trained: TrainedModel) -> None:
-    args = [
-        "model",
-        "package",
-        str(trained.model_file),
-        "--name",
-        "fraud",
-        "--sample",
-        str(trained.sample_file),
-        "--contract",
-        str(trained.contract_file),
-    ]
+    args = package_args(trained)
     first = runner.invoke(app, args)
     assert first.exit_code == 0, first.output
     assert first.stdout.strip().splitlines()[-1] == "1"

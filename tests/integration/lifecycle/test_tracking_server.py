@@ -29,7 +29,7 @@ from scoring.lifecycle import registry
 from scoring.model.artifact import load_artifact
 from scoring.stream.events import to_events
 
-from tests.integration.conftest import DAYS
+from tests.integration.conftest import DAYS, package_args
 from tests.integration.kafka_helpers import ProcessorProcess, Topics, produce, read_all
 
 SCORING = str(Path(sys.executable).parent / "scoring")
@@ -74,13 +74,9 @@ def test_model_commands_and_the_batch_job_work_through_the_server(
     artifact_dir: Path,
     tmp_path: Path,
 ) -> None:
-    package = [
-        "model", "package", str(trained.model_file), "--name", name,
-        "--sample", str(trained.sample_file), "--contract", str(trained.contract_file),
-    ]  # fmt: skip
     versions = []
     for _ in range(2):
-        packaged = _cli(client_env, *package)
+        packaged = _cli(client_env, *package_args(trained, name))
         assert packaged.returncode == 0, packaged.stderr
         versions.append(packaged.stdout.strip().splitlines()[-1])
     assert _cli(client_env, "model", "promote", name, versions[0]).returncode == 0
