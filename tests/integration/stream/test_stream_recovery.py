@@ -191,7 +191,11 @@ def test_promotion_mid_stream_switches_version_between_batches(
     )
     registry.promote("fraud", first.version)
     valid, refused = expected_scores(artifact_dir, stream_table)
-    feeder = Feeder(kafka.bootstrap, topics.input, events_of(artifact_dir, stream_table))
+    events = events_of(artifact_dir, stream_table)
+    # The second half is sent once the new version scores: however fast the worker
+    # drains the first half, both versions see events.
+    half = len(events) // 2
+    feeder = Feeder(kafka.bootstrap, topics.input, events[:half])
     processor = ProcessorProcess(
         kafka.bootstrap,
         "models:/fraud@champion",
@@ -209,6 +213,7 @@ def test_promotion_mid_stream_switches_version_between_batches(
             lambda h: h["model_version"] == second.version, timeout=30, what="the new version"
         )
         feeder.finish()
+        produce(kafka.bootstrap, topics.input, events[half:])
         out = assert_exactly_once(kafka.bootstrap, topics, valid, refused)
         metrics = processor.metrics()
         assert processor.terminate() == 0, processor.log()
