@@ -191,6 +191,14 @@ class StreamMetrics:
         return generate_latest(self.registry)
 
 
+def version_number(version: str) -> float:
+    """A model version as a gauge's value (0 for a local folder, which has no registry version)."""
+    try:
+        return float(version)
+    except ValueError:
+        return 0.0
+
+
 def serve(
     metrics: StreamMetrics, health: Callable[[], dict[str, Any]], host: str, port: int
 ) -> ThreadingHTTPServer:

@@ -44,7 +44,7 @@ from scoring.model.artifact import load_artifact
 from scoring.model.live import LiveModel, ModelFollower, follows_alias
 from scoring.stream import clients, topics
 from scoring.stream.kafka_config import KafkaClientConfig, preflight
-from scoring.stream.metrics import StreamMetrics, serve
+from scoring.stream.metrics import StreamMetrics, serve, version_number
 from scoring.stream.shadow import Shadow, no_shadow_health
 from scoring.stream.stages import (
     Assignment,
@@ -555,11 +555,7 @@ class Processor:
     def _set_model_metric(self, previous: LiveModel | None, model: LiveModel) -> None:
         if previous is not None and previous.name != model.name:
             self.metrics.model_version.remove(previous.name)
-        try:
-            number = float(model.version)
-        except ValueError:
-            number = 0.0  # a local folder has no registry version
-        self.metrics.model_version.labels(model.name).set(number)
+        self.metrics.model_version.labels(model.name).set(version_number(model.version))
 
     def _update_lag(self) -> None:
         now = time.monotonic()

@@ -25,7 +25,7 @@ from typing import Any
 from scoring.model.artifact import ScoredBatch, load_artifact
 from scoring.model.live import LiveModel, ModelFollower, follows_alias
 from scoring.stream.events import Decoded
-from scoring.stream.metrics import StreamMetrics
+from scoring.stream.metrics import StreamMetrics, version_number
 from scoring.stream.stages import Batch, ShadowOutgoing, shadow
 
 __all__ = ["Shadow", "no_shadow_health"]
@@ -153,7 +153,7 @@ class Shadow:
         if previous is not None:
             self.metrics.shadow_model_version.remove(previous.name)
         if model is not None:
-            self.metrics.shadow_model_version.labels(model.name).set(_number(model.version))
+            self.metrics.shadow_model_version.labels(model.name).set(version_number(model.version))
         self.counts["shadow_model_name"] = model.name if model else None
         self.counts["shadow_model_version"] = model.version if model else None
         self.counts["shadow_version_predictions"] = 0
@@ -182,10 +182,3 @@ class Shadow:
         left_out = self._unlogged.pop(kind, 0)
         suffix = f" ({left_out} more like it since the last line)" if left_out else ""
         log.warning(message + suffix, *args)
-
-
-def _number(version: str) -> float:
-    try:
-        return float(version)
-    except ValueError:
-        return 0.0  # a local folder has no registry version

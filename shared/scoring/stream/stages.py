@@ -295,8 +295,7 @@ def route(
             refused[index] = Refused(index, scored.kinds[row] or "invalid", reasons[row] or "")
     scores, labels = scored.score.to_pylist(), scored.label.to_pylist()
     key_field = model.scorer.contract.key
-    identity = (model.name, model.version)
-    version = [(H_MODEL_NAME, model.name.encode()), (H_MODEL_VERSION, model.version.encode())]
+    identity, version = _identity(model)
     scored_time = iso_millis(now_ms)
     rows = decoded.rows  # increasing batch indices of the decoded events
     next_row = 0
@@ -361,8 +360,7 @@ def shadow(
     refused = [r.kind for r in own.refused]
     refused += [kind or "invalid" for kind in own_scored.kinds if kind is not None]
 
-    identity = (challenger.name, challenger.version)
-    headers = [(H_MODEL_NAME, challenger.name.encode()), (H_MODEL_VERSION, identity[1].encode())]
+    identity, headers = _identity(challenger)
     scored_time = iso_millis(now_ms)
     scores, labels = own_scored.score.to_pylist(), own_scored.label.to_pylist()
     valid = own_scored.valid
@@ -389,6 +387,12 @@ def shadow(
         disagreements=int((ours[1][both] != theirs[1][both]).sum()),
         score_differences=np.abs(ours[0][both] - theirs[0][both]),
     )
+
+
+def _identity(model: LiveModel) -> tuple[tuple[str, str], list[tuple[str, bytes]]]:
+    """A model's (name, version) for its predictions' values, and the same as headers."""
+    headers = [(H_MODEL_NAME, model.name.encode()), (H_MODEL_VERSION, model.version.encode())]
+    return (model.name, model.version), headers
 
 
 def _reads_alike(a: Contract, b: Contract) -> bool:

@@ -31,8 +31,12 @@ def create(
     partitions: int,
     kafka: Mapping[str, str] | None = None,
     replication: int = 1,
+    exist_ok: bool = False,
 ) -> None:
-    """Create ``names`` with ``partitions`` partitions each; raises if one cannot be made."""
+    """Create ``names`` with ``partitions`` partitions each; raises if one cannot be made.
+
+    With ``exist_ok``, a topic that exists already (made meanwhile by another worker) is fine.
+    """
     admin = clients.admin(bootstrap, kafka)
     futures = admin.create_topics(
         [NewTopic(n, num_partitions=partitions, replication_factor=replication) for n in names],
@@ -42,7 +46,10 @@ def create(
         try:
             future.result(60)
         except KafkaException as exc:
-            raise StreamError(f"could not create topic {name!r} on {bootstrap}: {exc}") from exc
+            error = clients.error_of(exc)
+            exists = error is not None and error.code() == clients.KafkaError.TOPIC_ALREADY_EXISTS
+            if not (exist_ok and exists):
+                raise StreamError(f"could not create topic {name!r} on {bootstrap}: {exc}") from exc
 
 
 def delete(bootstrap: str, names: Sequence[str], kafka: Mapping[str, str] | None = None) -> None:
@@ -81,17 +88,7 @@ def ensure(
         return
     replicas = min(3, len(metadata.brokers))
     partitions = len(found[input_topic].partitions)
-    futures = admin.create_topics(
-        [NewTopic(t, num_partitions=partitions, replication_factor=replicas) for t in missing],
-        operation_timeout=30,
-    )
-    for name, future in futures.items():
-        try:
-            future.result(60)
-        except KafkaException as exc:
-            error = clients.error_of(exc)
-            if error is None or error.code() != clients.KafkaError.TOPIC_ALREADY_EXISTS:
-                raise StreamError(f"could not create topic {name!r}: {exc}") from exc
+    create(bootstrap, missing, partitions, kafka, replicas, exist_ok=True)
     log.info("created topics %s", missing)
 
 
