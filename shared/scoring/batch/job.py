@@ -285,25 +285,14 @@ def _score_and_write(
     Returns the counts of scored (True) and refused (False) rows and the lineage time.
     """
     date_column = job.date_column if job.date else None
+    # Cached as the predictions are written, then read back for the counts and the rejects:
+    # each row is read, checked and scored once, by the write itself (no job runs over the
+    # source only to fill the cache).
     scored = score_frame(source, artifact, date_column, job.engine).persist(
         StorageLevel.MEMORY_AND_DISK
     )
-    lap(f"{phase}pin_and_plan")
+    lap(f"{phase}plan")
     try:
-        counts = {
-            bool(r["ok"]): int(r["n"])
-            for r in scored.groupBy(F.col(REASON).isNull().alias("ok"))
-            .agg(F.count("*").alias("n"))
-            .collect()
-        }
-        lap(f"{phase}read_validate_score")
-        log.info(
-            "%s v%s scored %s rows (%s refused)",
-            artifact.name,
-            artifact.version,
-            counts.get(True, 0) + counts.get(False, 0),
-            counts.get(False, 0),
-        )
         scored_at = datetime.now(UTC)
         lineage = _lineage(artifact, source_version, job.run_id, scored_at)
         metadata = {
@@ -315,13 +304,25 @@ def _score_and_write(
             "date": job.date,
         }
         target, rejects_table = tables
-        for table, frame in (
-            (target, predictions(scored, lineage, date_column)),
-            (rejects_table, rejects(scored, lineage, date_column)),
-        ):
-            write_delta(frame, table, date_column, job.date, metadata)
-            lap(f"{phase}write_predictions" if table == target else f"{phase}write_rejects")
-            log.info("wrote %s", table)
+        write_delta(
+            predictions(scored, lineage, date_column), target, date_column, job.date, metadata
+        )
+        lap(f"{phase}score_and_write_predictions")
+        totals = scored.groupBy(F.col(REASON).isNull().alias("ok")).count().collect()
+        counts = {True: 0, False: 0} | {bool(r["ok"]): int(r["count"]) for r in totals}
+        log.info(
+            "%s v%s scored %s rows (%s refused); wrote %s",
+            artifact.name,
+            artifact.version,
+            counts[True] + counts[False],
+            counts[False],
+            target,
+        )
+        write_delta(
+            rejects(scored, lineage, date_column), rejects_table, date_column, job.date, metadata
+        )
+        lap(f"{phase}write_rejects")
+        log.info("wrote %s", rejects_table)
     finally:
         scored.unpersist()
     return counts, scored_at
@@ -397,6 +398,7 @@ def run(spark: SparkSession, job: BatchJob, artifact: Artifact | None = None) ->
     artifact = artifact or load_artifact(job.model)
     lap("load_model")
     source, source_version = read_source(spark, job.source)
+    lap("pin_source")
     date_column = job.date_column if job.date else None
     check_schema(
         source.schema, artifact.contract, date_column, f"{job.source} (version {source_version})"

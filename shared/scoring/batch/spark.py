@@ -71,6 +71,10 @@ def session_conf(settings: Settings) -> dict[str, str]:
         "spark.sql.warehouse.dir": str((settings.home / "warehouse").resolve()),
         # Plans of 20+ feature columns exceed the default and log a warning on every job.
         "spark.sql.debug.maxToStringFields": "200",
+        # Spark's own advice on HotSpot: a stage whose generated method passes HotSpot's
+        # 8,000-byte JIT limit falls back to split, compiled code. The contract's checks over
+        # 20+ features are such a stage; left whole, it ran interpreted, 4x slower.
+        "spark.sql.codegen.hugeMethodLimit": "8000",
         **s3a_conf(settings),
     }
 

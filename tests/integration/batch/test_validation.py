@@ -135,13 +135,15 @@ def test_the_reasons_quote_values_as_python_writes_them(functions: SparkSession)
         Feature(name="amount", type="double", nullable=False, min=0.0, max=1e16),
         Feature(name="count", type="int64", nullable=True),
         Feature(name="country", type="string", nullable=True, categories=("FR", "DE")),
+        Feature(name="ratio", type="double", nullable=True),
     ]
     table = pa.table(
         {
-            "row": [0, 1, 2, 3],
-            "amount": [None, -0.5, 3e16, math.inf],
-            "count": [1.5, 2.0, None, 1e-05],
-            "country": ["FR", "it's", "x" * 70, None],
+            "row": [0, 1, 2, 3, 4, 5, 6],
+            "amount": [None, -0.5, 3e16, math.inf, 1.0, 1.0, 1e16],
+            "count": [1.5, 2.0, None, 1e-05, 2.0, None, -3.0],
+            "country": ["FR", "it's", "x" * 70, None, "DE", None, "FR"],
+            "ratio": [None, 0.5, None, None, math.inf, math.nan, -1e300],
         }
     )
     frame = functions.createDataFrame(table)
@@ -152,5 +154,17 @@ def test_the_reasons_quote_values_as_python_writes_them(functions: SparkSession)
         'amount: -0.5 is below min 0.0; country: unknown category "it\'s"',
         "amount: 3e+16 is above max 1e+16; country: unknown category '" + "x" * 56 + "...",
         "amount: inf is not a finite number; count: 1e-05 is not an integer",
+        # No range on ratio: infinities and NaN are refused all the same.
+        "ratio: inf is not a finite number",
+        "ratio: nan is not a finite number",
+        None,
     ]
-    assert got["k"].to_pylist() == ["null", "out_of_range", "out_of_range", "not_finite"]
+    assert got["k"].to_pylist() == [
+        "null",
+        "out_of_range",
+        "out_of_range",
+        "not_finite",
+        "not_finite",
+        "not_finite",
+        None,
+    ]
