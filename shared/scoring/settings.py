@@ -49,6 +49,7 @@ ENV = {
     "registry_uri": "MLFLOW_REGISTRY_URI",
     "ort_threads": "SCORING_ORT_THREADS",
     "spark_master": "SCORING_SPARK_MASTER",
+    "local_driver_memory": "SCORING_LOCAL_DRIVER_MEMORY",
     "kafka_bootstrap": "KAFKA_BOOTSTRAP_SERVERS",
     "kafka_config": "SCORING_KAFKA_CONFIG",
     # Object storage: the standard AWS variables. Credentials (AWS_ACCESS_KEY_ID,
@@ -101,6 +102,12 @@ class Settings(BaseSettings):
     registry_uri: str | None = Field(default=None, validation_alias=ENV["registry_uri"])
     ort_threads: int = Field(default=1, ge=1, validation_alias=ENV["ort_threads"])
     spark_master: str = Field(default="local[*]", validation_alias=ENV["spark_master"])
+    local_driver_memory: str = Field(
+        default="4g",
+        validation_alias=ENV["local_driver_memory"],
+        description="spark.driver.memory on a local[...] master, where the driver JVM is "
+        "also the executor; Spark's own 1g default leaves the JVM engine collecting garbage.",
+    )
     kafka_bootstrap: str | None = Field(
         default=None,
         validation_alias=ENV["kafka_bootstrap"],

@@ -140,6 +140,17 @@ _LOCAL = {
 }
 
 
+def _launch_conf(master: str, settings: Settings, conf: dict[str, str] | None) -> dict[str, str]:
+    """Settings that only count when the driver JVM starts: its heap on a local master.
+
+    On ``local[...]`` the driver is also the executor, so Spark's 1g default heap holds
+    every task's rows; a cluster's driver memory stays the deployment's choice.
+    """
+    if not master.startswith("local") or "spark.driver.memory" in (conf or {}):
+        return {}
+    return {"spark.driver.memory": settings.local_driver_memory}
+
+
 def submit_command(
     script: Path,
     args: Sequence[str],
@@ -153,12 +164,10 @@ def submit_command(
     command line; setting them from the session builder would be too late.
     """
     settings = settings or load()
-    command = [
-        str(Path(sys.executable).parent / "spark-submit"),
-        "--master",
-        master or settings.spark_master,
-    ]
-    for key, value in {**session_conf(settings), **(conf or {})}.items():
+    master = master or settings.spark_master
+    command = [str(Path(sys.executable).parent / "spark-submit"), "--master", master]
+    launch = _launch_conf(master, settings, conf)
+    for key, value in {**session_conf(settings), **launch, **(conf or {})}.items():
         command += ["--conf", f"{key}={value}"]
     return [*command, str(script), *args]
 
@@ -174,9 +183,12 @@ def build_session(
     builder = SparkSession.builder.appName(app_name)
     # spark-submit starts the JVM first and hands its gateway to Python: its --master wins.
     launched_by_submit = "PYSPARK_GATEWAY_PORT" in os.environ
+    launch: dict[str, str] = {}
     if master or not launched_by_submit:
-        builder = builder.master(master or settings.spark_master)
-    for key, value in {**session_conf(settings), **(conf or {})}.items():
+        master = master or settings.spark_master
+        builder = builder.master(master)
+        launch = _launch_conf(master, settings, conf)
+    for key, value in {**session_conf(settings), **launch, **(conf or {})}.items():
         builder = builder.config(key, value)
     spark = builder.getOrCreate()
     context = spark.sparkContext

@@ -26,7 +26,23 @@ def test_submit_command_carries_jars_and_delta_settings(tmp_path: Path) -> None:
     assert confs["spark.sql.extensions"] == "io.delta.sql.DeltaSparkSessionExtension"
     assert confs["spark.driver.bindAddress"] == "127.0.0.1"
     assert confs["spark.executor.memory"] == "1g"
+    assert "spark.driver.memory" not in confs  # a cluster's driver is the deployment's choice
     assert command[-3:] == ["job.py", "--date", "2026-11-01"]
+
+
+def test_a_local_driver_gets_a_heap_for_the_rows(tmp_path: Path) -> None:
+    """On local[...] the driver JVM is the executor: Spark's 1g default is not enough."""
+    (tmp_path / "delta-spark_2.13-4.4.0.jar").write_bytes(b"")
+    settings = load(jars_dir=tmp_path, local_driver_memory="6g")
+
+    def driver_memory(conf: dict[str, str] | None = None) -> str | None:
+        command = submit_command(
+            Path("job.py"), [], master="local[2]", settings=settings, conf=conf
+        )
+        return dict(c.split("=", 1) for c in command[4:-1:2]).get("spark.driver.memory")
+
+    assert driver_memory() == "6g"
+    assert driver_memory({"spark.driver.memory": "2g"}) == "2g"
 
 
 def test_the_engine_jars_join_spark_jars_when_built(tmp_path: Path) -> None:
