@@ -363,8 +363,8 @@ def _shadow(
         "status": "ok",
         "model_name": artifact.name,
         "model_version": artifact.version,
-        "rows_scored": counts.get(True, 0),
-        "rows_rejected": counts.get(False, 0),
+        "rows_scored": counts[True],
+        "rows_rejected": counts[False],
     }
 
 
@@ -425,7 +425,7 @@ def run(spark: SparkSession, job: BatchJob, artifact: Artifact | None = None) ->
         if job.shadow:
             source.unpersist()
     seconds = time.monotonic() - started
-    rows = counts.get(True, 0) + counts.get(False, 0)
+    rows = counts[True] + counts[False]
     summary = {
         **asdict(job),
         "rejects": job.rejects_table,
@@ -433,8 +433,8 @@ def run(spark: SparkSession, job: BatchJob, artifact: Artifact | None = None) ->
         "model_version": artifact.version,
         "source_version": source_version,
         "rows_read": rows,
-        "rows_scored": counts.get(True, 0),
-        "rows_rejected": counts.get(False, 0),
+        "rows_scored": counts[True],
+        "rows_rejected": counts[False],
         "seconds": round(seconds, 3),
         "rows_per_second": round(rows / seconds, 1) if seconds else None,
         "scored_at": scored_at.isoformat(),

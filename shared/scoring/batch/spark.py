@@ -140,13 +140,14 @@ _LOCAL = {
 }
 
 
-def _launch_conf(master: str, settings: Settings, conf: dict[str, str] | None) -> dict[str, str]:
+def _launch_conf(master: str, settings: Settings) -> dict[str, str]:
     """Settings that only count when the driver JVM starts: its heap on a local master.
 
     On ``local[...]`` the driver is also the executor, so Spark's 1g default heap holds
-    every task's rows; a cluster's driver memory stays the deployment's choice.
+    every task's rows; a cluster's driver memory stays the deployment's choice. The
+    caller's own conf is merged after this, so it wins.
     """
-    if not master.startswith("local") or "spark.driver.memory" in (conf or {}):
+    if not master.startswith("local"):
         return {}
     return {"spark.driver.memory": settings.local_driver_memory}
 
@@ -166,7 +167,7 @@ def submit_command(
     settings = settings or load()
     master = master or settings.spark_master
     command = [str(Path(sys.executable).parent / "spark-submit"), "--master", master]
-    launch = _launch_conf(master, settings, conf)
+    launch = _launch_conf(master, settings)
     for key, value in {**session_conf(settings), **launch, **(conf or {})}.items():
         command += ["--conf", f"{key}={value}"]
     return [*command, str(script), *args]
@@ -187,7 +188,7 @@ def build_session(
     if master or not launched_by_submit:
         master = master or settings.spark_master
         builder = builder.master(master)
-        launch = _launch_conf(master, settings, conf)
+        launch = _launch_conf(master, settings)
     for key, value in {**session_conf(settings), **launch, **(conf or {})}.items():
         builder = builder.config(key, value)
     spark = builder.getOrCreate()

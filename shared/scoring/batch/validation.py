@@ -13,8 +13,10 @@ write values the way Python's ``repr`` does, since the reasons quote the offendi
 
 from __future__ import annotations
 
+import operator
 from collections.abc import Sequence
 from dataclasses import dataclass
+from functools import reduce
 
 from pyspark.sql import Column
 from pyspark.sql import functions as F
@@ -23,7 +25,7 @@ from pyspark.sql.pandas.types import to_arrow_type
 
 from scoring.model.contract import Feature
 
-__all__ = ["SHOW_DOUBLE", "SHOW_STRING", "reason_columns", "valid_column"]
+__all__ = ["SHOW_DOUBLE", "SHOW_STRING", "reason_columns"]
 
 SHOW_DOUBLE = "scoring_show_double"
 SHOW_STRING = "scoring_show_string"
@@ -46,56 +48,16 @@ def reason_columns(schema: T.StructType, features: Sequence[Feature]) -> tuple[C
     The reason joins every problem of the row with ``"; "`` in feature order; the kind is
     the first problem's, as in :class:`scoring.model.contract.Validation`.
     """
-    problems = [p for f in features for p in _problems(schema, f)]
+    checked = [_checks(schema, f) for f in features]
+    problems = [p for _, found in checked for p in found]
     if not problems:
         return F.lit(None).cast("string"), F.lit(None).cast("string")
-    refused = ~valid_column(schema, features)
+    # Every row goes through the cheap verdict; the texts are built for refused rows only.
+    refused = ~reduce(operator.and_, [valid for valid, _ in checked])
     texts = [F.when(p.when, p.text) for p in problems]
     reason = F.when(refused, F.concat_ws("; ", *texts))
     kind = F.when(refused, F.coalesce(*[F.when(p.when, F.lit(p.kind)) for p in problems]))
     return reason, kind
-
-
-def valid_column(schema: T.StructType, features: Sequence[Feature]) -> Column:
-    """True where a row passes every check: the cheap test every row goes through.
-
-    The same verdict as "no problem from :func:`_problems`", in a few comparisons per
-    feature: Spark orders NaN above every number, so ``value < inf`` (or ``<= max``) also
-    refuses NaN, and the reasons are only built for the rows this refuses.
-    """
-    valid = F.lit(True)
-    for feature in features:
-        valid = valid & _valid(schema, feature)
-    return valid
-
-
-def _valid(schema: T.StructType, feature: Feature) -> Column:
-    if feature.name not in schema.names:
-        return F.lit(False)
-    column = F.col(f"`{feature.name}`")
-    kind = schema[feature.name].dataType
-    if feature.type == "string":
-        if not isinstance(kind, T.StringType):
-            return F.lit(False)
-        # isin() is null on a null value: the null test below decides those rows.
-        checks = (
-            F.lit(True)
-            if feature.categories is None
-            else (column.isin(list(feature.categories)) if feature.categories else F.lit(False))
-        )
-    elif not isinstance(kind, _NUMBERS):
-        return F.lit(False)
-    else:
-        value = column.cast("double")
-        checks = (value > F.lit(float("-inf"))) & (value < F.lit(float("inf")))
-        if feature.type == "int64":
-            checks = checks & ((value % F.lit(1.0)) == F.lit(0.0))
-        if feature.min is not None:
-            checks = checks & (value >= F.lit(feature.min))
-        if feature.max is not None:
-            checks = checks & (value <= F.lit(feature.max))
-    # Three-valued logic: on a null value the checks are null, so this is the nullability.
-    return (column.isNull() | checks) if feature.nullable else (column.isNotNull() & checks)
 
 
 def _text(feature: Feature, *parts: str | Column) -> Column:
@@ -115,11 +77,17 @@ def _arrow_name(kind: T.DataType) -> str:
         return kind.simpleString()
 
 
-def _problems(schema: T.StructType, feature: Feature) -> list[_Problem]:
-    """The checks of :func:`scoring.model.contract._check`, in the same order."""
+def _checks(schema: T.StructType, feature: Feature) -> tuple[Column, list[_Problem]]:
+    """The checks of :func:`scoring.model.contract._check`, in the same order, and the verdict.
+
+    The verdict (True where the feature passes) is the same as "none of the problems", in
+    a few comparisons: Spark orders NaN above every number, so ``value < inf`` (or
+    ``<= max``) also refuses NaN. Over 20+ features the problems' conditions, or-ed
+    together, made generated code too large for the JIT.
+    """
     name = feature.name
     if name not in schema.names:
-        return [_Problem(F.lit(True), "missing_field", _text(feature, "missing"))]
+        return F.lit(False), [_Problem(F.lit(True), "missing_field", _text(feature, "missing"))]
     column = F.col(f"`{name}`")
     kind = schema[name].dataType
     out: list[_Problem] = []
@@ -131,7 +99,7 @@ def _problems(schema: T.StructType, feature: Feature) -> list[_Problem]:
         )
     if feature.type == "string":
         if not isinstance(kind, T.StringType):
-            return [
+            return F.lit(False), [
                 *out,
                 _Problem(
                     F.lit(True),
@@ -139,8 +107,10 @@ def _problems(schema: T.StructType, feature: Feature) -> list[_Problem]:
                     _text(feature, f"expected string, got {_arrow_name(kind)}"),
                 ),
             ]
+        passes = F.lit(True)
         if feature.categories is not None:
             known = column.isin(list(feature.categories)) if feature.categories else F.lit(False)
+            passes = known
             out.append(
                 _Problem(
                     column.isNotNull() & ~known,
@@ -148,9 +118,9 @@ def _problems(schema: T.StructType, feature: Feature) -> list[_Problem]:
                     _text(feature, "unknown category ", F.call_function(SHOW_STRING, column)),
                 )
             )
-        return out
+        return _verdict(feature, column, passes), out
     if not isinstance(kind, _NUMBERS):
-        return [
+        return F.lit(False), [
             *out,
             _Problem(
                 F.lit(True),
@@ -163,12 +133,17 @@ def _problems(schema: T.StructType, feature: Feature) -> list[_Problem]:
     not_finite = present & (F.isnan(value) | (F.abs(value) == F.lit(float("inf"))))
     checkable = present & ~not_finite
     shown = _show_double(value)
+    passes = (value > F.lit(float("-inf"))) & (value < F.lit(float("inf")))
     out.append(_Problem(not_finite, "not_finite", _text(feature, shown, " is not a finite number")))
     if feature.type == "int64":
         # Java's % on doubles is exact, so a finite value is whole exactly when this is 0.
-        fractional = checkable & ((value % F.lit(1.0)) != F.lit(0.0))
-        out.append(_Problem(fractional, "wrong_type", _text(feature, shown, " is not an integer")))
+        whole = (value % F.lit(1.0)) == F.lit(0.0)
+        passes = passes & whole
+        out.append(
+            _Problem(checkable & ~whole, "wrong_type", _text(feature, shown, " is not an integer"))
+        )
     if feature.min is not None:
+        passes = passes & (value >= F.lit(feature.min))
         out.append(
             _Problem(
                 checkable & (value < F.lit(feature.min)),
@@ -177,6 +152,7 @@ def _problems(schema: T.StructType, feature: Feature) -> list[_Problem]:
             )
         )
     if feature.max is not None:
+        passes = passes & (value <= F.lit(feature.max))
         out.append(
             _Problem(
                 checkable & (value > F.lit(feature.max)),
@@ -184,4 +160,9 @@ def _problems(schema: T.StructType, feature: Feature) -> list[_Problem]:
                 _text(feature, shown, f" is above max {feature.max}"),
             )
         )
-    return out
+    return _verdict(feature, column, passes), out
+
+
+def _verdict(feature: Feature, column: Column, passes: Column) -> Column:
+    # Three-valued logic: on a null value ``passes`` is null, so this is the nullability.
+    return (column.isNull() | passes) if feature.nullable else (column.isNotNull() & passes)
