@@ -92,7 +92,16 @@ class Scorer:
         self.dtypes = _check_graph_fits(self.session, contract)
 
     def predict(self, data: pa.RecordBatch | pa.Table) -> np.ndarray:
-        """Raw scores (float64) for rows already known to be valid."""
+        """Raw scores (float64) for rows already known to be valid.
+
+        A single row is scored beside a copy of itself: onnxruntime takes another kernel
+        path for one row (e.g. a matrix-vector product for ``LinearClassifier``) whose
+        sums round differently, and a row's score must not depend on how many rows share
+        its call (a micro-batch of one event, the last row of a partition). The JVM
+        engine does the same.
+        """
+        if data.num_rows == 1:
+            return self.predict(data.take(pa.array([0, 0])))[:1]
         feeds = model_inputs(data, self.contract, self.dtypes)
         out = self.session.run([self.contract.output.score_output], feeds)[0]
         out = np.asarray(out)

@@ -108,14 +108,19 @@ def test_both_engines_give_the_same_rows_reasons_and_scores_bit_for_bit(
     assert np.array_equal(_bits(direct.score.filter(valid)), _bits(jvm_scores["score"]))
 
 
+@pytest.mark.parametrize("batch_rows", [64, 1])
 def test_many_small_batches_with_refused_rows_between_them(
-    spark: SparkSession, artifact_dir: Path, source_table: str
+    spark: SparkSession, artifact_dir: Path, source_table: str, batch_rows: int
 ) -> None:
-    """64-row ONNX Runtime calls: batches of every fill level follow one another in a task."""
+    """Small ONNX Runtime calls: batches of every fill level follow one another in a task.
+
+    With one row per call, every row goes the way a partition's lone last row does: its
+    score must still be the one it gets among others.
+    """
     artifact = load_artifact(str(artifact_dir))
     frame = spark.read.format("delta").load(source_table).where(F.col("ds") == DAYS[1])
     scored = jvm.score_frame(
-        frame, artifact, ["transaction_id"], "reason", "features", batch_rows=64
+        frame, artifact, ["transaction_id"], "reason", "features", batch_rows=batch_rows
     ).toArrow()
     rows = frame.toArrow()
     direct = artifact.scorer().score(rows)

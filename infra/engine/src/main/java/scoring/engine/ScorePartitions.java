@@ -82,7 +82,7 @@ final class ScorePartitions implements MapPartitionsFunction<Row, Row> {
     Scored(Iterator<Row> input, OrtSession session) {
       this.input = input;
       this.session = session;
-      this.feeds = new Feeds(layout, batchRows);
+      this.feeds = new Feeds(layout, Math.max(batchRows, 2)); // room for a lone row's copy
       this.pending = new Row[batchRows];
       this.scores = new double[batchRows];
       this.scored = new boolean[batchRows];
@@ -129,12 +129,28 @@ final class ScorePartitions implements MapPartitionsFunction<Row, Row> {
       if (valid == 0) {
         return;
       }
-      double[] out = run(valid);
+      if (valid == 1) {
+        // One row goes through another ONNX Runtime kernel path (e.g. a matrix-vector
+        // product), whose sums round differently: score it beside a copy of itself, as
+        // the Python engine does, so its score does not depend on the batch around it.
+        feeds.put(1, lastScored(), keep);
+      }
+      double[] out = run(Math.max(valid, 2));
       for (int i = 0, j = 0; i < count; i++) {
         if (scored[i]) {
           scores[i] = out[j++];
         }
       }
+    }
+
+    /** The one row of this batch that is scored. */
+    private Row lastScored() {
+      for (int i = count - 1; i >= 0; i--) {
+        if (scored[i]) {
+          return pending[i];
+        }
+      }
+      throw new IllegalStateException("no row to score");
     }
 
     private double[] run(int rows) {
