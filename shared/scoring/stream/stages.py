@@ -175,11 +175,16 @@ def gather(
     stop: threading.Event,
     rewind: Callable[[dict[Partition, int]], None],
     idle_s: float = 0.5,
+    busy: Callable[[], bool] = lambda: False,
 ) -> Batch:
     """Up to ``size`` events: what has arrived, or what arrives ``wait_s`` after the first.
 
     Waits up to ``idle_s`` for a first event, then returns an empty batch so the caller
-    can do its housekeeping. When the partitions move during the gathering, the events
+    can do its housekeeping. Once it has one, it also goes on taking events while
+    ``busy()`` (the previous batch is still being committed): an event that arrives
+    meanwhile then rides with this batch instead of waiting for one more commit, so at a
+    low rate an event waits at most for the commit in flight and its own. When the
+    partitions move during the gathering, the events
     taken so far are dropped and ``rewind`` is asked to put each partition they came from
     back to its lowest offset among them (the caller seeks only the partitions it still
     holds); a partition that went to another worker restarts there from its committed
@@ -194,7 +199,10 @@ def gather(
             if not got:
                 got = source.consume(1, idle_s)
         else:
-            got = source.consume(want, max(0.0, deadline - time.monotonic()))
+            timeout = deadline - time.monotonic()
+            if timeout <= 0 and busy():
+                timeout = _BUSY_POLL_S
+            got = source.consume(want, max(0.0, timeout))
         if assignment.take_moves() is not None:
             # Everything before this gathering is committed, so where it started is each
             # partition's committed offset. A partition may have been revoked and given
@@ -209,9 +217,13 @@ def gather(
         now = time.monotonic()
         if deadline is None:
             deadline = now + wait_s
-        elif not got and now >= deadline:
+        elif not got and now >= deadline and not busy():
             break
     return Batch.of(taken)
+
+
+# How often gathering looks again whether the commit in flight has finished.
+_BUSY_POLL_S = 0.002
 
 
 def _readable(messages: Sequence[Message]) -> list[Message]:

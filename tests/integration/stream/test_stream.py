@@ -7,10 +7,12 @@ production; expected scores come from the same artifact scored directly on the t
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 
 import pyarrow as pa
 import pytest
+from kafka import KafkaConsumer, TopicPartition
 from pyspark.sql import SparkSession
 from pyspark.sql import functions as F
 from scoring.batch.job import ENGINES, BatchJob, run
@@ -21,6 +23,7 @@ from scoring.stream.events import to_events
 
 from tests.integration.conftest import DAYS
 from tests.integration.kafka_helpers import (
+    PARTITIONS,
     ProcessorProcess,
     Topics,
     headers,
@@ -218,3 +221,50 @@ def test_stream_and_batch_scores_agree_bit_for_bit(
     assert len(out) == len(stream_scores)
     # Float equality on parsed shortest-round-trip text: equal float64s, bit for bit.
     assert stream_scores == by_engine["jvm"] == by_engine["python"]
+
+
+def test_at_least_once_keeps_up_with_a_trickle_and_commits_what_it_sent(
+    kafka: Broker, topics: Topics, artifact_dir: Path, demo_table: pa.Table, tmp_path: Path
+) -> None:
+    """Events sent ten at a time are scored as they come, and a stop commits their offsets.
+
+    The main thread gathers while the previous batch is flushed, and it alone calls the
+    consumer: an offset commit from the flushing thread would wait on its ``consume()``
+    calls, and the trickle would stall after the first batch.
+    """
+    table = demo_table.slice(0, 600)
+    events = events_of(artifact_dir, table)
+    valid, refused = expected_scores(artifact_dir, table)
+    group = f"alo-{topics.input}"
+    processor = ProcessorProcess(
+        kafka.bootstrap,
+        artifact_dir,
+        topics,
+        tmp_path,
+        extra=["--guarantee", "at-least-once", "--group", group],
+    )
+    try:
+        processor.wait_ready()
+        for start in range(0, len(events), 10):
+            produce(kafka.bootstrap, topics.input, events[start : start + 10])
+            time.sleep(0.02)
+        processor.wait_until(
+            lambda h: h["events_in"] == len(events), timeout=30, what="the trickle scored"
+        )
+        assert processor.terminate() == 0, processor.log()
+    finally:
+        processor.stop()
+
+    out = read_all(kafka.bootstrap, topics.output, len(valid))
+    dead = read_all(kafka.bootstrap, topics.dlq, len(refused))
+    by_key = outputs_by_key(out)
+    assert {k: p["score"] for k, (p, *_) in by_key.items()} == valid
+    assert {r.key for r in dead} == refused
+    # Nothing left to read again: the group's offsets are the input's ends.
+    partitions = [TopicPartition(topics.input, p) for p in range(PARTITIONS)]
+    reader = KafkaConsumer(bootstrap_servers=kafka.bootstrap, group_id=group)
+    try:
+        ends = reader.end_offsets(partitions)
+        assert {tp: reader.committed(tp) for tp in partitions} == ends
+    finally:
+        reader.close()

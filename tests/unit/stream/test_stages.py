@@ -130,6 +130,34 @@ def test_without_a_wait_a_batch_is_what_has_arrived() -> None:
     assert consumer.calls[0] == (100, 0.0)  # no waiting while events are queued
 
 
+def test_while_the_previous_batch_commits_the_gathering_goes_on() -> None:
+    # Events that arrive during the commit in flight ride with this batch rather than
+    # wait for one more commit; it ends once the commit is done and nothing is queued.
+    script = [("", [1]), ("", []), ("", [2]), ("", []), ("", [3])]
+    consumer = FakeConsumer(Assignment(held={TP}), script)
+    committing = iter([True, True, True])
+    batch = gather(
+        consumer,
+        consumer.assignment,
+        100,
+        0.0,
+        threading.Event(),
+        [].append,
+        0.01,
+        busy=lambda: next(committing, False),
+    )
+    assert batch.offsets == [1, 2]
+    assert (99, 0.002) in consumer.calls  # short waits, to notice the commit's end soon
+
+
+def test_a_batch_stops_at_its_size_even_while_the_previous_one_commits() -> None:
+    consumer = FakeConsumer(Assignment(held={TP}), [("", [1, 2]), ("", [3, 4, 5])])
+    batch = gather(
+        consumer, consumer.assignment, 4, 0.0, threading.Event(), [].append, 0.01, busy=lambda: True
+    )
+    assert batch.offsets == [1, 2, 3, 4]
+
+
 def test_a_batch_stops_at_its_size_and_an_idle_topic_returns_empty() -> None:
     consumer = FakeConsumer(Assignment(held={TP}), [("", list(range(10)))])
     assert _gather(consumer, wait_s=1.0, size=4)[0].offsets == [0, 1, 2, 3]
