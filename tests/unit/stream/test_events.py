@@ -7,7 +7,7 @@ import math
 
 import orjson
 import pyarrow as pa
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 from scoring.model.contract import Contract, Feature, Output, validate
 from scoring.stream.events import decode, encode_prediction, iso_millis, to_events
@@ -136,3 +136,53 @@ def test_to_events_keys_and_values() -> None:
     assert [k for k, _ in events] == [b"a", b"b"]
     assert json.loads(events[0][1]) == {"id": "a", "amount": 1.0, "age": 1}
     assert b"Infinity" in events[1][1]
+
+
+# Integers at the edges of what orjson keeps as int (beyond them it reads a float).
+_EDGES = st.sampled_from([2**63 - 1, 2**63, 2**64 - 1, 2**64, 2**64 + 1, -(2**63), -(2**63) - 1])
+_INTS = st.one_of(st.integers(min_value=-(2**70), max_value=2**70), _EDGES)
+# Mostly what a contract takes, sometimes what it refuses.
+_KEYS = st.one_of(
+    st.text(max_size=4), _INTS, st.integers(-5, 5).map(float), st.floats(), st.booleans(), st.none()
+)
+_NUMBERS = st.one_of(st.floats(), _INTS, st.none(), st.booleans(), st.text(max_size=2))
+_TEXTS = st.one_of(st.sampled_from(["US", "GB", "", "\u00e9"]), st.none(), st.integers(0, 3))
+_COMPLETE = st.fixed_dictionaries(
+    {"id": _KEYS, "amount": _NUMBERS, "age": _NUMBERS, "country": _TEXTS},
+    optional={"extra": st.lists(st.integers(), max_size=2)},
+)
+_PARTIAL = st.dictionaries(
+    st.sampled_from(["id", "amount", "age", "country"]), st.one_of(_KEYS, _NUMBERS, _TEXTS)
+)
+_EVENTS = st.one_of(_COMPLETE, _PARTIAL).map(lambda e: json.dumps(e).encode())
+_VALUES = st.one_of(
+    _EVENTS, _EVENTS, _EVENTS, _EVENTS.map(lambda v: v[:-1]), st.binary(max_size=40), st.none()
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(_VALUES, max_size=8))
+def test_the_typed_reader_gives_what_the_careful_reading_gives(values: list[bytes | None]) -> None:
+    fast = decode(values, CONTRACT, 1000)
+    careful = decode(values, CONTRACT, 1000, fast=False)
+    assert (fast.rows, fast.refused) == (careful.rows, careful.refused)
+    assert [(type(k), k) for k in fast.keys] == [(type(k), k) for k in careful.keys]
+    assert repr(fast.batch.to_pydict()) == repr(careful.batch.to_pydict())  # NaN as "nan"
+
+
+def test_the_typed_reader_takes_good_events_and_leaves_the_rest() -> None:
+    from scoring.stream.events import _reader
+
+    reader = _reader(CONTRACT)
+    assert reader is not None
+    assert reader.row(json.dumps(GOOD).encode()) == ("t-1", (12.5, 40, "US"))
+    for odd in (
+        {**GOOD, "id": 17.0},
+        {**GOOD, "id": ""},
+        {**GOOD, "id": 2**64},
+        {**GOOD, "age": True},
+    ):
+        assert reader.row(json.dumps(odd).encode()) is None  # read the careful way
+    # An integer past 64 bits, kept whole here and read as a float by orjson, rounds alike.
+    values = [json.dumps(GOOD).encode(), json.dumps({**GOOD, "amount": 2**70}).encode()]
+    assert decode(values, CONTRACT, 1000).batch.column(0).to_pylist() == [12.5, float(2**70)]
