@@ -114,11 +114,7 @@ def decode(
     keys: list[str | int] = []
     refused: dict[int, Refused] = {}
     # Transposed in C: one attrgetter/itemgetter call per event, not a lookup per value.
-    pick = (
-        operator.itemgetter(*names)
-        if len(names) > 1
-        else lambda event: tuple(event[n] for n in names)
-    )
+    pick = _tuple_getter(operator.itemgetter, names)
     for index, value in enumerate(values):
         if reader is not None and value and len(value) <= max_bytes:
             typed = reader.row(value)
@@ -204,8 +200,7 @@ class _Reader:
         struct = msgspec.defstruct("Event", fields, rename=names, gc=False)
         self._decode: Callable[[bytes], Any] = msgspec.json.Decoder(struct).decode
         attrs = [f"f{i}" for i in range(len(contract.features))]
-        get = operator.attrgetter(*attrs)
-        self._features = get if len(attrs) > 1 else lambda event: (get(event),)
+        self._features = _tuple_getter(operator.attrgetter, attrs)
 
     def row(self, value: bytes) -> tuple[str | int, tuple[Any, ...]] | None:
         try:
@@ -219,6 +214,19 @@ class _Reader:
         elif type(key) is not int or not _INT_KEYS[0] <= key < _INT_KEYS[1]:
             return None
         return key, self._features(event)
+
+
+def _tuple_getter(
+    make: Callable[..., Callable[[Any], Any]], names: Sequence[str]
+) -> Callable[[Any], tuple[Any, ...]]:
+    """``make(*names)`` (``operator.itemgetter`` or ``attrgetter``), always giving a tuple.
+
+    operator's getters give a bare value for a single name.
+    """
+    if len(names) > 1:
+        return make(*names)
+    single = [make(name) for name in names]
+    return lambda item: tuple(get(item) for get in single)
 
 
 # Integers orjson reads as int (beyond them it reads a float, as the careful reading does).

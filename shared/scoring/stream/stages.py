@@ -184,11 +184,11 @@ def gather(
     ``busy()`` (the previous batch is still being committed): an event that arrives
     meanwhile then rides with this batch instead of waiting for one more commit, so at a
     low rate an event waits at most for the commit in flight and its own. When the
-    partitions move during the gathering, the events
-    taken so far are dropped and ``rewind`` is asked to put each partition they came from
-    back to its lowest offset among them (the caller seeks only the partitions it still
-    holds); a partition that went to another worker restarts there from its committed
-    offset. Either way no event is skipped.
+    partitions move during the gathering, the events taken so far are dropped and
+    ``rewind`` is asked to put each partition they came from back to its lowest offset
+    among them (the caller seeks only the partitions it still holds); a partition that
+    went to another worker restarts there from its committed offset. Either way no event
+    is skipped.
     """
     taken: list[Message] = []
     deadline: float | None = None
