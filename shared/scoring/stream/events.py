@@ -101,15 +101,15 @@ def decode(
     events that are fine (``fast=False`` reads every event the careful way; a test
     compares the two).
 
-    Column-wise: each feature's values are checked for their Python types in one pass
-    (a set of types per column), so a clean batch costs one parse per event plus one
-    Arrow conversion per feature. Only a column holding a wrong type is walked value by
-    value to find the events to refuse.
+    The typed reader's rows hold only allowed types; the values of events read the
+    careful way are checked here, and an event holding a wrong type is refused. So a
+    clean batch costs one parse per event plus one Arrow conversion per feature.
     """
     names = contract.feature_names
     required = frozenset(names)
     reader = _reader(contract) if fast else None
     picked: list[tuple[Any, ...]] = []
+    careful: list[int] = []  # rows of `picked` read the careful way: types unchecked
     rows: list[int] = []
     keys: list[str | int] = []
     refused: dict[int, Refused] = {}
@@ -133,20 +133,14 @@ def decode(
             missing = next(n for n in names if n not in event)
             refused[index] = Refused(index, "missing_field", f"{missing}: missing")
             continue
+        careful.append(len(picked))
         rows.append(index)
         keys.append(key)
         picked.append(pick(event))
     columns: list[Sequence[Any]] = (
         list(zip(*picked, strict=True)) if picked else [() for _ in names]
     )
-    wrong: dict[int, Refused] = {}
-    for feature, column in zip(contract.features, columns, strict=True):
-        allowed = _STRING if feature.type == "string" else _NUMBER
-        if not set(map(type, column)) <= allowed:
-            expected = "a string" if feature.type == "string" else "a number"
-            for row, item in enumerate(column):
-                if type(item) not in allowed and row not in wrong:
-                    wrong[row] = _wrong(feature.name, expected, item)
+    wrong = {row: why for row in careful if (why := _wrong_type(contract, picked[row]))}
     if wrong:
         keep = [row for row in range(len(picked)) if row not in wrong]
         refused.update(
@@ -160,6 +154,17 @@ def decode(
     ]
     batch = pa.RecordBatch.from_arrays(arrays, names=names)
     return Decoded(batch=batch, rows=rows, keys=keys, refused=sorted(refused.values(), key=_index))
+
+
+def _wrong_type(contract: Contract, features: tuple[Any, ...]) -> Refused | None:
+    """The refusal of the first feature value that is not of its allowed JSON types."""
+    for feature, item in zip(contract.features, features, strict=True):
+        if feature.type == "string":
+            if type(item) not in _STRING:
+                return _wrong(feature.name, "a string", item)
+        elif type(item) not in _NUMBER:
+            return _wrong(feature.name, "a number", item)
+    return None
 
 
 _STRING = frozenset({str, type(None)})
