@@ -46,6 +46,7 @@ __all__ = [
     "decode",
     "encode_prediction",
     "iso_millis",
+    "prediction_encoder",
     "to_events",
 ]
 
@@ -333,8 +334,56 @@ def encode_prediction(
 ) -> bytes:
     """One output record. Floats are written shortest-round-trip, so they parse back exact.
 
-    Times are ISO-8601 strings (:func:`iso_millis`).
+    Times are ISO-8601 strings (:func:`iso_millis`). For many records,
+    :func:`prediction_encoder` saves the lookup.
     """
+    return prediction_encoder(key_field)(key, score, label, model, event_time, scored_time)
+
+
+PredictionEncoder = Callable[[str | int, float, int | None, tuple[str, str], str, str], bytes]
+
+
+@functools.cache
+def prediction_encoder(key_field: str) -> PredictionEncoder:
+    """:func:`encode_prediction` for one key field, the contract's.
+
+    msgspec writes a record from a struct made for the key field in about a third of the
+    time orjson takes from a dict (the bytes are the same but for a float of 1e16 or more,
+    written ``1e16`` rather than ``1e+16``: the same number).
+    """
+    fields = ("score", "label", "model_name", "model_version", "event_time", "scored_time")
+    if key_field in fields:  # the struct cannot hold two fields of one name: as a dict
+        return functools.partial(_prediction_dict, key_field)
+    struct = msgspec.defstruct(
+        "Prediction",
+        [("key", Any), *((name, Any) for name in fields)],
+        rename={"key": key_field},
+        gc=False,
+    )
+    encode = msgspec.json.Encoder().encode
+
+    def prediction(
+        key: str | int,
+        score: float,
+        label: int | None,
+        model: tuple[str, str],
+        event_time: str,
+        scored_time: str,
+    ) -> bytes:
+        return encode(struct(key, score, label, model[0], model[1], event_time, scored_time))
+
+    return prediction
+
+
+def _prediction_dict(
+    key_field: str,
+    key: str | int,
+    score: float,
+    label: int | None,
+    model: tuple[str, str],
+    event_time: str,
+    scored_time: str,
+) -> bytes:
     return orjson.dumps(
         {
             key_field: key,

@@ -40,8 +40,8 @@ from scoring.stream.events import (
     Refused,
     dead_letter_headers,
     decode,
-    encode_prediction,
     iso_millis,
+    prediction_encoder,
 )
 
 __all__ = [
@@ -306,7 +306,7 @@ def route(
             assert reasons is not None
             refused[index] = Refused(index, scored.kinds[row] or "invalid", reasons[row] or "")
     scores, labels = scored.score.to_pylist(), scored.label.to_pylist()
-    key_field = model.scorer.contract.key
+    encode = prediction_encoder(model.scorer.contract.key)
     identity, version = _identity(model)
     scored_time = iso_millis(now_ms)
     rows = decoded.rows  # increasing batch indices of the decoded events
@@ -319,8 +319,7 @@ def route(
             row, next_row = next_row, next_row + 1
         problem = refused.get(index)
         if problem is None:
-            value = encode_prediction(
-                key_field,
+            value = encode(
                 decoded.keys[row],
                 scores[row],
                 labels[row],
@@ -358,7 +357,7 @@ def shadow(
 ) -> ShadowOutgoing:
     """The challenger's prediction of every event it accepts, for the shadow topic.
 
-    The records have the champion's shape (same Kafka key, :func:`encode_prediction`, the
+    The records have the champion's shape (same Kafka key, the prediction's encoding, the
     ``model_name`` and ``model_version`` headers) with the challenger's identity. The
     events are decoded again only when the challenger reads them differently (another key
     or other features); its refusals are counted, not sent anywhere.
@@ -373,14 +372,14 @@ def shadow(
     refused += [kind or "invalid" for kind in own_scored.kinds if kind is not None]
 
     identity, headers = _identity(challenger)
+    encode = prediction_encoder(contract.key)
     scored_time = iso_millis(now_ms)
     scores, labels = own_scored.score.to_pylist(), own_scored.label.to_pylist()
     valid = own_scored.valid
     records: list[Record] = []
     for row, index in enumerate(own.rows):
         if valid[row]:
-            value = encode_prediction(
-                contract.key,
+            value = encode(
                 own.keys[row],
                 scores[row],
                 labels[row],

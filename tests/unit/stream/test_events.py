@@ -124,6 +124,30 @@ def test_predictions_round_trip_floats_exactly() -> None:
     assert iso_millis(5) == "1970-01-01T00:00:00.005Z"
 
 
+@given(
+    st.sampled_from(["id", "transaction_id", "score", "label"]),
+    st.one_of(st.text(min_size=1), st.integers(-(2**63), 2**64 - 1)),
+    st.floats(allow_nan=False, allow_infinity=False),
+    st.one_of(st.none(), st.integers(0, 9)),
+)
+def test_predictions_read_as_the_plain_dict_would(
+    key_field: str, key: str | int, score: float, label: int | None
+) -> None:
+    value = encode_prediction(key_field, key, score, label, ("m", "1"), "then", "now")
+    expected = {
+        key_field: key,
+        "score": score,
+        "label": label,
+        "model_name": "m",
+        "model_version": "1",
+        "event_time": "then",
+        "scored_time": "now",
+    }
+    parsed = orjson.loads(value)
+    assert parsed == expected
+    assert math.copysign(1, parsed["score"]) == math.copysign(1, score)  # -0.0 stays
+
+
 @given(st.binary(max_size=200))
 def test_decode_never_raises(value: bytes) -> None:
     decoded = _decode(value)
