@@ -180,6 +180,8 @@ class Processor:
         # Exactly once, two transactional producers used in turn; at least once, one.
         self._producers: list[Producer] = []
         self._turn = 0  # the producer of the next transaction
+        # Set when a producer lost every broker: both are replaced before the next batch.
+        self._cluster_lost = False
         self._failed_deliveries: list[str] = []
         self._sending: Sending | None = None  # the batch on the commit thread, if any
         self._last_lag_check = 0.0
@@ -259,6 +261,7 @@ class Processor:
                         committed, self._sending = self._settle(self._sending, batch), None
                         if not committed:
                             continue  # rewound to the failed batch: this one is read again
+                    self._renew_producers_after_an_outage()
                     if out is not None:
                         # The group's generation as of this batch's gathering: offsets
                         # sent for it after a rebalance are refused, never misapplied.
@@ -375,6 +378,7 @@ class Processor:
                 # Only failures are reported: no Python call per delivered record.
                 "delivery.report.only.error": True,
                 "on_delivery": self._delivery_failed,
+                "error_cb": self._producer_error,
             },
             required=required,
         )
@@ -397,6 +401,7 @@ class Processor:
         (librdkafka issues 5456 and 5511; an old idle producer kept after a broker restart
         blocked in ``send_offsets_to_transaction`` for minutes, past its timeout).
         """
+        self._cluster_lost = False
         for producer in self._producers:
             with suppress(clients.KafkaException, RuntimeError):
                 producer.purge()
@@ -410,6 +415,26 @@ class Processor:
                         raise StreamError(f"stopping with no producer: {exc}") from exc
                     log.warning("no new producer yet (%s); trying again", exc)
                     time.sleep(1.0)
+
+    def _producer_error(self, error: clients.KafkaError) -> None:
+        clients.log_error(error)
+        if error.code() == clients.KafkaError._ALL_BROKERS_DOWN:
+            self._cluster_lost = True
+
+    def _renew_producers_after_an_outage(self) -> None:
+        """Replace the producers if one of them lost every broker (none is in use now).
+
+        A producer that lived through an outage can keep a stale coordinator and then
+        block in ``send_offsets_to_transaction`` past its timeout, for good (librdkafka
+        issues 5456 and 5511; here, a broker restarted while the worker was idle left it
+        waiting for minutes). Its error callbacks are served by polling it, so the idle
+        ones are polled here, between two batches, where the commit thread is idle.
+        """
+        for producer in self._producers:
+            producer.poll(0)
+        if self._cluster_lost:
+            log.warning("a producer lost every broker: starting new producers")
+            self._replace_producers()
 
     def _delivery_failed(self, error: Any, message: Any) -> None:
         if error is not None:
