@@ -352,48 +352,27 @@ def prediction_encoder(key_field: str) -> PredictionEncoder:
     written ``1e16`` rather than ``1e+16``: the same number).
     """
     fields = ("score", "label", "model_name", "model_version", "event_time", "scored_time")
-    if key_field in fields:  # the struct cannot hold two fields of one name: as a dict
-        return functools.partial(_prediction_dict, key_field)
-    struct = msgspec.defstruct(
-        "Prediction",
-        [("key", Any), *((name, Any) for name in fields)],
-        rename={"key": key_field},
-        gc=False,
-    )
-    encode = msgspec.json.Encoder().encode
+    encode_row: Callable[..., bytes]
+    if key_field in fields:  # one JSON name twice: as a dict, where the later value wins
+        names = (key_field, *fields)
 
-    def prediction(
-        key: str | int,
-        score: float,
-        label: int | None,
-        model: tuple[str, str],
-        event_time: str,
-        scored_time: str,
-    ) -> bytes:
-        return encode(struct(key, score, label, model[0], model[1], event_time, scored_time))
+        def encode_row(*row: Any) -> bytes:
+            return orjson.dumps(dict(zip(names, row, strict=True)))
 
-    return prediction
+    else:
+        struct = msgspec.defstruct(
+            "Prediction",
+            [("key", Any), *((name, Any) for name in fields)],
+            rename={"key": key_field},
+            gc=False,
+        )
+        encode = msgspec.json.Encoder().encode
 
+        def encode_row(*row: Any) -> bytes:
+            return encode(struct(*row))
 
-def _prediction_dict(
-    key_field: str,
-    key: str | int,
-    score: float,
-    label: int | None,
-    model: tuple[str, str],
-    event_time: str,
-    scored_time: str,
-) -> bytes:
-    return orjson.dumps(
-        {
-            key_field: key,
-            "score": score,
-            "label": label,
-            "model_name": model[0],
-            "model_version": model[1],
-            "event_time": event_time,
-            "scored_time": scored_time,
-        }
+    return lambda key, score, label, model, event_time, scored_time: encode_row(
+        key, score, label, model[0], model[1], event_time, scored_time
     )
 
 
