@@ -30,7 +30,6 @@ __all__ = [
     "consumer",
     "error_of",
     "is_fenced",
-    "log_error",
     "producer",
 ]
 
@@ -72,7 +71,7 @@ def client_config(
         raise StreamError("no Kafka cluster: pass --bootstrap or set KAFKA_BOOTSTRAP_SERVERS")
     return {
         "bootstrap.servers": bootstrap,
-        "error_cb": log_error,
+        "error_cb": _log_error,
         **(defaults or {}),
         **extra,
         **(required or {}),
@@ -120,8 +119,7 @@ def is_fenced(error: KafkaError | None) -> bool:
     return error is not None and error.code() in _FENCED
 
 
-def log_error(error: KafkaError) -> None:
-    """The clients' default ``error_cb``: a log line per client error."""
+def _log_error(error: KafkaError) -> None:
     # librdkafka reconnects by itself; these are worth a line, not an exception.
     if error.fatal():
         log.error("Kafka client: fatal %s", error)

@@ -5,18 +5,10 @@ the first one) is one Kafka transaction: its predictions, its dead letters and t
 offsets it consumed are committed together (``send_offsets_to_transaction`` with the
 consumer's group metadata, KIP-447), so a crash anywhere leaves either all of a batch's
 output visible to ``read_committed`` readers and its offsets committed, or none of it.
-
-A worker has two transactional producers and uses them in turn. A transaction ends when
-the coordinator has decided it (``EndTxn``), but the coordinator writes its markers
-afterwards, and until they are written the same transactional id cannot begin the next
-one (``CONCURRENT_TRANSACTIONS``): with one producer, every transaction also waited for
-the previous one's markers. The next transaction begins only once the previous one is
-committed, so output and offsets stay in order (the group coordinator keeps the offset
-commit written last). Both transactional ids are stable per worker (``group`` +
-``worker``): a restarted worker fences its dead predecessor's two producers and aborts
-the open transaction at once instead of waiting for the transaction timeout. See
-docs/adr/0003-stream-processor-core.md for the client (confluent-kafka, librdkafka) and
-why not faust's agents.
+The transactional id is stable per worker (``group`` + ``worker``): a restarted worker
+fences its dead predecessor and aborts its open transaction at once instead of waiting for
+the transaction timeout. See docs/adr/0003-stream-processor-core.md for the client
+(confluent-kafka, librdkafka) and why not faust's agents.
 
 The work of a batch is in stages (:mod:`scoring.stream.stages`: gather, decode and
 validate, score, route); this module wires them to the clients, which it gets from
@@ -134,10 +126,8 @@ class StreamConfig:
             raise StreamError(f"start offset must be earliest or latest, not {self.start_from!r}")
 
     @property
-    def transactional_ids(self) -> tuple[str, str]:
-        """The worker's two transactional ids, used in turn (see the module doc)."""
-        first = f"scoring-stream.{self.group}.{self.worker}"
-        return first, f"{first}.1"
+    def transactional_id(self) -> str:
+        return f"scoring-stream.{self.group}.{self.worker}"
 
 
 @dataclass
@@ -177,11 +167,7 @@ class Processor:
         self.counts = {"events_in": 0, "predictions": 0, "dead_letters": 0, "batches": 0}
         self._stop = threading.Event()
         self._consumer: Consumer | None = None
-        # Exactly once, two transactional producers used in turn; at least once, one.
-        self._producers: list[Producer] = []
-        self._turn = 0  # the producer of the next transaction
-        # Set when a producer lost every broker: both are replaced before the next batch.
-        self._cluster_lost = False
+        self._producer: Producer | None = None
         self._failed_deliveries: list[str] = []
         self._sending: Sending | None = None  # the batch on the commit thread, if any
         self._last_lag_check = 0.0
@@ -217,7 +203,7 @@ class Processor:
                 outputs.append(config.shadow_topic)
             topics.ensure(config.bootstrap, config.input_topic, outputs, config.kafka)
             try:
-                self._producers = [self._new_producer(id_) for id_ in self._producer_ids]
+                self._producer = self._new_producer()
             except clients.KafkaException as exc:
                 raise StreamError(
                     f"could not start transactions on {config.bootstrap}: {exc}"
@@ -261,7 +247,6 @@ class Processor:
                         committed, self._sending = self._settle(self._sending, batch), None
                         if not committed:
                             continue  # rewound to the failed batch: this one is read again
-                    self._renew_producers_after_an_outage()
                     if out is not None:
                         # The group's generation as of this batch's gathering: offsets
                         # sent for it after a rebalance are refused, never misapplied.
@@ -280,8 +265,8 @@ class Processor:
                 if self.shadow is not None:
                     self.shadow.stop()
                 consumer.close()  # leaves the group at once: the partitions move now
-                for producer in self._producers:
-                    producer.flush(10)
+                if self._producer is not None:
+                    self._producer.flush(10)
         log.info("stopped: %s", self.counts)
         return dict(self.counts)
 
@@ -346,21 +331,11 @@ class Processor:
             with suppress(KeyError):
                 self.metrics.lag.remove(str(partition))
 
-    @property
-    def _producer_ids(self) -> tuple[str | None, ...]:
-        """Exactly once, the two transactional ids; at least once, one plain producer."""
-        return self.config.transactional_ids if self.config.exactly_once else (None,)
-
-    @property
-    def _producer(self) -> Producer:
-        """The producer whose turn it is (exactly once: of the next transaction)."""
-        return self._producers[self._turn]
-
-    def _new_producer(self, transactional_id: str | None) -> Producer:
+    def _new_producer(self) -> Producer:
         config = self.config
         required: dict[str, Any] = {"enable.idempotence": True, "acks": "all"}
-        if transactional_id is not None:
-            required["transactional.id"] = transactional_id
+        if config.exactly_once:
+            required["transactional.id"] = config.transactional_id
             required["transaction.timeout.ms"] = config.transaction_timeout_ms
         producer = clients.producer(
             config.bootstrap,
@@ -368,21 +343,20 @@ class Processor:
             defaults={
                 "client.id": f"scoring-stream-{config.worker}",
                 "linger.ms": 2,
-                # A transaction that begins before the coordinator has written the
-                # markers of this producer's previous one (CONCURRENT_TRANSACTIONS) is
-                # retried every 20 ms, as Java's client does (KAFKA-5477), without
-                # librdkafka's exponential growth towards 1 s.
+                # A transaction that begins right after the last commit can meet the
+                # coordinator still writing markers (CONCURRENT_TRANSACTIONS): retry every
+                # 20 ms, as Java's client does for it (KAFKA-5477), without librdkafka's
+                # exponential growth towards 1 s, which gave transactions of 150 ms and more.
                 "retry.backoff.ms": 20,
                 "retry.backoff.max.ms": 20,
                 "message.max.bytes": max(1_048_576, 2 * config.max_message_bytes),
                 # Only failures are reported: no Python call per delivered record.
                 "delivery.report.only.error": True,
                 "on_delivery": self._delivery_failed,
-                "error_cb": self._producer_error,
             },
             required=required,
         )
-        if transactional_id is not None:
+        if config.exactly_once:
             try:
                 producer.init_transactions(config.transaction_timeout_ms / 1000)
             except clients.KafkaException as exc:
@@ -391,50 +365,26 @@ class Processor:
                 raise
         return producer
 
-    def _replace_producers(self) -> None:
-        """New producers for the same transactional ids; their start aborts an open transaction.
+    def _replace_producer(self) -> None:
+        """A new producer with the same transactional id; its start aborts the old one's.
 
-        Both are replaced, not only the one whose call failed: a failure that calls for a
-        new producer (a timeout, a fatal error) is the cluster's, and the idle producer has
-        seen it too. Tried until the cluster answers: a new client looks the transaction
-        coordinator up afresh, which an old one whose coordinator went away may never do
-        (librdkafka issues 5456 and 5511; an old idle producer kept after a broker restart
-        blocked in ``send_offsets_to_transaction`` for minutes, past its timeout).
+        Tried until the cluster answers: a new client looks the transaction coordinator
+        up afresh, which an old one whose coordinator went away may never do (librdkafka
+        issues 5456 and 5511).
         """
-        self._cluster_lost = False
-        for producer in self._producers:
+        old, self._producer = self._producer, None
+        if old is not None:
             with suppress(clients.KafkaException, RuntimeError):
-                producer.purge()
-        for turn, transactional_id in enumerate(self._producer_ids):
-            while True:
-                try:
-                    self._producers[turn] = self._new_producer(transactional_id)
-                    break
-                except clients.KafkaException as exc:
-                    if self._stop.is_set():
-                        raise StreamError(f"stopping with no producer: {exc}") from exc
-                    log.warning("no new producer yet (%s); trying again", exc)
-                    time.sleep(1.0)
-
-    def _producer_error(self, error: clients.KafkaError) -> None:
-        clients.log_error(error)
-        if error.code() == clients.KafkaError._ALL_BROKERS_DOWN:
-            self._cluster_lost = True
-
-    def _renew_producers_after_an_outage(self) -> None:
-        """Replace the producers if one of them lost every broker (none is in use now).
-
-        A producer that lived through an outage can keep a stale coordinator and then
-        block in ``send_offsets_to_transaction`` past its timeout, for good (librdkafka
-        issues 5456 and 5511; here, a broker restarted while the worker was idle left it
-        waiting for minutes). Its error callbacks are served by polling it, so the idle
-        ones are polled here, between two batches, where the commit thread is idle.
-        """
-        for producer in self._producers:
-            producer.poll(0)
-        if self._cluster_lost:
-            log.warning("a producer lost every broker: starting new producers")
-            self._replace_producers()
+                old.purge()
+        while True:
+            try:
+                self._producer = self._new_producer()
+                return
+            except clients.KafkaException as exc:
+                if self._stop.is_set():
+                    raise StreamError(f"stopping with no producer: {exc}") from exc
+                log.warning("no new producer yet (%s); trying again", exc)
+                time.sleep(1.0)
 
     def _delivery_failed(self, error: Any, message: Any) -> None:
         if error is not None:
@@ -442,7 +392,7 @@ class Processor:
 
     def _fenced(self) -> str:
         return (
-            f"another live worker uses transactional ids {self.config.transactional_ids}: "
+            f"another live worker uses transactional id {self.config.transactional_id!r}: "
             "give every worker of a group its own --worker"
         )
 
@@ -548,19 +498,19 @@ class Processor:
     def _transact(
         self, records: list[Record], offsets: list[TopicPartition], group: object
     ) -> None:
-        """One transaction; once it is committed, the other producer has the next turn."""
         producer = self._producer
+        assert producer is not None
         timeout = self._call_timeout
         producer.begin_transaction()
         self._produce(producer, records)
         _retrying(lambda: producer.send_offsets_to_transaction(offsets, group, timeout))
         _retrying(lambda: producer.commit_transaction(timeout))
         producer.poll(0)  # serve failure reports, if any (there are none per success)
-        self._turn = (self._turn + 1) % len(self._producers)
 
     def _deliver(self, records: list[Record]) -> None:
         """At-least-once: send the records and wait until every one is acknowledged."""
         producer = self._producer
+        assert producer is not None
         self._failed_deliveries.clear()
         self._produce(producer, records)
         left = producer.flush(self.config.transaction_timeout_ms / 1000)
@@ -593,6 +543,7 @@ class Processor:
         if not self.config.exactly_once:
             return  # at-least-once: what was sent stays; the batch is sent again
         producer = self._producer
+        assert producer is not None
         if error is not None and error.txn_requires_abort() and not error.fatal():
             try:
                 _retrying(lambda: producer.abort_transaction(self._call_timeout))
@@ -601,7 +552,7 @@ class Processor:
                 if clients.is_fenced(clients.error_of(exc)):
                     raise StreamError(self._fenced()) from exc
                 log.warning("abort failed (%s); starting a new producer", exc)
-        self._replace_producers()
+        self._replace_producer()
 
     def _rewind(self, first: dict[Partition, int]) -> None:
         """Put partitions back to ``first`` offsets, those this worker still holds."""
