@@ -14,6 +14,8 @@ user property that contradicts one of the last is refused rather than silently d
 from __future__ import annotations
 
 import logging
+import threading
+import time
 from collections.abc import Mapping
 from typing import Any
 
@@ -30,6 +32,7 @@ __all__ = [
     "consumer",
     "error_of",
     "is_fenced",
+    "log_error",
     "producer",
 ]
 
@@ -71,7 +74,7 @@ def client_config(
         raise StreamError("no Kafka cluster: pass --bootstrap or set KAFKA_BOOTSTRAP_SERVERS")
     return {
         "bootstrap.servers": bootstrap,
-        "error_cb": _log_error,
+        "error_cb": log_error,
         **(defaults or {}),
         **extra,
         **(required or {}),
@@ -119,9 +122,32 @@ def is_fenced(error: KafkaError | None) -> bool:
     return error is not None and error.code() in _FENCED
 
 
-def _log_error(error: KafkaError) -> None:
-    # librdkafka reconnects by itself; these are worth a line, not an exception.
+# The same client error is logged at most once in this many seconds.
+_QUIET_S = 30.0
+_last_logged: dict[str, tuple[float, int]] = {}  # error text: when logged, repeats since
+_last_logged_lock = threading.Lock()
+
+
+def log_error(error: KafkaError) -> None:
+    """Log a client's error report: librdkafka reconnects by itself, so it is not raised.
+
+    While a broker is down its clients report a refused connection every few
+    milliseconds; the same report is logged once per ``_QUIET_S`` seconds, with the
+    number of repeats left out since.
+    """
     if error.fatal():
         log.error("Kafka client: fatal %s", error)
+        return
+    text, now = str(error), time.monotonic()
+    with _last_logged_lock:
+        logged_at, repeats = _last_logged.get(text, (-_QUIET_S, 0))
+        if now - logged_at < _QUIET_S:
+            _last_logged[text] = (logged_at, repeats + 1)
+            return
+        _last_logged[text] = (now, 0)
+    if repeats:
+        log.warning(
+            "Kafka client: %s (and %d times in the last %.0f s)", error, repeats, now - logged_at
+        )
     else:
         log.warning("Kafka client: %s", error)

@@ -34,13 +34,16 @@ from __future__ import annotations
 
 import gc
 import logging
+import queue
 import signal
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping
-from concurrent.futures import Future, ThreadPoolExecutor, wait
+from concurrent.futures import Future
+from concurrent.futures import TimeoutError as FutureTimeout
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any, TypeVar
 
 from confluent_kafka import Consumer, Producer, TopicPartition
@@ -130,10 +133,19 @@ class StreamConfig:
         return f"scoring-stream.{self.group}.{self.worker}"
 
 
+class _Pending:
+    """The outcome of a commit not known yet."""
+
+
+_PENDING = _Pending()
+
+
 @dataclass
 class Sending:
     """A micro-batch whose records (and, exactly once, offsets) are on the commit thread.
 
+    ``deadline`` (``time.monotonic()``): when the commit is given up as stuck.
+    ``outcome``: once known, ``None`` for a commit that succeeded, else its error.
     ``offsets_committed``: at-least-once, whether the main thread has committed the
     batch's offsets after the flush.
     """
@@ -141,7 +153,50 @@ class Sending:
     batch: Batch
     out: Outgoing
     future: Future[None]
+    deadline: float
+    outcome: BaseException | _Pending | None = _PENDING
     offsets_committed: bool = False
+
+
+class StuckCommit(Exception):
+    """A batch's commit did not return by its deadline; its producer was replaced."""
+
+
+class CommitThread:
+    """One daemon thread that sends and commits micro-batches, one at a time, in order.
+
+    A call inside librdkafka can block past its own timeout (librdkafka issue 5456: a
+    request to a coordinator that is never retried once the broker is back). The
+    processor then leaves this thread behind and starts another: it is a daemon, so
+    one that stays stuck never holds up the process's exit.
+    """
+
+    def __init__(self) -> None:
+        self._jobs: queue.SimpleQueue[tuple[Callable[[], None], Future[None]] | None] = (
+            queue.SimpleQueue()
+        )
+        threading.Thread(target=self._work, name="commit", daemon=True).start()
+
+    def submit(self, call: Callable[[], None]) -> Future[None]:
+        future: Future[None] = Future()
+        self._jobs.put((call, future))
+        return future
+
+    def close(self) -> None:
+        """The thread ends after the job it is running, if any."""
+        self._jobs.put(None)
+
+    def _work(self) -> None:
+        while (job := self._jobs.get()) is not None:
+            call, future = job
+            if not future.set_running_or_notify_cancel():
+                continue
+            try:
+                call()
+            except BaseException as exc:  # handed to whoever waits on the future
+                future.set_exception(exc)
+            else:
+                future.set_result(None)
 
 
 class Processor:
@@ -168,8 +223,10 @@ class Processor:
         self._stop = threading.Event()
         self._consumer: Consumer | None = None
         self._producer: Producer | None = None
+        self._cluster_lost = False  # the producer reported every broker down
         self._failed_deliveries: list[str] = []
         self._sending: Sending | None = None  # the batch on the commit thread, if any
+        self._sender: CommitThread | None = None
         self._last_lag_check = 0.0
 
     def stop(self) -> None:
@@ -225,7 +282,7 @@ class Processor:
                 self.shadow.start()
             _settle_garbage_collector()
             self.status = "ok"
-            sender = ThreadPoolExecutor(1, thread_name_prefix="commit")
+            self._sender = CommitThread()
             try:
                 while not self._stop.is_set():
                     if follower is not None:
@@ -247,19 +304,21 @@ class Processor:
                         committed, self._sending = self._settle(self._sending, batch), None
                         if not committed:
                             continue  # rewound to the failed batch: this one is read again
+                    self._renew_producer_after_an_outage()
                     if out is not None:
                         # The group's generation as of this batch's gathering: offsets
                         # sent for it after a rebalance are refused, never misapplied.
                         group = consumer.consumer_group_metadata()
-                        future = sender.submit(self._send, batch, out, group)
-                        self._sending = Sending(batch, out, future)
+                        future = self._sender.submit(partial(self._send, batch, out, group))
+                        deadline = time.monotonic() + self._commit_deadline_s
+                        self._sending = Sending(batch, out, future, deadline)
                     self._update_lag()
             finally:
                 self.status = "stopping"
                 if self._sending is not None:
                     self._settle(self._sending, None, final=True)
                     self._sending = None
-                sender.shutdown()
+                self._sender.close()
                 if follower is not None:
                     follower.stop()
                 if self.shadow is not None:
@@ -353,6 +412,7 @@ class Processor:
                 # Only failures are reported: no Python call per delivered record.
                 "delivery.report.only.error": True,
                 "on_delivery": self._delivery_failed,
+                "error_cb": self._producer_error,
             },
             required=required,
         )
@@ -379,12 +439,33 @@ class Processor:
         while True:
             try:
                 self._producer = self._new_producer()
+                self._cluster_lost = False
                 return
             except clients.KafkaException as exc:
                 if self._stop.is_set():
                     raise StreamError(f"stopping with no producer: {exc}") from exc
                 log.warning("no new producer yet (%s); trying again", exc)
                 time.sleep(1.0)
+
+    def _producer_error(self, error: clients.KafkaError) -> None:
+        clients.log_error(error)
+        if error.code() == clients.KafkaError._ALL_BROKERS_DOWN:
+            self._cluster_lost = True
+
+    def _renew_producer_after_an_outage(self) -> None:
+        """Replace the producer if it lost every broker (between batches: it is not in use).
+
+        A producer that lived through an outage can keep a stale coordinator and then
+        block in ``send_offsets_to_transaction`` past its timeout (librdkafka issues 5456
+        and 5511: a broker restarted while the worker idled left it waiting for good).
+        Such a commit would be given up at its deadline; a new producer spares the wait.
+        Its error reports are served by polling it, which is done here.
+        """
+        if self._producer is not None:
+            self._producer.poll(0)
+        if self._cluster_lost:
+            log.warning("the producer lost every broker: starting a new one")
+            self._replace_producer()
 
     def _delivery_failed(self, error: Any, message: Any) -> None:
         if error is not None:
@@ -432,8 +513,47 @@ class Processor:
                 self._deliver(out.to_send())
 
     def _committing(self) -> bool:
-        """Whether a batch is on the commit thread and not finished yet."""
-        return self._sending is not None and not self._sending.future.done()
+        """Whether a batch is on the commit thread, not finished yet nor past its deadline."""
+        sending = self._sending
+        return (
+            sending is not None
+            and not sending.future.done()
+            and time.monotonic() < sending.deadline
+        )
+
+    @property
+    def _commit_deadline_s(self) -> float:
+        """How long a batch's commit may run before it is given up as stuck.
+
+        Past the transaction timeout the broker aborts the transaction anyway; every call
+        of a healthy commit returns well before (each has :attr:`_call_timeout`).
+        """
+        return self.config.transaction_timeout_ms / 1000 + self._call_timeout
+
+    def _outcome(self, sending: Sending) -> BaseException | None:
+        """Wait for a batch's commit, until its deadline: ``None`` if it succeeded, else why not.
+
+        A commit still running at its deadline is stuck inside the client: the commit
+        thread is left to it, and the producer replaced. Exactly once, the new producer's
+        start fences the stuck one and settles its transaction (committed or aborted)
+        before any other begins; the group's committed offsets then say which.
+        """
+        if not isinstance(sending.outcome, _Pending):
+            return sending.outcome
+        try:
+            sending.future.result(timeout=max(0.0, sending.deadline - time.monotonic()))
+            sending.outcome = None
+        except FutureTimeout:
+            waited = self._commit_deadline_s
+            log.warning("a micro-batch's commit is stuck after %.0f s: new producer", waited)
+            assert self._sender is not None
+            self._sender.close()
+            self._sender = CommitThread()
+            self._replace_producer()
+            sending.outcome = StuckCommit(f"commit stuck for {waited:.0f} s")
+        except Exception as exc:
+            sending.outcome = exc
+        return sending.outcome
 
     def _await_commit(self) -> None:
         """Let the batch on the commit thread finish before partitions move.
@@ -447,8 +567,7 @@ class Processor:
         sending = self._sending
         if sending is None:
             return
-        wait([sending.future])
-        if not self.config.exactly_once and sending.future.exception() is None:
+        if self._outcome(sending) is None and not self.config.exactly_once:
             self._commit_offsets(sending, asynchronous=False)
 
     def _settle(self, sending: Sending, following: Batch | None, final: bool = False) -> bool:
@@ -461,17 +580,21 @@ class Processor:
         synchronously on the ``final`` batch before the consumer closes.
         """
         batch = sending.batch
-        try:
-            sending.future.result()
-        except clients.KafkaException as exc:
-            error = clients.error_of(exc)
+        failure = self._outcome(sending)
+        if failure is not None:
+            error = clients.error_of(failure)
             if clients.is_fenced(error):
-                raise StreamError(self._fenced()) from exc
+                raise StreamError(self._fenced()) from failure
+            if not isinstance(failure, clients.KafkaException | StuckCommit):
+                raise failure
             self.metrics.aborts.inc()
-            log.warning("micro-batch of %d events aborted (%s); reading it again", len(batch), exc)
-            self._abort(error)
+            log.warning(
+                "micro-batch of %d events aborted (%s); reading it again", len(batch), failure
+            )
+            if not isinstance(failure, StuckCommit):  # a stuck one's producer is replaced
+                self._abort(error)
             later = following.first_offsets() if following is not None else {}
-            self._rewind({**later, **batch.first_offsets()})
+            self._rewind(self._restart_offsets({**later, **batch.first_offsets()}))
             time.sleep(0.2)
             return False
         if not self.config.exactly_once:
@@ -553,6 +676,30 @@ class Processor:
                     raise StreamError(self._fenced()) from exc
                 log.warning("abort failed (%s); starting a new producer", exc)
         self._replace_producer()
+
+    def _restart_offsets(self, first: dict[Partition, int]) -> dict[Partition, int]:
+        """Where to read a failed batch again: its ``first`` offsets, or what the group holds.
+
+        Exactly once, a commit that failed on this side may have been committed by the
+        broker all the same (its answer lost, or a call timed out). Once the transaction
+        is settled (aborted, or the producer replaced) the group's committed offsets say
+        where its output ends; reading from there again sends nothing twice.
+        """
+        if not self.config.exactly_once:
+            return first
+        assert self._consumer is not None
+        asked = [TopicPartition(t, p) for t, p in first]
+        while True:
+            try:
+                committed = self._consumer.committed(asked, timeout=self._call_timeout)
+                break
+            except clients.KafkaException as exc:
+                if self._stop.is_set():
+                    return first  # stopping: the next start reads the committed offsets
+                log.warning("committed offsets not read yet (%s); trying again", exc)
+                time.sleep(1.0)
+        known = {(tp.topic, tp.partition): tp.offset for tp in committed if tp.offset >= 0}
+        return {**first, **known}
 
     def _rewind(self, first: dict[Partition, int]) -> None:
         """Put partitions back to ``first`` offsets, those this worker still holds."""

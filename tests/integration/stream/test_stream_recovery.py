@@ -176,6 +176,32 @@ def test_broker_sigkill_mid_batch_then_restart_on_the_same_data(
         processor.stop()
 
 
+def test_broker_sigkill_while_the_worker_idles_then_events_flow_again(
+    own_broker: Broker, artifact_dir: Path, stream_table: pa.Table, tmp_path: Path
+) -> None:
+    # The producer is idle when the broker dies: it must find the restarted one.
+    topics = Topics("idle.in", "idle.out", "idle.dlq")
+    create_topics(own_broker.bootstrap, topics)
+    table = stream_table.slice(0, 4000)
+    valid, refused = expected_scores(artifact_dir, table)
+    events = events_of(artifact_dir, table)
+    processor = ProcessorProcess(own_broker.bootstrap, artifact_dir, topics, tmp_path)
+    try:
+        processor.wait_ready()
+        for start in range(0, 2000, 100):
+            produce(own_broker.bootstrap, topics.input, events[start : start + 100])
+        processor.wait_until(lambda h: h["events_in"] >= 2000, what="2,000 events in")
+        assert kafka_broker.kill(own_broker)
+        time.sleep(2)
+        kafka_broker.start(own_broker.state_dir)
+        for start in range(2000, len(events), 100):
+            produce(own_broker.bootstrap, topics.input, events[start : start + 100])
+        assert_exactly_once(own_broker.bootstrap, topics, valid, refused)
+        assert processor.terminate() == 0, processor.log()
+    finally:
+        processor.stop()
+
+
 def test_promotion_mid_stream_switches_version_between_batches(
     kafka: Broker,
     topics: Topics,
