@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from kafka import KafkaConsumer, TopicPartition
+from kafka.admin import KafkaAdminClient, TransactionState
 from kafka.consumer.fetcher import ConsumerRecord
 from scoring.dev.kafka_broker import free_port
 from scoring.settings import PROJECT_ROOT
@@ -111,6 +112,16 @@ class OpenTransactions:
     def close(self) -> None:
         for view in self.views.values():
             view.close()
+
+
+def ongoing_transactions(bootstrap: str, transactional_ids: Iterable[str]) -> set[str]:
+    """Which of ``transactional_ids`` have a transaction open, as their coordinator says."""
+    admin = KafkaAdminClient(bootstrap_servers=bootstrap)
+    try:
+        described = admin.describe_transactions(list(transactional_ids))
+    finally:
+        admin.close()
+    return {tid for tid, d in described.items() if d.state == TransactionState.ONGOING}
 
 
 def read_all(

@@ -81,7 +81,7 @@ _LOCATIONS = (
 _OWNED = {
     "group.id": "the consumer group is --group",
     "group.instance.id": "the worker id (--worker) names the member",
-    "transactional.id": "each worker's transactional id is derived from --group and --worker",
+    "transactional.id": "each worker's transactional ids are derived from --group and --worker",
     "enable.idempotence": "the delivery guarantee (--guarantee) sets it",
     "isolation.level": "the processor and every reader use read_committed",
     "enable.auto.commit": "offsets are committed with each micro-batch",

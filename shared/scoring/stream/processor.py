@@ -5,10 +5,18 @@ the first one) is one Kafka transaction: its predictions, its dead letters and t
 offsets it consumed are committed together (``send_offsets_to_transaction`` with the
 consumer's group metadata, KIP-447), so a crash anywhere leaves either all of a batch's
 output visible to ``read_committed`` readers and its offsets committed, or none of it.
-The transactional id is stable per worker (``group`` + ``worker``): a restarted worker
-fences its dead predecessor and aborts its open transaction at once instead of waiting for
-the transaction timeout. See docs/adr/0003-stream-processor-core.md for the client
-(confluent-kafka, librdkafka) and why not faust's agents.
+
+A worker has two transactional producers and uses them in turn. A transaction ends when
+the coordinator has decided it (``EndTxn``), but the coordinator writes its markers
+afterwards, and until they are written the same transactional id cannot begin the next
+one (``CONCURRENT_TRANSACTIONS``): with one producer, every transaction also waited for
+the previous one's markers. The next transaction begins only once the previous one is
+committed, so output and offsets stay in order (the group coordinator keeps the offset
+commit written last). Both transactional ids are stable per worker (``group`` +
+``worker``): a restarted worker fences its dead predecessor's two producers and aborts
+the open transaction at once instead of waiting for the transaction timeout. See
+docs/adr/0003-stream-processor-core.md for the client (confluent-kafka, librdkafka) and
+why not faust's agents.
 
 The work of a batch is in stages (:mod:`scoring.stream.stages`: gather, decode and
 validate, score, route); this module wires them to the clients, which it gets from
@@ -129,8 +137,10 @@ class StreamConfig:
             raise StreamError(f"start offset must be earliest or latest, not {self.start_from!r}")
 
     @property
-    def transactional_id(self) -> str:
-        return f"scoring-stream.{self.group}.{self.worker}"
+    def transactional_ids(self) -> tuple[str, str]:
+        """The worker's two transactional ids, used in turn (see the module doc)."""
+        first = f"scoring-stream.{self.group}.{self.worker}"
+        return first, f"{first}.1"
 
 
 class _Pending:
@@ -222,8 +232,10 @@ class Processor:
         self.counts = {"events_in": 0, "predictions": 0, "dead_letters": 0, "batches": 0}
         self._stop = threading.Event()
         self._consumer: Consumer | None = None
-        self._producer: Producer | None = None
-        self._cluster_lost = False  # the producer reported every broker down
+        # Exactly once, two transactional producers used in turn; at least once, one.
+        self._producers: list[Producer] = []
+        self._turn = 0  # the producer of the next transaction
+        self._cluster_lost = False  # a producer reported every broker down
         self._failed_deliveries: list[str] = []
         self._sending: Sending | None = None  # the batch on the commit thread, if any
         self._sender: CommitThread | None = None
@@ -260,7 +272,7 @@ class Processor:
                 outputs.append(config.shadow_topic)
             topics.ensure(config.bootstrap, config.input_topic, outputs, config.kafka)
             try:
-                self._producer = self._new_producer()
+                self._producers = [self._new_producer(id_) for id_ in self._producer_ids]
             except clients.KafkaException as exc:
                 raise StreamError(
                     f"could not start transactions on {config.bootstrap}: {exc}"
@@ -304,7 +316,7 @@ class Processor:
                         committed, self._sending = self._settle(self._sending, batch), None
                         if not committed:
                             continue  # rewound to the failed batch: this one is read again
-                    self._renew_producer_after_an_outage()
+                    self._renew_producers_after_an_outage()
                     if out is not None:
                         # The group's generation as of this batch's gathering: offsets
                         # sent for it after a rebalance are refused, never misapplied.
@@ -324,8 +336,8 @@ class Processor:
                 if self.shadow is not None:
                     self.shadow.stop()
                 consumer.close()  # leaves the group at once: the partitions move now
-                if self._producer is not None:
-                    self._producer.flush(10)
+                for producer in self._producers:
+                    producer.flush(10)
         log.info("stopped: %s", self.counts)
         return dict(self.counts)
 
@@ -390,11 +402,21 @@ class Processor:
             with suppress(KeyError):
                 self.metrics.lag.remove(str(partition))
 
-    def _new_producer(self) -> Producer:
+    @property
+    def _producer_ids(self) -> tuple[str | None, ...]:
+        """Exactly once, the two transactional ids; at least once, one plain producer."""
+        return self.config.transactional_ids if self.config.exactly_once else (None,)
+
+    @property
+    def _producer(self) -> Producer:
+        """The producer whose turn it is (exactly once: of the next transaction)."""
+        return self._producers[self._turn]
+
+    def _new_producer(self, transactional_id: str | None) -> Producer:
         config = self.config
         required: dict[str, Any] = {"enable.idempotence": True, "acks": "all"}
-        if config.exactly_once:
-            required["transactional.id"] = config.transactional_id
+        if transactional_id is not None:
+            required["transactional.id"] = transactional_id
             required["transaction.timeout.ms"] = config.transaction_timeout_ms
         producer = clients.producer(
             config.bootstrap,
@@ -402,10 +424,10 @@ class Processor:
             defaults={
                 "client.id": f"scoring-stream-{config.worker}",
                 "linger.ms": 2,
-                # A transaction that begins right after the last commit can meet the
-                # coordinator still writing markers (CONCURRENT_TRANSACTIONS): retry every
-                # 20 ms, as Java's client does for it (KAFKA-5477), without librdkafka's
-                # exponential growth towards 1 s, which gave transactions of 150 ms and more.
+                # A transaction that begins before the coordinator has written the
+                # markers of this producer's previous one (CONCURRENT_TRANSACTIONS) is
+                # retried every 20 ms, as Java's client does (KAFKA-5477), without
+                # librdkafka's exponential growth towards 1 s.
                 "retry.backoff.ms": 20,
                 "retry.backoff.max.ms": 20,
                 "message.max.bytes": max(1_048_576, 2 * config.max_message_bytes),
@@ -416,7 +438,7 @@ class Processor:
             },
             required=required,
         )
-        if config.exactly_once:
+        if transactional_id is not None:
             try:
                 producer.init_transactions(config.transaction_timeout_ms / 1000)
             except clients.KafkaException as exc:
@@ -425,47 +447,49 @@ class Processor:
                 raise
         return producer
 
-    def _replace_producer(self) -> None:
-        """A new producer with the same transactional id; its start aborts the old one's.
+    def _replace_producers(self) -> None:
+        """New producers for the same transactional ids; their start aborts an open transaction.
 
-        Tried until the cluster answers: a new client looks the transaction coordinator
-        up afresh, which an old one whose coordinator went away may never do (librdkafka
-        issues 5456 and 5511).
+        Both are replaced, not only the one whose call failed: a failure that calls for a
+        new producer (a timeout, a fatal error, a stuck call) is the cluster's, and the
+        idle producer has seen it too. Tried until the cluster answers: a new client looks
+        the transaction coordinator up afresh, which an old one whose coordinator went away
+        may never do (librdkafka issues 5456 and 5511).
         """
-        old, self._producer = self._producer, None
-        if old is not None:
+        for producer in self._producers:
             with suppress(clients.KafkaException, RuntimeError):
-                old.purge()
-        while True:
-            try:
-                self._producer = self._new_producer()
-                self._cluster_lost = False
-                return
-            except clients.KafkaException as exc:
-                if self._stop.is_set():
-                    raise StreamError(f"stopping with no producer: {exc}") from exc
-                log.warning("no new producer yet (%s); trying again", exc)
-                time.sleep(1.0)
+                producer.purge()
+        for turn, transactional_id in enumerate(self._producer_ids):
+            while True:
+                try:
+                    self._producers[turn] = self._new_producer(transactional_id)
+                    break
+                except clients.KafkaException as exc:
+                    if self._stop.is_set():
+                        raise StreamError(f"stopping with no producer: {exc}") from exc
+                    log.warning("no new producer yet (%s); trying again", exc)
+                    time.sleep(1.0)
+        self._cluster_lost = False
 
     def _producer_error(self, error: clients.KafkaError) -> None:
         clients.log_error(error)
         if error.code() == clients.KafkaError._ALL_BROKERS_DOWN:
             self._cluster_lost = True
 
-    def _renew_producer_after_an_outage(self) -> None:
-        """Replace the producer if it lost every broker (between batches: it is not in use).
+    def _renew_producers_after_an_outage(self) -> None:
+        """Replace the producers if one lost every broker (between batches: none is in use).
 
         A producer that lived through an outage can keep a stale coordinator and then
         block in ``send_offsets_to_transaction`` past its timeout (librdkafka issues 5456
         and 5511: a broker restarted while the worker idled left it waiting for good).
-        Such a commit would be given up at its deadline; a new producer spares the wait.
-        Its error reports are served by polling it, which is done here.
+        Such a commit would be given up at its deadline; new producers spare the wait.
+        Their error reports are served by polling them, which is done here.
         """
-        if self._producer is not None:
-            self._producer.poll(0)
+        for producer in self._producers:
+            producer.poll(0)
         if self._cluster_lost:
-            log.warning("the producer lost every broker: starting a new one")
-            self._replace_producer()
+            log.warning("a producer lost every broker: starting new producers")
+            self._replace_producers()
 
     def _delivery_failed(self, error: Any, message: Any) -> None:
         if error is not None:
@@ -473,7 +497,7 @@ class Processor:
 
     def _fenced(self) -> str:
         return (
-            f"another live worker uses transactional id {self.config.transactional_id!r}: "
+            f"another live worker uses transactional ids {self.config.transactional_ids}: "
             "give every worker of a group its own --worker"
         )
 
@@ -549,7 +573,7 @@ class Processor:
             assert self._sender is not None
             self._sender.close()
             self._sender = CommitThread()
-            self._replace_producer()
+            self._replace_producers()
             sending.outcome = StuckCommit(f"commit stuck for {waited:.0f} s")
         except Exception as exc:
             sending.outcome = exc
@@ -621,19 +645,19 @@ class Processor:
     def _transact(
         self, records: list[Record], offsets: list[TopicPartition], group: object
     ) -> None:
+        """One transaction; once it is committed, the other producer has the next turn."""
         producer = self._producer
-        assert producer is not None
         timeout = self._call_timeout
         producer.begin_transaction()
         self._produce(producer, records)
         _retrying(lambda: producer.send_offsets_to_transaction(offsets, group, timeout))
         _retrying(lambda: producer.commit_transaction(timeout))
         producer.poll(0)  # serve failure reports, if any (there are none per success)
+        self._turn = (self._turn + 1) % len(self._producers)
 
     def _deliver(self, records: list[Record]) -> None:
         """At-least-once: send the records and wait until every one is acknowledged."""
         producer = self._producer
-        assert producer is not None
         self._failed_deliveries.clear()
         self._produce(producer, records)
         left = producer.flush(self.config.transaction_timeout_ms / 1000)
@@ -666,7 +690,6 @@ class Processor:
         if not self.config.exactly_once:
             return  # at-least-once: what was sent stays; the batch is sent again
         producer = self._producer
-        assert producer is not None
         if error is not None and error.txn_requires_abort() and not error.fatal():
             try:
                 _retrying(lambda: producer.abort_transaction(self._call_timeout))
@@ -675,7 +698,7 @@ class Processor:
                 if clients.is_fenced(clients.error_of(exc)):
                     raise StreamError(self._fenced()) from exc
                 log.warning("abort failed (%s); starting a new producer", exc)
-        self._replace_producer()
+        self._replace_producers()
 
     def _restart_offsets(self, first: dict[Partition, int]) -> dict[Partition, int]:
         """Where to read a failed batch again: its ``first`` offsets, or what the group holds.

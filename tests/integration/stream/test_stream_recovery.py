@@ -24,6 +24,7 @@ from scoring.dev.demo.train import TrainedModel
 from scoring.dev.kafka_broker import Broker
 from scoring.lifecycle import registry
 from scoring.lifecycle.packaging import package
+from scoring.stream.processor import StreamConfig
 
 from tests.integration.kafka_helpers import (
     OpenTransactions,
@@ -31,6 +32,7 @@ from tests.integration.kafka_helpers import (
     Topics,
     create_topics,
     headers,
+    ongoing_transactions,
     outputs_by_key,
     produce,
     read_all,
@@ -104,7 +106,11 @@ def test_kill_9_three_times_inside_open_transactions_over_a_backlog(
 ) -> None:
     events, valid, refused = backlog
     produce(kafka.bootstrap, topics.input, events)
-    options = ["--transaction-timeout-ms", str(TRANSACTION_TIMEOUT_S * 1000)]
+    # Batches of 2,000: the backlog holds enough transactions for every kill.
+    options = [
+        *("--transaction-timeout-ms", str(TRANSACTION_TIMEOUT_S * 1000)),
+        *("--batch-size", "2000"),
+    ]
     probe = OpenTransactions(kafka.bootstrap, topics.output)
 
     def start() -> ProcessorProcess:
@@ -113,17 +119,24 @@ def test_kill_9_three_times_inside_open_transactions_over_a_backlog(
         )
         return workers[-1]
 
+    # The worker's two transactional producers take turns; a kill must be shown to land
+    # inside a transaction of each, so the restart is seen to abort either one's at once.
+    ids = StreamConfig("", "", "", "", "").transactional_ids
+    killed_inside: list[str] = []
     workers: list[ProcessorProcess] = []
     try:
         worker = start()
-        for _ in range(3):
+        while len(killed_inside) < 3 or set(killed_inside) != set(ids):
+            assert len(killed_inside) < 10, f"kills landed only inside {killed_inside}"
             worker.wait_until(lambda h: h["events_in"] >= 500, timeout=90, what="500 events in")
             high = worker.pause_inside_transaction(probe)
+            (open_id,) = ongoing_transactions(kafka.bootstrap, ids)
+            killed_inside.append(open_id)
             worker.kill()
             killed = time.monotonic()
             stable, _ = probe.open_gap()
             assert any(s < h for s, h in zip(stable, high, strict=True))  # left open
-            # The same worker id: its transactional id fences the dead process, whose open
+            # The same worker id: its transactional ids fence the dead process, whose open
             # transaction is aborted at once rather than when it times out.
             worker = start()
             while any(s < h for s, h in zip(probe.ends("read_committed"), high, strict=True)):
@@ -179,7 +192,7 @@ def test_broker_sigkill_mid_batch_then_restart_on_the_same_data(
 def test_broker_sigkill_while_the_worker_idles_then_events_flow_again(
     own_broker: Broker, artifact_dir: Path, stream_table: pa.Table, tmp_path: Path
 ) -> None:
-    # The producer is idle when the broker dies: it must find the restarted one.
+    # Both producers are idle when the broker dies: each must find the restarted one.
     topics = Topics("idle.in", "idle.out", "idle.dlq")
     create_topics(own_broker.bootstrap, topics)
     table = stream_table.slice(0, 4000)
@@ -188,7 +201,7 @@ def test_broker_sigkill_while_the_worker_idles_then_events_flow_again(
     processor = ProcessorProcess(own_broker.bootstrap, artifact_dir, topics, tmp_path)
     try:
         processor.wait_ready()
-        for start in range(0, 2000, 100):
+        for start in range(0, 2000, 100):  # twenty transactions: both producers used
             produce(own_broker.bootstrap, topics.input, events[start : start + 100])
         processor.wait_until(lambda h: h["events_in"] >= 2000, what="2,000 events in")
         assert kafka_broker.kill(own_broker)

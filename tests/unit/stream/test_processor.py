@@ -57,12 +57,12 @@ def processor(monkeypatch: pytest.MonkeyPatch) -> Processor:
     processor = Processor(StreamConfig("model", "in", "out", "dlq", "127.0.0.1:9"))
     processor.made: list[FakeProducer] = []  # type: ignore[misc]
 
-    def new_producer() -> Any:
+    def new_producer(transactional_id: str | None) -> Any:
         processor.made.append(FakeProducer())  # type: ignore[attr-defined]
         return processor.made[-1]  # type: ignore[attr-defined]
 
     monkeypatch.setattr(processor, "_new_producer", new_producer)
-    processor._producer = new_producer()
+    processor._producers = [new_producer(id_) for id_ in processor._producer_ids]
     processor.assignment.assigned([("in", 0), ("in", 1)])
     return processor
 
@@ -86,8 +86,9 @@ def test_a_stuck_commit_is_given_up_at_its_deadline_and_read_again_where_the_gro
         time.sleep(0.15)
         assert not processor._committing()  # gathering stops waiting for it
         assert processor._settle(sending, following) is False
-        assert len(processor.made) == 2  # type: ignore[attr-defined]
-        assert processor._producer is processor.made[-1]  # type: ignore[attr-defined]
+        # Both producers are new: the stuck one's start fences it, and the idle one has
+        # seen what the stuck one did.
+        assert processor._producers == processor.made[2:]  # type: ignore[attr-defined]
         assert sorted(consumer.seeks) == [("in", 0, 7), ("in", 1, 3)]
         assert processor.metrics.aborts._value.get() == 1
         assert processor._sender is not stuck  # the next batch goes to a new thread
@@ -114,17 +115,18 @@ def test_at_least_once_a_failed_batch_is_read_again_from_its_first_offsets(
     assert consumer.seeks == [("in", 0, 5)]
 
 
-def test_a_producer_that_lost_every_broker_is_replaced_between_batches(
+def test_producers_are_replaced_between_batches_once_one_lost_every_broker(
     processor: Processor,
 ) -> None:
-    first = processor._producer
-    processor._renew_producer_after_an_outage()
-    assert processor._producer is first and first.polls == 1  # type: ignore[union-attr]
+    first = list(processor._producers)
+    processor._renew_producers_after_an_outage()
+    assert processor._producers == first
+    assert [p.polls for p in first] == [1, 1]  # type: ignore[attr-defined]
     processor._producer_error(KafkaError(KafkaError._ALL_BROKERS_DOWN))
-    processor._renew_producer_after_an_outage()
-    assert processor._producer is not first
-    processor._renew_producer_after_an_outage()
-    assert len(processor.made) == 2  # type: ignore[attr-defined]
+    processor._renew_producers_after_an_outage()
+    assert processor._producers == processor.made[2:]  # type: ignore[attr-defined]
+    processor._renew_producers_after_an_outage()
+    assert len(processor.made) == 4  # type: ignore[attr-defined]
 
 
 def test_a_repeated_client_error_is_logged_once_then_counted(
