@@ -1,4 +1,4 @@
-"""The processor's recovery from a stuck commit and from an outage, with no broker.
+"""The processor's producers in turn, and its recovery from a stuck commit or an outage.
 
 A commit that blocks inside the client past its deadline, or a producer that reported
 every broker down, only happen against a real cluster by chance (librdkafka issue 5456);
@@ -41,8 +41,12 @@ class FakeConsumer:
 
 
 class FakeProducer:
+    """A transactional producer that records its transactions; ``fail`` fails a commit."""
+
     def __init__(self) -> None:
         self.polls = 0
+        self.committed: list[list[TopicPartition]] = []
+        self.fail = False
 
     def poll(self, timeout: float) -> int:
         self.polls += 1
@@ -50,6 +54,20 @@ class FakeProducer:
 
     def purge(self) -> None:
         pass
+
+    def produce(self, *record: Any, **headers: Any) -> None:
+        pass
+
+    def begin_transaction(self) -> None:
+        self.offsets: list[TopicPartition] = []
+
+    def send_offsets_to_transaction(self, offsets: list, group: object, timeout: float) -> None:
+        self.offsets = offsets
+
+    def commit_transaction(self, timeout: float) -> None:
+        if self.fail:
+            raise clients.KafkaException(KafkaError(KafkaError._TIMED_OUT))
+        self.committed.append(self.offsets)
 
 
 @pytest.fixture
@@ -96,6 +114,25 @@ def test_a_stuck_commit_is_given_up_at_its_deadline_and_read_again_where_the_gro
         assert not future.done()
     finally:
         release.set()
+
+
+def test_the_two_producers_take_turns_and_a_failed_transaction_keeps_its_producer(
+    processor: Processor,
+) -> None:
+    first, second = processor._producers
+    offsets = [[TopicPartition("in", 0, n)] for n in range(4)]
+    processor._transact([], offsets[0], None)
+    processor._transact([], offsets[1], None)
+    first.fail = True  # type: ignore[attr-defined]
+    with pytest.raises(clients.KafkaException):
+        processor._transact([], offsets[2], None)
+    # The failed transaction's producer is the one _abort() answers for.
+    assert processor._producer is first
+    first.fail = False  # type: ignore[attr-defined]
+    processor._transact([], offsets[3], None)
+    assert first.committed == [offsets[0], offsets[3]]  # type: ignore[attr-defined]
+    assert second.committed == [offsets[1]]  # type: ignore[attr-defined]
+    assert processor._producer is second
 
 
 def test_at_least_once_a_failed_batch_is_read_again_from_its_first_offsets(
