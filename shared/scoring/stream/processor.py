@@ -169,7 +169,7 @@ class Sending:
 
 
 class StuckCommit(Exception):
-    """A batch's commit did not return by its deadline; its producer was replaced."""
+    """A batch's commit did not return by its deadline; the producers were replaced."""
 
 
 class CommitThread:
@@ -558,7 +558,7 @@ class Processor:
         """Wait for a batch's commit, until its deadline: ``None`` if it succeeded, else why not.
 
         A commit still running at its deadline is stuck inside the client: the commit
-        thread is left to it, and the producer replaced. Exactly once, the new producer's
+        thread is left to it, and the producers replaced. Exactly once, the new producers'
         start fences the stuck one and settles its transaction (committed or aborted)
         before any other begins; the group's committed offsets then say which.
         """
@@ -569,7 +569,7 @@ class Processor:
             sending.outcome = None
         except FutureTimeout:
             waited = self._commit_deadline_s
-            log.warning("a micro-batch's commit is stuck after %.0f s: new producer", waited)
+            log.warning("a micro-batch's commit is stuck after %.0f s: new producers", waited)
             assert self._sender is not None
             self._sender.close()
             self._sender = CommitThread()
