@@ -206,6 +206,8 @@ def _whole_column(n: int, reason: _Reason) -> list[tuple[np.ndarray, _Reason]]:
 
 
 def _nulls(column: pa.Array | pa.ChunkedArray) -> np.ndarray:
+    if column.null_count == 0:  # the common case, and a small stream batch's fixed cost
+        return np.zeros(len(column), dtype=bool)
     return np.asarray(pc.is_null(column, nan_is_null=False).to_numpy(zero_copy_only=False))
 
 
@@ -293,6 +295,8 @@ def cast_float64(column: pa.Array | pa.ChunkedArray) -> pa.Array | pa.ChunkedArr
     Going through the exact decimal text and Arrow's correctly rounded parser gives the
     same double on both engines.
     """
+    if pa.types.is_float64(column.type):
+        return column
     if pa.types.is_decimal(column.type):
         column = pc.cast(column, pa.string())
     return pc.cast(column, pa.float64(), safe=False)
