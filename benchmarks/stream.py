@@ -22,7 +22,13 @@ Latency: a worker runs while events are produced at a steady rate, first 1,000 e
 then half the model's measured maximum; readers note when each event's output (its
 prediction, or its dead letter) becomes visible to ``read_committed`` readers, and the
 latency is arrival minus send time, over every event sent. An event that never arrives
-fails the run. Every worker is a process of its own with one onnxruntime thread.
+fails the run. One model run at 1,000/s is discarded as a warm-up; then each worker runs
+``--latency-rounds`` times at each rate, in alternating order, and the percentiles are
+taken over the events of all those runs together. The same is measured with no worker
+at all (``no-worker``: the readers read the input topic itself): the floor that this
+machine's broker and the benchmark's own producer and readers set, against which a
+worker's share of the latency shows. Every worker is a process of its own with one
+onnxruntime thread.
 ``--profile`` adds one model run per guarantee under cProfile and prints where its time
 goes, stage by stage. Nothing here is a test.
 """
@@ -55,6 +61,7 @@ from scoring.stream.processor import StreamConfig  # noqa: E402
 
 PARTITIONS = 3
 MODES = ("pass-through", "model", "shadow")
+FLOOR = "no-worker"  # latency only: the benchmark's producer straight to its readers
 GUARANTEES = ("exactly-once", "at-least-once")
 TARGETS = {"exactly-once": (40_000, 50.0), "at-least-once": (60_000, 15.0)}
 SHADOW_TARGET = 0.55  # (c) at least this share of (b)'s throughput
@@ -70,6 +77,12 @@ def main(argv: Sequence[str] | None = None) -> None:
         "--rounds", type=int, default=3, help="alternated runs, median kept (0: profile only)"
     )
     parser.add_argument("--seconds", type=int, default=10, help="length of each latency run")
+    parser.add_argument(
+        "--latency-rounds",
+        type=int,
+        default=2,
+        help="alternated latency runs per worker and rate; every event of every run counts",
+    )
     defaults = StreamConfig("", "", "", "", "")  # the processor's own defaults
     parser.add_argument("--batch-size", type=int, default=defaults.batch_size)
     parser.add_argument("--batch-wait-ms", type=int, default=defaults.batch_wait_ms)
@@ -150,7 +163,7 @@ def _benchmark(args: argparse.Namespace) -> None:
         for guarantee in guarantees if args.rounds else ():
             runs = {
                 mode: Run(broker.bootstrap, model, mode, guarantee, args, work, challenger)
-                for mode in MODES
+                for mode in (FLOOR, *MODES)
             }
             rates: dict[str, list[float]] = {mode: [] for mode in MODES}
             for round_ in range(args.rounds + 1):
@@ -164,25 +177,37 @@ def _benchmark(args: argparse.Namespace) -> None:
                         + ("" if round_ else " (warm-up, discarded)")
                     )
             half = int(statistics.median(rates["model"]) / 2)
-            for mode in MODES:
-                latency = {}
-                for rate in (1000, half):
-                    events = list(
-                        to_events(
-                            generate_day(date(2026, 11, 3), rate * args.seconds, seed=5), KEY, names
+            paced = {
+                rate: list(
+                    to_events(
+                        generate_day(date(2026, 11, 3), rate * args.seconds, seed=5), KEY, names
+                    )
+                )
+                for rate in (1000, half)
+            }
+            # Every event of every measured run counts; the first run after the
+            # throughput runs meets a broker still busy with them, so it is discarded.
+            millis: dict[tuple[str, int], list[float]] = {
+                (mode, rate): [] for mode in runs for rate in paced
+            }
+            latency_modes = (FLOOR, *MODES)
+            for round_ in range(args.latency_rounds + 1):
+                order = latency_modes if round_ % 2 else tuple(reversed(latency_modes))
+                for mode in order if round_ else ("model",):
+                    for rate, events in paced.items() if round_ else [(1000, paced[1000])]:
+                        with console.status(f"{guarantee}, {mode}: latency at {rate:,}/s"):
+                            run_millis = runs[mode].latency(events, rate)
+                        if round_:
+                            millis[(mode, rate)] += run_millis
+                        console.print(
+                            f"{guarantee:>13} {mode:>12} at {rate:>6,}/s, run {round_}: "
+                            + _spread(run_millis)
+                            + ("" if round_ else " (warm-up, discarded)")
                         )
-                    )
-                    with console.status(f"{guarantee}, {mode}: latency at {rate:,}/s"):
-                        latency[rate] = runs[mode].latency(events, rate)
-                    console.print(
-                        f"{guarantee:>13} {mode:>12} at {rate:>6,}/s: "
-                        + "  ".join(f"{k} {v:.1f} ms" for k, v in latency[rate].items())
-                    )
+            for mode in latency_modes:
                 results[(mode, guarantee)] = {
-                    "rates": rates[mode],
-                    "rate": statistics.median(rates[mode]),
-                    "latency": latency,
-                    "half": half,
+                    "rate": statistics.median(rates[mode]) if mode in rates else None,
+                    "latency": {rate: _percentiles(millis[(mode, rate)]) for rate in paced},
                 }
         if args.profile:
             for guarantee in guarantees:
@@ -236,7 +261,7 @@ def _report(console: Any, results: dict[tuple[str, str], dict[str, Any]], args: 
 
     table = Table(
         title=f"Stream: {args.events:,} events at saturation (median of {args.rounds}); "
-        "latency over every event"
+        f"latency over every event of {args.latency_rounds} runs"
     )
     for column in ("guarantee", "worker", "events/s", "vs pass-through", "at rate"):
         table.add_column(column, justify="right")
@@ -245,11 +270,12 @@ def _report(console: Any, results: dict[tuple[str, str], dict[str, Any]], args: 
     for (mode, guarantee), r in results.items():
         ceiling = results[("pass-through", guarantee)]["rate"]
         for i, (rate, lat) in enumerate(r["latency"].items()):
+            measured = i == 0 and r["rate"] is not None
             table.add_row(
                 guarantee if i == 0 else "",
                 mode if i == 0 else "",
-                f"{r['rate']:,.0f}" if i == 0 else "",
-                f"{r['rate'] / ceiling:.0%}" if i == 0 else "",
+                f"{r['rate']:,.0f}" if measured else "",
+                f"{r['rate'] / ceiling:.0%}" if measured else "",
                 f"{rate:,}/s",
                 *(f"{lat[k]:.1f}" for k in ("p50", "p95", "p99", "max")),
             )
@@ -260,11 +286,13 @@ def _report(console: Any, results: dict[tuple[str, str], dict[str, Any]], args: 
         r = results[("model", guarantee)]
         ratio = r["rate"] / results[("pass-through", guarantee)]["rate"]
         at_1000 = r["latency"][1000]["p99"]
+        no_worker = results[(FLOOR, guarantee)]["latency"][1000]["p99"]
         console.print(
             f"{guarantee}: {r['rate']:,.0f} events/s (target {floor:,}: "
             f"{'met' if r['rate'] >= floor else 'MISSED'}); model {ratio:.0%} of pass-through "
             f"(target 80%: {'met' if ratio >= 0.8 else 'MISSED'}); p99 {at_1000:.1f} ms at "
-            f"1,000/s (target {p99:.0f} ms: {'met' if at_1000 <= p99 else 'MISSED'})"
+            f"1,000/s (target {p99:.0f} ms: {'met' if at_1000 <= p99 else 'MISSED'}; "
+            f"with no worker at all {no_worker:.1f} ms)"
         )
         if ("shadow", guarantee) in results:
             shadow = results[("shadow", guarantee)]["rate"]
@@ -346,16 +374,20 @@ class Run:
         finally:
             _stop(process)
 
-    def latency(self, events: list[tuple[bytes, bytes]], rate: int) -> dict[str, float]:
+    def latency(self, events: list[tuple[bytes, bytes]], rate: int) -> list[float]:
+        """Each event's latency in ms: its output's arrival minus its send time."""
         topics = self._topics()
-        process, _ = self._start(topics)
+        process = None if self.mode == FLOOR else self._start(topics)[0]
         sent: dict[bytes, float] = {}
         arrived: dict[bytes, float] = {}
         stop = threading.Event()
-        # A refused event's output is its dead letter: both topics are read.
+        # A refused event's output is its dead letter: both topics are read. With no
+        # worker, the input topic itself (and the empty dead-letter topic, so the
+        # readers' share of the machine stays the same).
+        read = topics[::2] if process is None else topics[1:]
         readers = [
             threading.Thread(target=_read, args=(self.bootstrap, topic, arrived, stop))
-            for topic in topics[1:]
+            for topic in read
         ]
         for reader in readers:
             reader.start()
@@ -382,20 +414,15 @@ class Run:
             stop.set()
             for reader in readers:
                 reader.join()
-            _stop(process)
+            if process is not None:
+                _stop(process)
         missing = [k for k in sent if k not in arrived]
         if missing:
             raise SystemExit(
                 f"{len(missing)} of {len(sent)} events never arrived ({self.mode}, "
                 f"{self.guarantee}, {rate}/s); see {self.work}"
             )
-        millis = sorted((arrived[k] - t) * 1000 for k, t in sent.items())
-        return {
-            "p50": _percentile(millis, 50),
-            "p95": _percentile(millis, 95),
-            "p99": _percentile(millis, 99),
-            "max": millis[-1],
-        }
+        return [(arrived[k] - t) * 1000 for k, t in sent.items()]
 
 
 def _read(bootstrap: str, topic: str, arrived: dict[bytes, float], stop: threading.Event) -> None:
@@ -436,6 +463,20 @@ def _stop(process: subprocess.Popen[bytes]) -> None:
         process.wait(30)
     except subprocess.TimeoutExpired:
         process.kill()
+
+
+def _percentiles(millis: list[float]) -> dict[str, float]:
+    ordered = sorted(millis)
+    return {
+        "p50": _percentile(ordered, 50),
+        "p95": _percentile(ordered, 95),
+        "p99": _percentile(ordered, 99),
+        "max": ordered[-1],
+    }
+
+
+def _spread(millis: list[float]) -> str:
+    return "  ".join(f"{k} {v:.1f} ms" for k, v in _percentiles(millis).items())
 
 
 def _percentile(values: list[float], q: float) -> float:
