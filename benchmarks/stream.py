@@ -27,8 +27,9 @@ fails the run. One model run at 1,000/s is discarded as a warm-up; then each wor
 taken over the events of all those runs together. The same is measured with no worker
 at all (``no-worker``: the readers read the input topic itself): the floor that this
 machine's broker and the benchmark's own producer and readers set, against which a
-worker's share of the latency shows. Every worker is a process of its own with one
-onnxruntime thread.
+worker's share of the latency shows; each worker's metrics then tell, per micro-batch,
+how many events it held and how long its commit and its scoring took. Every worker is a
+process of its own with one onnxruntime thread.
 ``--profile`` adds one model run per guarantee under cProfile and prints where its time
 goes, stage by stage. Nothing here is a test.
 """
@@ -44,6 +45,8 @@ import sys
 import tempfile
 import threading
 import time
+import urllib.request
+from collections import Counter
 from collections.abc import Sequence
 from datetime import date
 from pathlib import Path
@@ -190,15 +193,19 @@ def _benchmark(args: argparse.Namespace) -> None:
             millis: dict[tuple[str, int], list[float]] = {
                 (mode, rate): [] for mode in runs for rate in paced
             }
+            worked: dict[tuple[str, int], Counter[str]] = {
+                (mode, rate): Counter() for mode in runs for rate in paced
+            }
             latency_modes = (FLOOR, *MODES)
             for round_ in range(args.latency_rounds + 1):
                 order = latency_modes if round_ % 2 else tuple(reversed(latency_modes))
                 for mode in order if round_ else ("model",):
                     for rate, events in paced.items() if round_ else [(1000, paced[1000])]:
                         with console.status(f"{guarantee}, {mode}: latency at {rate:,}/s"):
-                            run_millis = runs[mode].latency(events, rate)
+                            run_millis, work_done = runs[mode].latency(events, rate)
                         if round_:
                             millis[(mode, rate)] += run_millis
+                            worked[(mode, rate)].update(work_done)
                         console.print(
                             f"{guarantee:>13} {mode:>12} at {rate:>6,}/s, run {round_}: "
                             + _spread(run_millis)
@@ -208,6 +215,7 @@ def _benchmark(args: argparse.Namespace) -> None:
                 results[(mode, guarantee)] = {
                     "rate": statistics.median(rates[mode]) if mode in rates else None,
                     "latency": {rate: _percentiles(millis[(mode, rate)]) for rate in paced},
+                    "worked": {rate: worked[(mode, rate)] for rate in paced},
                 }
         if args.profile:
             for guarantee in guarantees:
@@ -280,6 +288,7 @@ def _report(console: Any, results: dict[tuple[str, str], dict[str, Any]], args: 
                 *(f"{lat[k]:.1f}" for k in ("p50", "p95", "p99", "max")),
             )
     console.print(table)
+    _report_batches(console, results)
     for guarantee, (floor, p99) in TARGETS.items():
         if ("model", guarantee) not in results:
             continue
@@ -302,6 +311,33 @@ def _report(console: Any, results: dict[tuple[str, str], dict[str, Any]], args: 
                 f"single-model run (target {SHADOW_TARGET:.0%}: "
                 f"{'met' if share >= SHADOW_TARGET else 'MISSED'})"
             )
+
+
+def _report_batches(console: Any, results: dict[tuple[str, str], dict[str, Any]]) -> None:
+    """Where the latency runs' time went, by the workers' own metrics: per micro-batch,
+    its events, the commit (records sent and the transaction or offsets committed) and
+    decoding, checking and scoring."""
+    from rich.table import Table
+
+    table = Table(title="Latency runs, per micro-batch (means, from the workers' metrics)")
+    for column in ("guarantee", "worker", "at rate", "batches", "events", "commit ms"):
+        table.add_column(column, justify="right")
+    table.add_column("score ms", justify="right")
+    for (mode, guarantee), r in results.items():
+        for rate, worked in r.get("worked", {}).items():
+            batches = worked["batches"]
+            if not batches:
+                continue
+            table.add_row(
+                guarantee,
+                mode,
+                f"{rate:,}/s",
+                f"{batches:,.0f}",
+                f"{worked['events'] / batches:,.1f}",
+                f"{worked['commit_s'] / batches * 1000:.1f}",
+                f"{worked['score_s'] / batches * 1000:.1f}" if worked["score_s"] else "",
+            )
+    console.print(table)
 
 
 class Run:
@@ -374,10 +410,13 @@ class Run:
         finally:
             _stop(process)
 
-    def latency(self, events: list[tuple[bytes, bytes]], rate: int) -> list[float]:
-        """Each event's latency in ms: its output's arrival minus its send time."""
+    def latency(
+        self, events: list[tuple[bytes, bytes]], rate: int
+    ) -> tuple[list[float], Counter[str]]:
+        """Each event's latency in ms (its output's arrival minus its send time), and the
+        worker's own account of its micro-batches (:func:`_worked`)."""
         topics = self._topics()
-        process = None if self.mode == FLOOR else self._start(topics)[0]
+        process, port = (None, 0) if self.mode == FLOOR else self._start(topics)
         sent: dict[bytes, float] = {}
         arrived: dict[bytes, float] = {}
         stop = threading.Event()
@@ -414,6 +453,7 @@ class Run:
             stop.set()
             for reader in readers:
                 reader.join()
+            work_done = _worked(port) if process is not None else Counter()
             if process is not None:
                 _stop(process)
         missing = [k for k in sent if k not in arrived]
@@ -422,7 +462,7 @@ class Run:
                 f"{len(missing)} of {len(sent)} events never arrived ({self.mode}, "
                 f"{self.guarantee}, {rate}/s); see {self.work}"
             )
-        return [(arrived[k] - t) * 1000 for k, t in sent.items()]
+        return [(arrived[k] - t) * 1000 for k, t in sent.items()], work_done
 
 
 def _read(bootstrap: str, topic: str, arrived: dict[bytes, float], stop: threading.Event) -> None:
@@ -434,6 +474,30 @@ def _read(bootstrap: str, topic: str, arrived: dict[bytes, float], stop: threadi
                 if record.key is not None:
                     arrived.setdefault(record.key, now)
     reader.close()
+
+
+# What a worker's /metrics says of its micro-batches: how many, their events, and the
+# seconds spent committing them (on the commit thread) and scoring them (main thread).
+WORKED = {
+    "batches": "scoring_stream_batches_total",
+    "events": "scoring_stream_events_in_total",
+    "commit_s": "scoring_stream_commit_seconds_sum",
+    "score_s": "scoring_stream_score_seconds_sum",
+}
+
+
+def _worked(port: int) -> Counter[str]:
+    from prometheus_client.parser import text_string_to_metric_families
+
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as response:
+        text = response.read().decode()
+    samples = {
+        sample.name: sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+        if not sample.labels
+    }
+    return Counter({label: samples.get(name, 0.0) for label, name in WORKED.items()})
 
 
 def _health(port: int) -> dict[str, Any] | None:
