@@ -449,11 +449,11 @@ class Run:
                 producer.poll(0)
             producer.flush(30)
             _until(lambda: all(k in arrived for k in sent), 30)
+            work_done = _worked(port) if process is not None else Counter()
         finally:
             stop.set()
             for reader in readers:
                 reader.join()
-            work_done = _worked(port) if process is not None else Counter()
             if process is not None:
                 _stop(process)
         missing = [k for k in sent if k not in arrived]
