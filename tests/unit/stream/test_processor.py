@@ -171,6 +171,8 @@ def test_a_repeated_client_error_is_logged_once_then_counted(
 ) -> None:
     now = [1000.0]
     monkeypatch.setattr(clients.time, "monotonic", lambda: now[0])
+    # Reports logged by earlier tests, on the real clock, must not count here.
+    monkeypatch.setattr(clients, "_last_logged", {})
     refused = KafkaError(KafkaError._TRANSPORT, "broker 127.0.0.1:9: Connection refused")
     with caplog.at_level(logging.WARNING, logger="scoring.stream.clients"):
         for _ in range(200):
