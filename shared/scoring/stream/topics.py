@@ -102,6 +102,8 @@ def produce(
 ) -> int:
     """Send (key, value) events and wait until all are acknowledged; returns how many.
 
+    The producer is idempotent: through a broker's restart, every event is written once.
+
     ``pace`` seconds of pause after every 100 events turn a burst into a steady stream.
     ``properties`` are librdkafka producer properties for this call (e.g. ``linger.ms``).
 
@@ -119,6 +121,9 @@ def produce(
         kafka,
         defaults={
             "linger.ms": 5,
+            # A request retried after its acknowledgement was lost (a broker that died
+            # mid-request) is not written twice.
+            "enable.idempotence": True,
             "delivery.report.only.error": True,
             "on_delivery": failed,
             **(properties or {}),
