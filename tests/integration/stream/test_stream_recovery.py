@@ -166,7 +166,8 @@ def test_broker_sigkill_mid_batch_then_restart_on_the_same_data(
     topics = Topics("restart.in", "restart.out", "restart.dlq")
     create_topics(own_broker.bootstrap, topics)
     valid, refused = expected_scores(artifact_dir, stream_table)
-    feeder = Feeder(own_broker.bootstrap, topics.input, events_of(artifact_dir, stream_table))
+    events = events_of(artifact_dir, stream_table)
+    feeder = Feeder(own_broker.bootstrap, topics.input, events)
     processor = ProcessorProcess(own_broker.bootstrap, artifact_dir, topics, tmp_path)
     probe = OpenTransactions(own_broker.bootstrap, topics.output)
     try:
@@ -182,6 +183,9 @@ def test_broker_sigkill_mid_batch_then_restart_on_the_same_data(
         back = kafka_broker.start(own_broker.state_dir)
         assert back.bootstrap == own_broker.bootstrap and back.pid != own_broker.pid
         feeder.finish()  # its producers retried through the outage
+        # Every event is in the feed once, so any output seen twice is the processor's.
+        fed = read_all(own_broker.bootstrap, topics.input, len(events), settle=1)
+        assert sorted(r.key for r in fed) == sorted(key for key, _ in events)
         assert_exactly_once(own_broker.bootstrap, topics, valid, refused)
         assert processor.terminate() == 0, processor.log()
     finally:
