@@ -65,6 +65,7 @@ from scoring.stream.processor import StreamConfig  # noqa: E402
 PARTITIONS = 3
 MODES = ("pass-through", "model", "shadow")
 FLOOR = "no-worker"  # latency only: the benchmark's producer straight to its readers
+LATENCY_MODES = (FLOOR, *MODES)
 GUARANTEES = ("exactly-once", "at-least-once")
 TARGETS = {"exactly-once": (40_000, 50.0), "at-least-once": (60_000, 15.0)}
 SHADOW_TARGET = 0.55  # (c) at least this share of (b)'s throughput
@@ -166,7 +167,7 @@ def _benchmark(args: argparse.Namespace) -> None:
         for guarantee in guarantees if args.rounds else ():
             runs = {
                 mode: Run(broker.bootstrap, model, mode, guarantee, args, work, challenger)
-                for mode in (FLOOR, *MODES)
+                for mode in LATENCY_MODES
             }
             rates: dict[str, list[float]] = {mode: [] for mode in MODES}
             for round_ in range(args.rounds + 1):
@@ -196,9 +197,8 @@ def _benchmark(args: argparse.Namespace) -> None:
             worked: dict[tuple[str, int], Counter[str]] = {
                 (mode, rate): Counter() for mode in runs for rate in paced
             }
-            latency_modes = (FLOOR, *MODES)
             for round_ in range(args.latency_rounds + 1):
-                order = latency_modes if round_ % 2 else tuple(reversed(latency_modes))
+                order = LATENCY_MODES if round_ % 2 else tuple(reversed(LATENCY_MODES))
                 for mode in order if round_ else ("model",):
                     for rate, events in paced.items() if round_ else [(1000, paced[1000])]:
                         with console.status(f"{guarantee}, {mode}: latency at {rate:,}/s"):
@@ -211,7 +211,7 @@ def _benchmark(args: argparse.Namespace) -> None:
                             + _spread(run_millis)
                             + ("" if round_ else " (warm-up, discarded)")
                         )
-            for mode in latency_modes:
+            for mode in LATENCY_MODES:
                 results[(mode, guarantee)] = {
                     "rate": statistics.median(rates[mode]) if mode in rates else None,
                     "latency": {rate: _percentiles(millis[(mode, rate)]) for rate in paced},
@@ -320,11 +320,10 @@ def _report_batches(console: Any, results: dict[tuple[str, str], dict[str, Any]]
     from rich.table import Table
 
     table = Table(title="Latency runs, per micro-batch (means, from the workers' metrics)")
-    for column in ("guarantee", "worker", "at rate", "batches", "events", "commit ms"):
+    for column in ("guarantee", "worker", "at rate", "batches", "events", "commit ms", "score ms"):
         table.add_column(column, justify="right")
-    table.add_column("score ms", justify="right")
     for (mode, guarantee), r in results.items():
-        for rate, worked in r.get("worked", {}).items():
+        for rate, worked in r["worked"].items():
             batches = worked["batches"]
             if not batches:
                 continue
