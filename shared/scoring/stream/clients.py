@@ -14,8 +14,6 @@ user property that contradicts one of the last is refused rather than silently d
 from __future__ import annotations
 
 import logging
-import threading
-import time
 from collections.abc import Mapping
 from typing import Any
 
@@ -23,6 +21,7 @@ from confluent_kafka import Consumer, KafkaError, KafkaException, Producer
 from confluent_kafka.admin import AdminClient
 
 from scoring.errors import StreamError
+from scoring.stream.log_limit import LogLimit, LogLimitFilter, kind_of
 
 __all__ = [
     "KafkaError",
@@ -75,6 +74,7 @@ def client_config(
     return {
         "bootstrap.servers": bootstrap,
         "error_cb": log_error,
+        "logger": librdkafka_log,
         **(defaults or {}),
         **extra,
         **(required or {}),
@@ -122,10 +122,14 @@ def is_fenced(error: KafkaError | None) -> bool:
     return error is not None and error.code() in _FENCED
 
 
-# The same client error is logged at most once in this many seconds.
+# The same client report is logged at most once in this many seconds.
 _QUIET_S = 30.0
-_last_logged: dict[str, tuple[float, int]] = {}  # error text: when logged, repeats since
-_last_logged_lock = threading.Lock()
+_reports = LogLimit(_QUIET_S)
+
+# librdkafka's own log lines (a refused connection, a lost coordinator) come here rather
+# than to stderr, under the same limit as the error reports.
+librdkafka_log = logging.getLogger("scoring.stream.librdkafka")
+librdkafka_log.addFilter(LogLimitFilter(_reports))
 
 
 def log_error(error: KafkaError) -> None:
@@ -138,16 +142,10 @@ def log_error(error: KafkaError) -> None:
     if error.fatal():
         log.error("Kafka client: fatal %s", error)
         return
-    text, now = str(error), time.monotonic()
-    with _last_logged_lock:
-        logged_at, repeats = _last_logged.get(text, (-_QUIET_S, 0))
-        if now - logged_at < _QUIET_S:
-            _last_logged[text] = (logged_at, repeats + 1)
-            return
-        _last_logged[text] = (now, 0)
+    admitted, repeats, since = _reports.admit(kind_of(str(error)))
+    if not admitted:
+        return
     if repeats:
-        log.warning(
-            "Kafka client: %s (and %d times in the last %.0f s)", error, repeats, now - logged_at
-        )
+        log.warning("Kafka client: %s (and %d times in the last %.0f s)", error, repeats, since)
     else:
         log.warning("Kafka client: %s", error)

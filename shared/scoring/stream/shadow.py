@@ -25,6 +25,7 @@ from typing import Any
 from scoring.model.artifact import ScoredBatch, load_artifact
 from scoring.model.live import LiveModel, ModelFollower, follows_alias
 from scoring.stream.events import Decoded
+from scoring.stream.log_limit import LogLimit
 from scoring.stream.metrics import StreamMetrics, version_number
 from scoring.stream.stages import Batch, ShadowOutgoing, shadow
 
@@ -66,8 +67,7 @@ class Shadow:
         self.model: LiveModel | None = None
         self.counts = no_shadow_health()
         self._follower: ModelFollower | None = None
-        self._last_logged: dict[str, float] = {}
-        self._unlogged: Counter[str] = Counter()
+        self._log_limit = LogLimit(LOG_EVERY_S)
         self._lock = threading.Lock()  # load failures are reported from the follower's thread
 
     def start(self) -> None:
@@ -174,11 +174,7 @@ class Shadow:
 
     def _log_limited(self, kind: str, message: str, *args: object) -> None:
         """Log at most once per ``LOG_EVERY_S`` for each kind, saying how many were left out."""
-        now = time.monotonic()
-        if now - self._last_logged.get(kind, -LOG_EVERY_S) < LOG_EVERY_S:
-            self._unlogged[kind] += 1
-            return
-        self._last_logged[kind] = now
-        left_out = self._unlogged.pop(kind, 0)
-        suffix = f" ({left_out} more like it since the last line)" if left_out else ""
-        log.warning(message + suffix, *args)
+        admitted, held, _ = self._log_limit.admit(kind)
+        if admitted:
+            suffix = f" ({held} more like it since the last line)" if held else ""
+            log.warning(message + suffix, *args)

@@ -8,7 +8,6 @@ can be checked exactly. The integration tests restart a real broker under a work
 
 from __future__ import annotations
 
-import logging
 import threading
 import time
 from dataclasses import dataclass, field
@@ -164,24 +163,3 @@ def test_producers_are_replaced_between_batches_once_one_lost_every_broker(
     assert processor._producers == processor.made[2:]  # type: ignore[attr-defined]
     processor._renew_producers_after_an_outage()
     assert len(processor.made) == 4  # type: ignore[attr-defined]
-
-
-def test_a_repeated_client_error_is_logged_once_then_counted(
-    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
-) -> None:
-    now = [1000.0]
-    monkeypatch.setattr(clients.time, "monotonic", lambda: now[0])
-    # Reports logged by earlier tests, on the real clock, must not count here.
-    monkeypatch.setattr(clients, "_last_logged", {})
-    refused = KafkaError(KafkaError._TRANSPORT, "broker 127.0.0.1:9: Connection refused")
-    with caplog.at_level(logging.WARNING, logger="scoring.stream.clients"):
-        for _ in range(200):
-            clients.log_error(refused)
-            now[0] += 0.05
-        clients.log_error(KafkaError(KafkaError._ALL_BROKERS_DOWN, "1/1 brokers are down"))
-        now[0] += 30
-        clients.log_error(refused)
-    lines = [r.getMessage() for r in caplog.records]
-    assert len(lines) == 3, lines
-    assert "Connection refused" in lines[0] and "brokers are down" in lines[1]
-    assert "(and 199 times in the last 40 s)" in lines[2]

@@ -1,0 +1,101 @@
+"""Client reports and librdkafka's own lines are logged once per kind, then counted."""
+
+from __future__ import annotations
+
+import logging
+import time
+
+import pytest
+from confluent_kafka import KafkaError
+from scoring.stream import clients, log_limit
+from scoring.stream.log_limit import LogLimit
+
+
+@pytest.fixture
+def clock(monkeypatch: pytest.MonkeyPatch) -> list[float]:
+    """A fake monotonic clock, and a table of reports of this test's own."""
+    now = [1000.0]
+    monkeypatch.setattr(log_limit.time, "monotonic", lambda: now[0])
+    # Reports logged by earlier tests, on the real clock, must not count here.
+    monkeypatch.setattr(clients._reports, "_last", {})
+    return now
+
+
+def refused(after_ms: int) -> KafkaError:
+    text = (
+        "127.0.0.1:9/bootstrap: Connect to ipv4#127.0.0.1:9 failed: Connection refused"
+        f" (after {after_ms}ms in state CONNECT)"
+    )
+    return KafkaError(KafkaError._TRANSPORT, text)
+
+
+def test_a_repeated_client_error_is_logged_once_then_counted(
+    clock: list[float], caplog: pytest.LogCaptureFixture
+) -> None:
+    with caplog.at_level(logging.WARNING, logger="scoring.stream.clients"):
+        for attempt in range(200):
+            # The same failure, though librdkafka words each repeat a little differently.
+            clients.log_error(refused(after_ms=attempt % 3))
+            clock[0] += 0.05
+        clients.log_error(KafkaError(KafkaError._ALL_BROKERS_DOWN, "1/1 brokers are down"))
+        clock[0] += 30
+        clients.log_error(refused(after_ms=7))
+    lines = [r.getMessage() for r in caplog.records]
+    assert len(lines) == 3, lines
+    assert "Connection refused" in lines[0] and "brokers are down" in lines[1]
+    assert "(and 199 times in the last 40 s)" in lines[2]
+
+
+def test_librdkafka_lines_are_limited_like_the_error_reports(
+    clock: list[float], caplog: pytest.LogCaptureFixture
+) -> None:
+    def line(after_ms: int) -> None:
+        # As confluent-kafka hands a librdkafka line to the client's logger.
+        text = refused(after_ms).str()
+        clients.librdkafka_log.log(logging.ERROR, "%s [%s] %s", "FAIL", "w#consumer-1", text)
+
+    with caplog.at_level(logging.INFO, logger="scoring.stream.librdkafka"):
+        for attempt in range(50):
+            line(after_ms=attempt)
+            clock[0] += 0.1
+        clock[0] += 30
+        line(after_ms=2)
+    lines = [r.getMessage() for r in caplog.records]
+    assert len(lines) == 2, lines
+    assert lines[0].startswith("FAIL [w#consumer-1]") and "Connection refused" in lines[0]
+    assert lines[1].endswith("(and 49 times in the last 35 s)")
+
+
+def test_a_real_client_logs_through_python_logging_not_stderr(
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+    capfd: pytest.CaptureFixture[str],
+) -> None:
+    monkeypatch.setattr(clients._reports, "_last", {})
+    # Nothing listens on port 1: librdkafka reports the refused connection over and over.
+    consumer = clients.consumer(
+        "127.0.0.1:1", required={"group.id": "log-test", "reconnect.backoff.ms": 10}
+    )
+    try:
+        consumer.subscribe(["t"])
+        with caplog.at_level(logging.INFO, logger="scoring.stream.librdkafka"):
+            deadline = time.monotonic() + 3
+            while time.monotonic() < deadline:
+                consumer.consume(10, timeout=0.2)  # client logs are served by consume()
+    finally:
+        consumer.close()
+    lines = [r.getMessage() for r in caplog.records if r.name == "scoring.stream.librdkafka"]
+    assert any("Connection refused" in line for line in lines), lines
+    # One line per kind per client thread, however many attempts it made in 3 s.
+    assert len(lines) == len(set(map(log_limit.kind_of, lines))), lines
+    assert "Connection refused" not in capfd.readouterr().err
+
+
+def test_each_kind_of_line_has_its_own_limit(clock: list[float]) -> None:
+    limit = LogLimit(every_s=10)
+    assert limit.admit("a") == (True, 0, 10)
+    assert limit.admit("b")[0]
+    clock[0] += 5
+    assert limit.admit("a") == (False, 1, 5)
+    clock[0] += 5
+    assert limit.admit("a") == (True, 1, 10)
