@@ -402,6 +402,12 @@ class Run:
                     first = (now, done)
                 if done >= len(events):
                     assert first is not None
+                    if done == first[1]:
+                        # The rate is taken between two readings; one is not a rate.
+                        raise SystemExit(
+                            f"all {done} events were scored before a second reading of the"
+                            " worker's progress; raise --events to measure a rate"
+                        )
                     return (done - first[1]) / (now - first[0])
                 if process.poll() is not None:
                     raise SystemExit(f"worker exited; see {self.work}")
