@@ -21,7 +21,7 @@ from confluent_kafka import Consumer, KafkaError, KafkaException, Producer
 from confluent_kafka.admin import AdminClient
 
 from scoring.errors import StreamError
-from scoring.stream.log_limit import LogLimit, LogLimitFilter, kind_of
+from scoring.stream.log_limit import LogLimit, LogLimitFilter, held_back, kind_of
 
 __all__ = [
     "KafkaError",
@@ -143,9 +143,5 @@ def log_error(error: KafkaError) -> None:
         log.error("Kafka client: fatal %s", error)
         return
     admitted, repeats, since = _reports.admit(kind_of(str(error)))
-    if not admitted:
-        return
-    if repeats:
-        log.warning("Kafka client: %s (and %d times in the last %.0f s)", error, repeats, since)
-    else:
-        log.warning("Kafka client: %s", error)
+    if admitted:
+        log.warning("Kafka client: %s%s", error, held_back(repeats, since))

@@ -12,7 +12,7 @@ import re
 import threading
 import time
 
-__all__ = ["LogLimit", "LogLimitFilter", "kind_of"]
+__all__ = ["LogLimit", "LogLimitFilter", "held_back", "kind_of"]
 
 # The parts of a client's report that change between repeats of the same failure:
 # "(after 3ms in state CONNECT)", "(after 0ms in state CONNECT, 4 identical error(s)
@@ -23,6 +23,11 @@ _VARYING = re.compile(r" \(after \d+ms in state \w+(?:, \d+ identical error\(s\)
 def kind_of(text: str) -> str:
     """``text`` without the parts that differ between repeats of the same report."""
     return _VARYING.sub("", text)
+
+
+def held_back(count: int, since: float) -> str:
+    """The suffix a logged line carries for the ``count`` lines held back before it."""
+    return f" (and {count} times in the last {since:.0f} s)" if count else ""
 
 
 class LogLimit:
@@ -61,5 +66,5 @@ class LogLimitFilter(logging.Filter):
         text = record.getMessage()
         admitted, held, since = self.limit.admit(kind_of(text))
         if admitted and held:
-            record.msg, record.args = "%s (and %d times in the last %.0f s)", (text, held, since)
+            record.msg, record.args = text + held_back(held, since), ()
         return admitted
