@@ -28,6 +28,7 @@ __all__ = [
     "SourceNotFoundError",
     "StorageAccessError",
     "StreamError",
+    "TableFeatureError",
     "TrackingServerError",
     "UnsupportedModelError",
 ]
@@ -124,6 +125,20 @@ class StorageAccessError(ScoringError):
             "AWS_SECRET_ACCESS_KEY, AWS_SESSION_TOKEN, AWS_PROFILE or the instance role), "
             "AWS_ENDPOINT_URL and AWS_REGION, and that they may read the source and write "
             "the targets."
+        )
+
+
+class TableFeatureError(ScoringError):
+    """A Delta table uses a feature the embedded engine cannot read or write safely."""
+
+    exit_code = 3
+
+    def __init__(self, table: str, features: Iterable[str], action: str) -> None:
+        names = ", ".join(features)
+        super().__init__(
+            f"The Delta table {table} uses {names}, which the arrow engine (delta-rs) cannot "
+            f"{action} safely; nothing was written. Score it on Spark instead: "
+            "--engine jvm (or python), or `scoring batch submit`."
         )
 
 

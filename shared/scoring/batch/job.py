@@ -10,19 +10,28 @@ from __future__ import annotations
 import json
 import logging
 import time
-import uuid
 from collections.abc import Callable, Iterator
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import replace
 from datetime import UTC, datetime
-from typing import Any, Literal, get_args
+from typing import Any
 
-import numpy as np
 import pyarrow as pa
 from pyspark import StorageLevel, TaskContext
 from pyspark.sql import Column, DataFrame, SparkSession
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
+from scoring.batch import spec
+from scoring.batch.spec import (
+    ENGINES,
+    FEATURES_JSON,
+    REASON,
+    SPARK_DEFAULT,
+    SPARK_ENGINES,
+    BatchJob,
+    Engine,
+    Laps,
+)
 from scoring.batch.tables import for_spark, is_catalog_name, normalize, raise_for_access
 from scoring.errors import ConfigError, SchemaMismatchError, SourceNotFoundError
 from scoring.model.artifact import Artifact, cached_scorer, load_artifact
@@ -45,14 +54,6 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-# jvm: validation in Spark SQL, ONNX Runtime for Java in the executors (scoring.batch.jvm).
-# python: mapInArrow to Python workers running the shared Scorer; for clusters that take no
-# custom jars and for Spark Connect clients (ADR 0006).
-Engine = Literal["jvm", "python"]
-ENGINES: tuple[str, ...] = get_args(Engine)
-
-REASON = "reject_reason"
-FEATURES_JSON = "features_json"
 _NUMERIC = (
     T.ByteType,
     T.ShortType,
@@ -63,38 +64,6 @@ _NUMERIC = (
     T.DecimalType,
     T.BooleanType,
 )
-
-
-@dataclass(frozen=True)
-class BatchJob:
-    """What one run scores, and where the results go."""
-
-    model: str
-    source: str
-    target: str
-    rejects: str | None = None
-    date: str | None = None
-    date_column: str = "ds"
-    run_id: str = field(default_factory=lambda: uuid.uuid4().hex)
-    engine: Engine = "jvm"
-    # A challenger scoring the same pinned rows into its own tables (ADR 0009).
-    shadow: str | None = None
-    shadow_target: str | None = None
-
-    def __post_init__(self) -> None:
-        if (self.shadow is None) != (self.shadow_target is None):
-            raise ConfigError(
-                "--shadow and --shadow-target go together: give the challenger model and the "
-                "Delta table its predictions go to (its rejects go to TABLE_rejects)."
-            )
-
-    @property
-    def rejects_table(self) -> str:
-        return self.rejects or f"{self.target.rstrip('/')}_rejects"
-
-    @property
-    def shadow_rejects_table(self) -> str | None:
-        return f"{self.shadow_target.rstrip('/')}_rejects" if self.shadow_target else None
 
 
 def _reader(spark: SparkSession, table: str, version: int | None = None) -> DataFrame:
@@ -130,19 +99,15 @@ def check_schema(
     schema: T.StructType, contract: Contract, date_column: str | None, source: str = "table"
 ) -> None:
     """Raise :class:`SchemaMismatchError` naming every missing or mistyped column."""
-    fields = {f.name: f.dataType for f in schema.fields}
-    problems: list[str] = []
-    wanted = [(contract.key, None)] + [(f.name, f.type) for f in contract.features]
-    if date_column:
-        wanted.append((date_column, None))
-    for name, kind in wanted:
-        actual = fields.get(name)
-        if actual is None:
-            problems.append(f"missing column {name!r}" + (f" ({kind})" if kind else ""))
-        elif kind == "string" and not isinstance(actual, T.StringType):
-            problems.append(f"column {name!r} is {actual.simpleString()}, expected string")
-        elif kind in {"double", "int64"} and not isinstance(actual, _NUMERIC):
-            problems.append(f"column {name!r} is {actual.simpleString()}, expected {kind}")
+
+    def kind(t: T.DataType) -> spec.ColumnKind:
+        if isinstance(t, T.StringType):
+            return "string", t.simpleString()
+        return ("number" if isinstance(t, _NUMERIC) else "other"), t.simpleString()
+
+    problems = spec.schema_problems(
+        {f.name: kind(f.dataType) for f in schema.fields}, contract, date_column
+    )
     if problems:
         raise SchemaMismatchError(source, problems)
 
@@ -163,26 +128,14 @@ def _score_batches(
         threads = max(1, context.cpus()) if context else 1
         # Built once per Python worker process and reused by every later task there.
         scorer = cached_scorer(contract, graph, threads)
-        names = contract.feature_names
         for batch in batches:
-            result = scorer.score(batch)
-            features: list[str | None] = [None] * batch.num_rows
-            if result.rejected:  # rare: only refused rows are turned into Python objects
-                rows = np.flatnonzero(~result.valid)
-                values = batch.select(names).take(pa.array(rows)).to_pylist()
-                for row, row_values in zip(rows, values, strict=True):
-                    features[row] = json.dumps(row_values, default=str)
-            yield pa.RecordBatch.from_arrays(
-                [batch.column(c) for c in passthrough]
-                + [result.score, result.label, result.reason, pa.array(features, pa.string())],
-                names=[*passthrough, "score", "label", REASON, FEATURES_JSON],
-            )
+            yield spec.score_batch(scorer, batch, passthrough)
 
     return score
 
 
 def score_frame(
-    frame: DataFrame, artifact: Artifact, date_column: str | None, engine: Engine = "jvm"
+    frame: DataFrame, artifact: Artifact, date_column: str | None, engine: Engine = SPARK_DEFAULT
 ) -> DataFrame:
     """Score every row: key (+date), score, label, and a reason where a row was refused.
 
@@ -193,6 +146,11 @@ def score_frame(
     """
     contract = artifact.contract
     passthrough = [contract.key] + ([date_column] if date_column else [])
+    if engine not in SPARK_ENGINES:
+        raise ConfigError(
+            f"The {engine!r} engine does not run on Spark; choose one of "
+            f"{', '.join(SPARK_ENGINES)}, or run the job without Spark (`scoring batch run`)."
+        )
     if engine == "jvm":
         from scoring.batch import jvm
 
@@ -288,21 +246,14 @@ def _score_and_write(
     # Cached as the predictions are written, then read back for the counts and the rejects:
     # each row is read, checked and scored once, by the write itself (no job runs over the
     # source only to fill the cache).
-    scored = score_frame(source, artifact, date_column, job.engine).persist(
+    scored = score_frame(source, artifact, date_column, job.engine or SPARK_DEFAULT).persist(
         StorageLevel.MEMORY_AND_DISK
     )
     lap(f"{phase}plan")
     try:
         scored_at = datetime.now(UTC)
         lineage = _lineage(artifact, source_version, job.run_id, scored_at)
-        metadata = {
-            "model": artifact.name,
-            "model_version": artifact.version,
-            "source": job.source,
-            "source_version": source_version,
-            "run_id": job.run_id,
-            "date": job.date,
-        }
+        metadata = spec.metadata(artifact, job, source_version)
         target, rejects_table = tables
         write_delta(
             predictions(scored, lineage, date_column), target, date_column, job.date, metadata
@@ -328,81 +279,36 @@ def _score_and_write(
     return counts, scored_at
 
 
-def _shadow(
-    source: DataFrame,
-    job: BatchJob,
-    source_version: int,
-    lap: Callable[[str], None],
-) -> dict[str, Any]:
-    """Score the challenger into its own tables; a failure is reported, never raised.
-
-    The champion's tables are already written when this runs, so a challenger that
-    cannot be loaded, does not fit the source or fails while scoring leaves them as they
-    are; the summary says what went wrong.
-    """
-    assert job.shadow is not None and job.shadow_target is not None
-    tables = (job.shadow_target, job.shadow_rejects_table or "")
-    summary: dict[str, Any] = {"model": job.shadow, "target": tables[0], "rejects": tables[1]}
-    try:
-        artifact = load_artifact(job.shadow)
-        date_column = job.date_column if job.date else None
-        check_schema(
-            source.schema,
-            artifact.contract,
-            date_column,
-            f"{job.source} (version {source_version})",
-        )
-        counts, _ = _score_and_write(
-            source, artifact, job, tables, source_version, lap, phase="shadow_"
-        )
-    except Exception as exc:  # the challenger must never fail the champion's run
-        log.exception("shadow %s failed; the champion's output stands", job.shadow)
-        return {**summary, "status": "failed", "error": f"{type(exc).__name__}: {exc}"}
-    return {
-        **summary,
-        "status": "ok",
-        "model_name": artifact.name,
-        "model_version": artifact.version,
-        "rows_scored": counts[True],
-        "rows_rejected": counts[False],
-    }
-
-
 def run(spark: SparkSession, job: BatchJob, artifact: Artifact | None = None) -> dict[str, Any]:
-    """Score ``job.source`` into ``job.target`` (+ rejects); returns the run summary.
+    """Score ``job.source`` into ``job.target`` (+ rejects) on Spark; returns the run summary.
 
     With ``job.shadow`` the challenger then scores the same rows, read once at the same
     pinned version, into ``job.shadow_target`` (+ ``_rejects``) with the same columns and
     lineage; the summary's ``shadow`` entry says how that went.
     """
     started = time.monotonic()
-    # Where the job's own time goes, phase by phase (seconds, in the summary): a slow or
-    # cold run can be told apart from a slow model without a profiler.
-    timings: dict[str, float] = {}
-    mark = started
-
-    def lap(phase: str) -> None:
-        nonlocal mark
-        now = time.monotonic()
-        timings[phase] = round(now - mark, 3)
-        mark = now
-
+    lap = Laps(started)
     # One spelling of every table from here on: lineage, metadata and summary record it.
     job = replace(
         job,
+        engine=job.engine or SPARK_DEFAULT,
         source=normalize(job.source),
         target=normalize(job.target),
         rejects=normalize(job.rejects_table),
         shadow_target=normalize(job.shadow_target) if job.shadow_target else None,
     )
+    if job.engine not in SPARK_ENGINES:
+        raise ConfigError(
+            f"The {job.engine!r} engine runs without Spark: call scoring.batch.embedded.run, "
+            f"or choose one of {', '.join(SPARK_ENGINES)}."
+        )
     artifact = artifact or load_artifact(job.model)
     lap("load_model")
     source, source_version = read_source(spark, job.source)
     lap("pin_source")
     date_column = job.date_column if job.date else None
-    check_schema(
-        source.schema, artifact.contract, date_column, f"{job.source} (version {source_version})"
-    )
+    where = f"{job.source} (version {source_version})"
+    check_schema(source.schema, artifact.contract, date_column, where)
     log.info(
         "scoring %s version %s with %s v%s (%s engine)",
         job.source,
@@ -416,30 +322,29 @@ def run(spark: SparkSession, job: BatchJob, artifact: Artifact | None = None) ->
     if job.shadow:
         # Read once: both models score these cached rows, not two reads of the files.
         source = source.persist(StorageLevel.MEMORY_AND_DISK)
+
+    def score_shadow(challenger: Artifact, tables: tuple[str, str]) -> dict[bool, int]:
+        check_schema(source.schema, challenger.contract, date_column, where)
+        counts, _ = _score_and_write(
+            source, challenger, job, tables, source_version, lap, phase="shadow_"
+        )
+        return counts
+
     try:
         counts, scored_at = _score_and_write(
             source, artifact, job, (job.target, job.rejects_table), source_version, lap
         )
-        shadow = _shadow(source, job, source_version, lap) if job.shadow else None
+        shadow = spec.shadow(job, score_shadow) if job.shadow else None
     finally:
         if job.shadow:
             source.unpersist()
-    seconds = time.monotonic() - started
-    rows = counts[True] + counts[False]
-    summary = {
-        **asdict(job),
-        "rejects": job.rejects_table,
-        "model_name": artifact.name,
-        "model_version": artifact.version,
-        "source_version": source_version,
-        "rows_read": rows,
-        "rows_scored": counts[True],
-        "rows_rejected": counts[False],
-        "seconds": round(seconds, 3),
-        "rows_per_second": round(rows / seconds, 1) if seconds else None,
-        "scored_at": scored_at.isoformat(),
-        "timings": timings,
-    }
-    if shadow is not None:
-        summary["shadow"] = shadow
-    return summary
+    return spec.summary(
+        job,
+        artifact,
+        source_version,
+        counts,
+        time.monotonic() - started,
+        scored_at,
+        lap.timings,
+        shadow,
+    )

@@ -22,7 +22,14 @@ from deltalake.exceptions import TableNotFoundError
 from scoring.batch.tables import for_delta_rs, is_catalog_name, raise_for_access
 from scoring.errors import ConfigError, SourceNotFoundError
 
-__all__ = ["count_rows", "earlier_dates", "open_table", "read_date"]
+__all__ = [
+    "count_rows",
+    "date_filter",
+    "date_predicate",
+    "earlier_dates",
+    "open_table",
+    "read_date",
+]
 
 log = logging.getLogger(__name__)
 
@@ -49,7 +56,7 @@ def open_table(table: str, version: int | None = None) -> DeltaTable:
         ) from exc
 
 
-def _date_filter(schema: pa.Schema, date_column: str, date: str) -> pc.Expression:
+def date_filter(schema: pa.Schema, date_column: str, date: str) -> pc.Expression:
     """``date_column == date`` for a date, string or timestamp column."""
     if date_column not in schema.names:
         raise ConfigError(
@@ -69,6 +76,21 @@ def _date_filter(schema: pa.Schema, date_column: str, date: str) -> pc.Expressio
     raise ConfigError(f"The date column {date_column!r} is {kind}; expected a date or a string.")
 
 
+def date_predicate(schema: pa.Schema, date_column: str, date: str) -> str:
+    """:func:`date_filter` as the SQL predicate a delta-rs write replaces (``replaceWhere``)."""
+    date_filter(schema, date_column, date)  # the same checks and errors
+    kind = schema.field(date_column).type
+    day = dt.date.fromisoformat(date)
+    column = f'"{date_column}"'
+    if pa.types.is_timestamp(kind):
+        start = f"CAST('{day.isoformat()}' AS TIMESTAMP)"
+        end = f"CAST('{(day + dt.timedelta(days=1)).isoformat()}' AS TIMESTAMP)"
+        return f"{column} >= {start} AND {column} < {end}"
+    if pa.types.is_date(kind):
+        return f"{column} = CAST('{day.isoformat()}' AS DATE)"
+    return f"{column} = '{day.isoformat()}'"
+
+
 def _dataset(table: DeltaTable) -> pads.Dataset:
     return table.to_pyarrow_dataset()
 
@@ -76,7 +98,7 @@ def _dataset(table: DeltaTable) -> pads.Dataset:
 def count_rows(table: str, date: str, date_column: str = "ds", version: int | None = None) -> int:
     """Rows of ``table`` on ``date`` (only that date's files are opened when partitioned)."""
     data = _dataset(open_table(table, version))
-    return int(data.count_rows(filter=_date_filter(data.schema, date_column, date)))
+    return int(data.count_rows(filter=date_filter(data.schema, date_column, date)))
 
 
 def read_date(
@@ -91,7 +113,7 @@ def read_date(
     missing = [c for c in columns if c not in data.schema.names]
     if missing:
         raise ConfigError(f"The table {table} has no column(s) {', '.join(missing)}.")
-    return data.to_table(columns=list(columns), filter=_date_filter(data.schema, date_column, date))
+    return data.to_table(columns=list(columns), filter=date_filter(data.schema, date_column, date))
 
 
 def earlier_dates(table: str, date: str, date_column: str = "ds", limit: int = 7) -> list[str]:

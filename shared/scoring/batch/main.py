@@ -1,16 +1,17 @@
-"""Score a Delta table with a registered model, in place, on any Spark master.
+"""Score a Delta table with a registered model, in place: in this process or on Spark.
 
-Run it with spark-submit (the jars and Delta settings come from scoring.batch.spark;
+``scoring batch run ...`` runs it in this process on the embedded engine (delta-rs,
+Arrow and onnxruntime, no JVM) unless ``--engine`` or ``--master`` says Spark. On a
+cluster, spark-submit it (the jars and Delta settings come from scoring.batch.spark;
 ``scoring batch submit`` adds them)::
 
     spark-submit jobs/batch/score.py --model models:/fraud@champion \
         --source /lake/transactions --target /lake/fraud_scores --date 2026-11-20
 
-or through the CLI with the same options: ``scoring batch run ...``. The last line
-printed is a JSON summary (rows read/scored/rejected, versions, seconds, rows/s), also
-written to ``--summary-file`` when given (a scheduler reads it from there: spark-submit's
-own output is a log). Exit codes: 0 ok, 2 bad arguments or settings, 3 source/schema
-problem, 1 other failures.
+The last line printed is a JSON summary (rows read/scored/rejected, versions, engine and
+why, seconds, rows/s), also written to ``--summary-file`` when given (a scheduler reads it
+from there: spark-submit's own output is a log). Exit codes: 0 ok, 2 bad arguments or
+settings, 3 source/schema problem, 1 other failures.
 """
 
 from __future__ import annotations
@@ -20,13 +21,16 @@ import json
 import logging
 import sys
 from collections.abc import Sequence
+from dataclasses import replace
 from datetime import date
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from scoring.batch.job import ENGINES, BatchJob, run
-from scoring.batch.spark import build_session
+from scoring.batch.spec import ENGINES, BatchJob, choose_engine
 from scoring.errors import ScoringError
+
+if TYPE_CHECKING:
+    from pyspark.sql import SparkSession
 
 log = logging.getLogger(__name__)
 
@@ -48,14 +52,22 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--rejects", help="Delta table for refused rows (default TARGET_rejects)")
     parser.add_argument("--date", type=_date, help="score only this date (YYYY-MM-DD)")
     parser.add_argument("--date-column", default="ds", help="the source's date column")
-    parser.add_argument("--master", help="Spark master when not launched by spark-submit")
+    parser.add_argument(
+        "--master", help="run on Spark with this master (when not launched by spark-submit)"
+    )
     parser.add_argument("--run-id", help="lineage id recorded on every row (default: random)")
     parser.add_argument(
         "--engine",
         choices=ENGINES,
-        default="jvm",
-        help="jvm: validate in Spark SQL and score with ONNX Runtime for Java in the executors "
-        "(default); python: score in Python workers through mapInArrow",
+        help="arrow: in this process, no JVM (default of `scoring batch run`); jvm: Spark, "
+        "validated in Spark SQL and scored by ONNX Runtime for Java in the executors (default "
+        "on Spark: spark-submit, --master or a catalog table); python: Spark, scored in "
+        "Python workers through mapInArrow",
+    )
+    parser.add_argument(
+        "--threads",
+        type=int,
+        help="arrow engine: scoring threads (default: the machine's cores)",
     )
     parser.add_argument(
         "--shadow",
@@ -69,6 +81,32 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         "--summary-file", type=Path, help="also write the JSON summary to this file"
     )
     return parser.parse_args(argv)
+
+
+def run_job(
+    job: BatchJob,
+    master: str | None = None,
+    threads: int | None = None,
+    spark: SparkSession | None = None,
+) -> dict[str, Any]:
+    """Run ``job`` on the engine it names, else the default of where it runs; the summary.
+
+    The summary records the engine and why it was chosen (``engine_reason``). ``spark``:
+    a session to run a Spark engine in (default: one built here, on ``master``).
+    """
+    engine, reason = choose_engine(job, master)
+    log.info("engine %s: %s", engine, reason)
+    job = replace(job, engine=engine)
+    if engine == "arrow":
+        from scoring.batch import embedded
+
+        summary = embedded.run(job, threads=threads)
+    else:
+        from scoring.batch.job import run
+        from scoring.batch.spark import build_session
+
+        summary = run(spark or build_session("scoring-batch", master=master), job)
+    return {**summary, "engine_reason": reason}
 
 
 def _emit(summary: dict[str, Any], path: Path | None) -> None:
@@ -101,8 +139,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             shadow_target=args.shadow_target,
             **({"run_id": args.run_id} if args.run_id else {}),
         )
-        spark = build_session("scoring-batch", master=args.master)
-        summary = run(spark, job)
+        summary = run_job(job, master=args.master, threads=args.threads)
     except ScoringError as exc:
         print(f"error: {exc}", file=sys.stderr)
         failed = {"status": "failed", "error": type(exc).__name__, "message": str(exc)}

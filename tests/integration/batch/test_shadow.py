@@ -13,7 +13,8 @@ from pathlib import Path
 
 import pytest
 from scoring.batch import lake as delta
-from scoring.batch.job import ENGINES, BatchJob, run
+from scoring.batch.main import run_job
+from scoring.batch.spec import ENGINES, BatchJob
 from scoring.dev.demo.data import KEY, LABEL
 from scoring.dev.demo.train import TrainedModel
 from scoring.errors import ConfigError
@@ -62,7 +63,7 @@ def test_shadow_scores_the_same_rows_into_its_own_tables(
         shadow=str(challenger),
         shadow_target=str(lake / "shadow_scores"),
     )
-    summary = run(spark, job)  # type: ignore[arg-type]
+    summary = run_job(job, spark=spark)  # type: ignore[arg-type]
     shadow = summary["shadow"]
     assert shadow["status"] == "ok", shadow
     champion_rows, challenger_rows = _rows(str(lake / "scores")), _rows(str(lake / "shadow_scores"))
@@ -89,20 +90,21 @@ def test_shadow_scores_the_same_rows_into_its_own_tables(
     assert auc["champion"] > 0.8 and auc["ci_high"] < 0
 
 
+@pytest.mark.parametrize("engine", ["python", "arrow"])
 def test_a_broken_shadow_leaves_the_champion_alone(
-    spark: object, source_table: str, artifact_dir: Path, lake: Path, tmp_path: Path
+    spark: object, source_table: str, artifact_dir: Path, lake: Path, tmp_path: Path, engine: str
 ) -> None:
     plain = BatchJob(
         model=str(artifact_dir), source=source_table, target=str(lake / "plain"), date=DAY,
-        engine="python",
+        engine=engine,  # type: ignore[arg-type]
     )  # fmt: skip
     with_broken = BatchJob(
         model=str(artifact_dir), source=source_table, target=str(lake / "scores"), date=DAY,
-        engine="python", shadow=str(tmp_path / "no-such-model"),
+        engine=engine, shadow=str(tmp_path / "no-such-model"),  # type: ignore[arg-type]
         shadow_target=str(lake / "shadow_scores"),
     )  # fmt: skip
-    run(spark, plain)  # type: ignore[arg-type]
-    summary = run(spark, with_broken)  # type: ignore[arg-type]
+    run_job(plain, spark=spark)  # type: ignore[arg-type]
+    summary = run_job(with_broken, spark=spark)  # type: ignore[arg-type]
     assert summary["shadow"]["status"] == "failed"
     assert "no-such-model" in summary["shadow"]["error"]
     strip = [{k: v for k, v in r.items() if k != "run_id"} for r in _rows(str(lake / "plain"))]
