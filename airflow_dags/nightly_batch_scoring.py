@@ -8,25 +8,32 @@ ends (00:00 UTC on the 8th) and scores the rows whose date column is 2026-11-07.
 1. **wait_for_source**: sensor (reschedule mode, so it holds no worker slot between
    pokes) until the source has rows for the date (`scoring batch has-data`, a Delta
    log read, no Spark).
-2. **spark_conf**: the project writes the Spark settings every scoring job needs (jars,
+2. **choose_engine**: `scoring_nightly_engine` picks the path. `arrow` (the default): the
+   job runs in the worker as a plain task, **score_arrow** (`scoring batch run --engine
+   arrow`: delta-rs and onnxruntime in one process, no JVM), for dates that fit a machine.
+   `jvm` or `python`: the Spark engines, through the two tasks below (see ADR 0010 for
+   which to choose).
+3. **spark_conf**: the project writes the Spark settings every scoring job needs (jars,
    Delta, Arrow, Python) as a properties file (`scoring batch spark-conf`).
-3. **score**: `spark-submit jobs/batch/score.py` through the `spark_default` connection
-   (master, deploy mode), the project venv's spark-submit and Python. Predictions replace
-   exactly the date's rows (Delta `replaceWhere`), so a retry, a re-run or a backfill of a
-   date never duplicates. A source whose schema does not fit the model's contract (job
-   exit code 3) fails the task at once, with the job's message, without retries.
-4. **check_output** (fails the run): predictions + rejects reconcile with the source rows
+4. **score**: `spark-submit jobs/batch/score.py` through the `spark_default` connection
+   (master, deploy mode), the project venv's spark-submit and Python.
+
+Either way predictions replace exactly the date's rows, so a retry, a re-run or a
+backfill of a date never duplicates. A source whose schema does not fit the model's
+contract (job exit code 3) fails the scoring task at once, with the job's message,
+without retries.
+5. **check_output** (fails the run): predictions + rejects reconcile with the source rows
    of the date, rejects ratio under `scoring_nightly_max_rejects_ratio`, score PSI against
    the newest earlier date scored by the same model version (or
    `scoring_nightly_reference_date`) under `scoring_nightly_max_psi`.
-5. **report** (beside the check, so failed numbers are recorded too): report JSON and a
+6. **report** (beside the check, so failed numbers are recorded too): report JSON and a
    score-distribution plot under `scoring_nightly_reports_dir/<ds>/`, logged as an MLflow
    run in the `scoring_nightly_experiment` experiment with the job's JSON summary.
 
 Variables (all optional, see `scoring_common.py` for the shared ones):
 `scoring_nightly_source`, `scoring_nightly_predictions`, `scoring_nightly_rejects`,
-`scoring_nightly_date_column`, `scoring_nightly_engine` (`jvm` or `python`, see
-ADR 0006), `scoring_nightly_reports_dir`,
+`scoring_nightly_date_column`, `scoring_nightly_engine` (`arrow`, `jvm` or `python`),
+`scoring_nightly_reports_dir`,
 `scoring_nightly_max_rejects_ratio`, `scoring_nightly_max_psi`,
 `scoring_nightly_reference_date`, `scoring_nightly_experiment`.
 
@@ -42,12 +49,34 @@ source infra/airflow/env.sh
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 
 import scoring_common as sc
 from airflow.sdk import DAG, CronDataIntervalTimetable, task
+from airflow.sdk.exceptions import AirflowFailException
 
 REPORTS = "{{ scoring('nightly_reports_dir') }}/{{ ds }}"
+SPARK_ENGINES = ("jvm", "python")
+# The output tasks run after whichever engine ran; the other's tasks are skipped.
+AFTER_SCORING = "none_failed_min_one_success"
+
+
+def _job_args(setting: Callable[[str], str], ds: str, run_id: str, reports: str) -> list[str]:
+    """Options of the batch job, whichever engine runs it: from ``setting(name)``."""
+    return sc.flags(
+        {
+            "--model": setting("model"),
+            "--source": setting("nightly_source"),
+            "--target": setting("nightly_predictions"),
+            "--rejects": setting("nightly_rejects"),
+            "--date": ds,
+            "--date-column": setting("nightly_date_column"),
+            "--engine": setting("nightly_engine"),
+            "--run-id": run_id,
+            "--summary-file": f"{reports}/batch_summary.json",
+        }
+    )
 
 
 def _output_args(ds: str) -> list[str]:
@@ -72,7 +101,7 @@ def _reports(ds: str) -> str:
 
 with DAG(
     dag_id="nightly_batch_scoring",
-    description="Score a day of the source Delta table on Spark, check and report the output",
+    description="Score a day of the source Delta table, check and report the output",
     doc_md=__doc__,
     # A data interval per day: `ds` is the day whose rows are scored, and its run starts
     # once that day is over (explicit, whatever [scheduler] create_cron_data_intervals says).
@@ -82,8 +111,9 @@ with DAG(
     # Missed or corrected days are backfilled on purpose (`airflow backfill create`), which
     # is safe because each run replaces exactly its own date.
     catchup=False,
-    # One date at a time: one Spark job on the cluster, and the drift reference (the
-    # newest earlier date scored) is then always a finished date.
+    # One date at a time: one writer per table (ADR 0007, ADR 0010), one Spark job on the
+    # cluster, and the drift reference (the newest earlier date scored) is then always a
+    # finished date.
     max_active_runs=1,
     # A run stuck longer than this (e.g. a sensor on a day that never lands) must not
     # block the next night's run.
@@ -93,7 +123,7 @@ with DAG(
         "retries": 2,
         "retry_delay": timedelta(minutes=5),
     },
-    tags=["scoring", "batch", "spark", "delta"],
+    tags=["scoring", "batch", "arrow", "spark", "delta"],
     user_defined_macros=sc.MACROS,
 ) as dag:
 
@@ -125,6 +155,25 @@ with DAG(
                 ),
             ]
         )
+
+    @task.branch(task_id="choose_engine")
+    def choose_engine() -> str:
+        """The arrow engine as a plain task, or the Spark engines through spark-submit."""
+        engine = sc.setting("nightly_engine")
+        if engine == "arrow":
+            return "score_arrow"
+        if engine in SPARK_ENGINES:
+            return "spark_conf"
+        raise AirflowFailException(
+            f"scoring_nightly_engine is {engine!r}; set arrow, jvm or python."
+        )
+
+    @task(task_id="score_arrow", execution_timeout=timedelta(hours=4))
+    def score_arrow(ds: str | None = None, run_id: str | None = None) -> dict:
+        """`scoring batch run --engine arrow`: the job in this worker, no JVM."""
+        assert ds is not None and run_id is not None
+        args = _job_args(sc.setting, ds, run_id, _reports(ds))
+        return sc.last_json(sc.run_cli(["batch", "run", *args]))
 
     @task(task_id="spark_conf", execution_timeout=timedelta(minutes=10))
     def spark_conf(ds: str | None = None) -> str:
@@ -163,30 +212,24 @@ with DAG(
             "SPARK_LOCAL_IP": "{{ scoring('spark_local_ip') }}",
             "MLFLOW_TRACKING_URI": "{{ scoring('tracking_uri') }}",
         },
-        application_args=sc.flags(
-            {
-                "--model": "{{ scoring('model') }}",
-                "--source": "{{ scoring('nightly_source') }}",
-                "--target": "{{ scoring('nightly_predictions') }}",
-                "--rejects": "{{ scoring('nightly_rejects') }}",
-                "--date": "{{ ds }}",
-                "--date-column": "{{ scoring('nightly_date_column') }}",
-                "--engine": "{{ scoring('nightly_engine') }}",
-                "--run-id": "{{ run_id }}",
-                "--summary-file": f"{REPORTS}/batch_summary.json",
-            }
+        application_args=_job_args(
+            lambda name: "{{ scoring('" + name + "') }}", "{{ ds }}", "{{ run_id }}", REPORTS
         ),
         name="nightly_batch_scoring-{{ ds }}",
         execution_timeout=timedelta(hours=4),
     )
 
-    @task(task_id="check_output", execution_timeout=timedelta(minutes=30))
+    @task(
+        task_id="check_output",
+        execution_timeout=timedelta(minutes=30),
+        trigger_rule=AFTER_SCORING,
+    )
     def check_output(ds: str | None = None) -> dict:
         """Fail the run, naming each failed check and its numbers (`scoring batch check`)."""
         assert ds is not None
         return sc.last_json(sc.run_cli(["batch", "check", *_output_args(ds)]))
 
-    @task(task_id="report", execution_timeout=timedelta(minutes=30))
+    @task(task_id="report", execution_timeout=timedelta(minutes=30), trigger_rule=AFTER_SCORING)
     def report(ds: str | None = None) -> dict:
         """Report JSON + score plot, logged to MLflow (`scoring batch report`)."""
         assert ds is not None
@@ -199,4 +242,10 @@ with DAG(
             sc.run_cli(["batch", "report", *_output_args(ds), *sc.flags(report_options)])
         )
 
-    wait_for_source() >> spark_conf() >> score >> [check_output(), report()]
+    engine = choose_engine()
+    on_arrow, on_spark = score_arrow(), spark_conf()
+    checked, reported = check_output(), report()
+    wait_for_source() >> engine >> [on_arrow, on_spark]
+    on_spark >> score
+    [on_arrow, score] >> checked
+    [on_arrow, score] >> reported

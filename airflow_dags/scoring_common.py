@@ -81,7 +81,7 @@ DEFAULTS: dict[str, Callable[[], str]] = {
     "nightly_predictions": lambda: f"{setting('home')}/lake/fraud_scores",
     "nightly_rejects": lambda: f"{setting('home')}/lake/fraud_scores_rejects",
     "nightly_date_column": lambda: "ds",
-    "nightly_engine": lambda: "jvm",
+    "nightly_engine": lambda: "arrow",
     "nightly_reports_dir": lambda: f"{setting('home')}/reports/nightly_batch_scoring",
     "nightly_max_rejects_ratio": lambda: "0.05",
     "nightly_max_psi": lambda: "0.2",

@@ -1,27 +1,27 @@
-"""Batch scoring: the JVM engine vs the Python engine vs MLflow's spark_udf vs the limits.
+"""Batch scoring, cold and as it grows: the arrow engine, the Spark engines, spark_udf, the limit.
 
 Run it with ``make bench`` (``.venv/bin/python benchmarks/batch.py``). Two models with
-different cost profiles score the same kind of Delta table: the demo pipeline (20
+different cost profiles score a Delta table written by delta-rs: the demo pipeline (20
 features: imputation, scaling, one-hot, logistic regression) and a gradient-boosted
-ensemble (30 numeric features, 200 trees). For each model, in one run:
+ensemble (30 numeric features, ``--trees`` trees). Each table has a small date and a
+date four times larger (``--rows``). The paths:
 
-(e) this job with the JVM engine (Spark SQL validation, ONNX Runtime for Java in the
-    executors; predictions and rejects to Delta);
-(a) this job with the Python engine (mapInArrow, the shared Scorer in Python workers);
-(b) ``mlflow.pyfunc.spark_udf`` on the same model in its native scikit-learn flavour
-    (read Delta, score, write key, date and score to Delta);
-(c) the single-process limit: pyarrow reads the table's parquet files and the Scorer
-    validates and scores them in this process, one thread, no Spark;
-(d) Spark's own Arrow round trip: the same columns to Python workers and back through a
-    pass-through mapInArrow, no model, no write.
+- **arrow**: this job on the embedded engine, ``scoring batch run`` (delta-rs, onnxruntime
+  on ``--threads`` threads; predictions, rejects, lineage);
+- **jvm**, **python**: this job on Spark (``--master``), a fresh ``spark-submit`` each;
+- **spark_udf**: ``mlflow.pyfunc.spark_udf`` on the model's native scikit-learn flavour
+  (read Delta, drop NaN rows, score, write key, date and score), a fresh spark-submit;
+- **(g)** the whole-job limit: delta-rs read, onnxruntime on the same threads, delta-rs
+  write of key, date and score in one process, no checks (``benchmarks/limit_job.py``).
 
-**Cold** (what a scheduler runs: every night is a fresh process): (e), (a) and (b) each
-run as a fresh ``spark-submit`` process on the whole table; the job's own time (its
-summary's ``seconds``, from a ready session to the last commit) and the whole process's
-wall time are reported, plus the job's phase timings. **Warm**: in this process's one
-session, each path is warmed up on one date, then timed ``--repeat`` times on the whole
-table (best kept). Targets: cold (e) at least 3x (b) on the job's own time, for both
-models; warm (e) at least 0.8x (c). Nothing here is a test.
+Every run is a fresh, cold process, as a scheduler runs it. Each round runs every path on
+both dates, the paths in a rotated order; ``--rounds`` rounds (at least three), and the
+table shows medians with min and max. The marginal rate, rows between the two dates over
+the time between them, cancels start-up. Peak memory is the largest sum of the RSS of the
+process and its children, sampled every 50 ms. Targets, on both models: the arrow
+engine's whole process at least 5x faster than spark_udf's on the large date, and its
+marginal rate at least 0.8x (g)'s; the Spark default (jvm) marginal rate at least 1.5x
+spark_udf's. Nothing here is a test.
 """
 
 from __future__ import annotations
@@ -30,21 +30,33 @@ import argparse
 import json
 import os
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import date
+from datetime import date, timedelta
 from pathlib import Path
 from typing import Any
 
+import psutil
 from rich.console import Console
 from rich.table import Table
 
 ROOT = Path(__file__).resolve().parents[1]
 START = date(2026, 11, 1)
+SMALL, LARGE = START.isoformat(), (START + timedelta(days=1)).isoformat()
+PATHS = ("arrow", "jvm", "python", "spark_udf", "g")
+NAMES = {
+    "arrow": "arrow (this job)",
+    "jvm": "jvm (this job, Spark)",
+    "python": "python (this job, Spark)",
+    "spark_udf": "spark_udf",
+    "g": "(g) limit, no checks",
+}
 
 
 @dataclass
@@ -57,132 +69,115 @@ class Model:
     key: str
     features: list[tuple[str, str]]  # name, Spark type spark_udf's signature wants
     native_dir: Path
-    rows: int = 0
-    cold: dict[str, dict[str, Any]] = field(default_factory=dict)
-    warm: dict[str, float] = field(default_factory=dict)
+    rows: dict[str, int] = field(default_factory=dict)
+    # path -> date -> measurements of each round
+    runs: dict[str, dict[str, list[dict[str, float]]]] = field(default_factory=dict)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--rows", type=int, default=1_000_000, help="rows per table")
-    parser.add_argument("--days", type=int, default=4, help="date partitions")
-    parser.add_argument("--trees", type=int, default=200, help="trees in the second model")
+    parser.add_argument("--rows", type=int, default=1_000_000, help="rows of the large date")
+    parser.add_argument("--trees", type=int, default=100, help="trees in the second model")
     parser.add_argument("--master", default="local[2]")
-    parser.add_argument("--repeat", type=int, default=2, help="warm timed runs per path")
-    parser.add_argument("--skip-warm", action="store_true", help="cold runs only")
-    parser.add_argument(
-        "--reuse",
-        action="store_true",
-        help="keep the tables and models a previous run left in --workdir",
-    )
+    parser.add_argument("--threads", type=int, default=2, help="arrow and (g) threads")
+    parser.add_argument("--rounds", type=int, default=3, help="alternated rounds (at least 3)")
+    parser.add_argument("--paths", default=",".join(PATHS), help="comma-separated subset")
     parser.add_argument(
         "--workdir", type=Path, default=None, help="tables and registry (default: a temp dir)"
     )
     args = parser.parse_args()
+    paths = [p for p in args.paths.split(",") if p]
+    if unknown := set(paths) - set(PATHS):
+        parser.error(f"unknown paths {sorted(unknown)}; choose from {', '.join(PATHS)}")
     work = args.workdir or Path(tempfile.mkdtemp(prefix="scoring-bench-"))
     os.environ["SCORING_HOME"] = str(work / "home")
     console = Console()
-
-    # Imports after SCORING_HOME is set: settings are read on first use.
-    from scoring.batch.spark import build_session
-
-    spark = build_session("scoring-bench", master=args.master)
-    models = [
-        _demo_model(spark, work, args, console),
-        _tree_model(spark, work, args, console),
-    ]
-    # One Spark at a time: this session stops while the cold processes run.
-    spark.stop()
-    for model in models:
-        for path in ("e", "a", "b"):
-            with console.status(f"{model.title}: cold ({path}), a fresh spark-submit process"):
-                model.cold[path] = _cold(path, model, work, args.master)
-            console.print(f"{model.title}: cold ({path}) {model.cold[path]}")
-    if not args.skip_warm:
-        spark = build_session("scoring-bench", master=args.master)
+    models = [_demo_model(work, args, console), _tree_model(work, args, console)]
+    for round_ in range(args.rounds):
         for model in models:
-            _warm(spark, model, work, args.repeat, console)
-        spark.stop()
+            order = paths[round_ % len(paths) :] + paths[: round_ % len(paths)]
+            for path in order:
+                for day in (SMALL, LARGE):
+                    label = f"round {round_ + 1}/{args.rounds}, {model.title}: {path} on {day}"
+                    with console.status(label):
+                        measured = _cold(path, model, day, work, args)
+                    model.runs.setdefault(path, {}).setdefault(day, []).append(measured)
+                    console.print(
+                        f"{label}: process {measured['process']:.1f}s, job "
+                        f"{measured['job']:.1f}s, peak {measured['peak_mb']:,.0f} MB"
+                    )
     for model in models:
-        _report(console, model, args)
+        _report(console, model, paths, args)
     if args.workdir is None:
         shutil.rmtree(work, ignore_errors=True)
 
 
-def _demo_model(spark: Any, work: Path, args: argparse.Namespace, console: Console) -> Model:
-    from scoring.dev.demo.data import FEATURES, KEY
-    from scoring.dev.demo.run import write_demo_table
+def _write(path: str, tables: list[Any]) -> None:
+    from deltalake import write_deltalake
+
+    for table in tables:
+        write_deltalake(path, table, partition_by=["ds"], mode="append")
+
+
+def _demo_model(work: Path, args: argparse.Namespace, console: Console) -> Model:
+    from scoring.dev.demo.data import FEATURES, KEY, generate_day
     from scoring.dev.demo.train import train
 
     source = str(work / "transactions")
     features = [(f.name, "string" if f.type == "string" else "double") for f in FEATURES]
     model = Model(
-        "bench_demo",
-        f"demo pipeline ({len(FEATURES)} features)",
-        source,
-        KEY,
-        features,
+        "bench_demo", f"demo pipeline ({len(FEATURES)} features)", source, KEY, features,
         work / "demo_native",
-    )
-    if args.reuse and model.native_dir.exists():
-        model.rows = spark.read.format("delta").load(source).count()
-        return model
-    with console.status(f"demo: {args.rows:,} rows x {len(FEATURES)} features as Delta"):
-        write_demo_table(spark, source, args.days, args.rows // args.days, START)
+    )  # fmt: skip
+    model.rows = {SMALL: args.rows // 4, LARGE: args.rows}
+    with console.status(f"demo: {args.rows // 4:,} + {args.rows:,} rows as Delta (delta-rs)"):
+        days = [
+            generate_day(date.fromisoformat(d), n, seed=i)
+            for i, (d, n) in enumerate(model.rows.items())
+        ]
+        _write(source, days)
     with console.status("demo: training, packaging, registering"):
-        history = spark.read.format("delta").load(source).limit(60_000).toArrow()
-        trained = train(history, work / "demo_model", source, 0)
-        _register("bench_demo", trained.model_file, trained.sample_file, trained.contract_file)
-    _save_native(spark, trained.model_file, model)
+        trained = train(days[0].slice(0, 60_000), work / "demo_model", source, 0)
+        _register(model, trained.model_file, trained.sample_file, trained.contract_file)
     return model
 
 
-def _tree_model(spark: Any, work: Path, args: argparse.Namespace, console: Console) -> Model:
+def _tree_model(work: Path, args: argparse.Namespace, console: Console) -> Model:
     from scoring.dev import trees
 
     source = str(work / "points")
     features = [(f.name, "double") for f in trees.FEATURES]
     model = Model(
-        "bench_trees",
-        f"gradient boosting ({len(trees.FEATURES)} features, {args.trees} trees)",
-        source,
-        trees.KEY,
-        features,
-        work / "trees_native",
-    )
-    if args.reuse and model.native_dir.exists():
-        model.rows = spark.read.format("delta").load(source).count()
-        return model
-    with console.status(f"trees: {args.rows:,} rows x {len(trees.FEATURES)} features as Delta"):
-        table = trees.generate(args.rows, START, days=args.days)
-        frame = spark.createDataFrame(table)
-        frame.write.format("delta").mode("overwrite").partitionBy(trees.DATE).save(source)
+        "bench_trees", f"gradient boosting ({len(trees.FEATURES)} features, {args.trees} trees)",
+        source, trees.KEY, features, work / "trees_native",
+    )  # fmt: skip
+    model.rows = {SMALL: args.rows // 4, LARGE: args.rows}
+    with console.status(f"trees: {args.rows // 4:,} + {args.rows:,} rows as Delta (delta-rs)"):
+        days = [
+            trees.generate(n, date.fromisoformat(d), seed=11 + i)
+            for i, (d, n) in enumerate(model.rows.items())
+        ]
+        _write(source, days)
     with console.status(f"trees: training {args.trees} trees, packaging, registering"):
-        trained = trees.train_trees(table.slice(0, 20_000), work / "tree_model", args.trees)
-        _register("bench_trees", trained.model_file, trained.sample_file, trained.contract_file)
-    _save_native(spark, trained.model_file, model)
+        trained = trees.train_trees(days[0].slice(0, 20_000), work / "tree_model", args.trees)
+        _register(model, trained.model_file, trained.sample_file, trained.contract_file)
     return model
 
 
-def _register(name: str, model_file: Path, sample: Path, contract: Path) -> None:
+def _register(model: Model, model_file: Path, sample: Path, contract: Path) -> None:
+    """Registered for this job and (g); saved in its native flavour for spark_udf."""
+    import joblib
+    import mlflow
+    import pyarrow.parquet as pq
+    from mlflow.models import infer_signature
     from scoring.lifecycle import registry
     from scoring.lifecycle.packaging import package
 
-    info = package(model_file, name, sample, spec_file=contract)
-    registry.promote(name, info.version)
-
-
-def _save_native(spark: Any, model_file: Path, model: Model) -> None:
-    """The native scikit-learn flavour for spark_udf (b), with a signature of doubles."""
-    import joblib
-    import mlflow
-    from mlflow.models import infer_signature
-    from pyspark.sql import functions as F
-
+    info = package(model_file, model.name, sample, spec_file=contract)
+    registry.promote(model.name, info.version)
     pipeline = joblib.load(model_file)
-    inputs = [F.col(n).cast(t).alias(n) for n, t in model.features]
-    sample = spark.read.format("delta").load(model.source).select(*inputs).limit(5000)
-    sample = sample.toPandas().dropna()
+    frame = pq.read_table(sample).to_pandas()[[n for n, _ in model.features]].dropna()
+    frame = frame.astype({n: "float64" for n, t in model.features if t == "double"})
     mlflow.sklearn.save_model(
         pipeline,
         str(model.native_dir),
@@ -190,179 +185,122 @@ def _save_native(spark: Any, model_file: Path, model: Model) -> None:
         # The benchmark's own freshly trained model: pickle is safe here, and skops
         # refuses tree internals without a list of trusted types per model kind.
         serialization_format="cloudpickle",
-        signature=infer_signature(sample, pipeline.predict_proba(sample)),
+        signature=infer_signature(frame, pipeline.predict_proba(frame)),
     )
-    model.rows = spark.read.format("delta").load(model.source).count()
 
 
-def _job_args(path: str, model: Model, target: str, date_: str | None = None) -> list[str]:
-    if path == "b":
-        args = [
-            "--model-dir",
-            str(model.native_dir),
-            "--source",
-            model.source,
-            "--target",
-            target,
-            "--key",
-            model.key,
-            "--features",
-            json.dumps(model.features),
-        ]
-    else:
-        args = [
-            "--model",
-            f"models:/{model.name}@champion",
-            "--source",
-            model.source,
-            "--target",
-            target,
-            "--engine",
-            "jvm" if path == "e" else "python",
-        ]
-    return args + (["--date", date_] if date_ else [])
-
-
-def _cold(path: str, model: Model, work: Path, master: str) -> dict[str, Any]:
-    """One fresh spark-submit process: the job's own seconds, the process's, the phases."""
+def _command(path: str, model: Model, day: str, target: str, args: argparse.Namespace) -> list[str]:
     from scoring.batch.spark import submit_command
 
-    script = ROOT / ("benchmarks/spark_udf_job.py" if path == "b" else "jobs/batch/score.py")
-    target = str(work / f"cold_{model.name}_{path}")
-    command = submit_command(script, _job_args(path, model, target), master=master)
+    uri = f"models:/{model.name}@champion"
+    common = ["--source", model.source, "--target", target, "--date", day]
+    if path == "arrow":
+        scoring = str(Path(sys.executable).parent / "scoring")
+        return [scoring, "batch", "run", "--model", uri, *common, "--engine", "arrow",
+                "--threads", str(args.threads)]  # fmt: skip
+    if path == "g":
+        return [sys.executable, str(ROOT / "benchmarks" / "limit_job.py"), "--model", uri,
+                *common, "--threads", str(args.threads)]  # fmt: skip
+    if path == "spark_udf":
+        job = ["--model-dir", str(model.native_dir), *common, "--key", model.key,
+               "--features", json.dumps(model.features)]  # fmt: skip
+        return submit_command(ROOT / "benchmarks/spark_udf_job.py", job, master=args.master)
+    job = ["--model", uri, *common, "--engine", path]
+    return submit_command(ROOT / "jobs/batch/score.py", job, master=args.master)
+
+
+def _peak_rss(process: psutil.Process, stop: threading.Event, peak: list[int]) -> None:
+    while not stop.wait(0.05):
+        try:
+            tree = [process, *process.children(recursive=True)]
+            total = 0
+            for p in tree:
+                try:
+                    total += p.memory_info().rss
+                except psutil.Error:  # a child that just ended
+                    continue
+        except psutil.Error:
+            return
+        peak[0] = max(peak[0], total)
+
+
+def _cold(
+    path: str, model: Model, day: str, work: Path, args: argparse.Namespace
+) -> dict[str, float]:
+    """One fresh process: its wall time, the job's own seconds and the peak RSS of its tree."""
+    target = str(work / f"out_{model.name}_{path}")
+    command = _command(path, model, day, target, args)
+    stop, peak = threading.Event(), [0]
     started = time.perf_counter()
-    done = subprocess.run(command, capture_output=True, text=True, check=False)
+    child = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    sampler = threading.Thread(target=_peak_rss, args=(psutil.Process(child.pid), stop, peak))
+    sampler.start()
+    out, err = child.communicate()
     wall = time.perf_counter() - started
-    if done.returncode != 0:
-        sys.stderr.write(done.stderr[-4000:])
-        raise SystemExit(f"cold run ({path}) of {model.name} failed with {done.returncode}")
-    summary = json.loads(done.stdout.strip().splitlines()[-1])
-    return {"job": summary["seconds"], "process": wall, "timings": summary.get("timings", {})}
+    stop.set()
+    sampler.join()
+    if child.returncode != 0:
+        sys.stderr.write(err[-4000:])
+        raise SystemExit(f"{path} on {day} of {model.name} failed with {child.returncode}")
+    summary = json.loads(out.strip().splitlines()[-1])
+    return {"process": wall, "job": float(summary["seconds"]), "peak_mb": peak[0] / 2**20}
 
 
-def _warm(spark: Any, model: Model, work: Path, repeat: int, console: Console) -> None:
-    import pyarrow as pa
-    import pyarrow.dataset as ds
-    from pyspark.sql import functions as F
-    from scoring.batch.job import BatchJob, run
-    from scoring.model.artifact import load_artifact
-
-    sys.path.insert(0, str(ROOT / "benchmarks"))
-    import spark_udf_job
-
-    day = START.isoformat()
-
-    def job(engine: str) -> Callable[[str, str | None], None]:
-        def go(target: str, date_: str | None) -> None:
-            summary = run(
-                spark,
-                BatchJob(
-                    model=f"models:/{model.name}@champion",
-                    source=model.source,
-                    target=target,
-                    date=date_,
-                    engine=engine,  # type: ignore[arg-type]
-                ),
-            )
-            assert date_ or summary["rows_read"] == model.rows
-
-        return go
-
-    def job_b(target: str, date_: str | None) -> None:
-        args = argparse.Namespace(
-            model_dir=str(model.native_dir),
-            source=model.source,
-            target=target,
-            key=model.key,
-            features=json.dumps(model.features),
-            date=date_,
-        )
-        spark_udf_job.score(spark, args)
-
-    scorer = load_artifact(f"models:/{model.name}@champion").scorer(threads=1)
-    # A freshly written table: every data file belongs to its current version.
-    files = [str(p) for p in Path(model.source).rglob("*.parquet") if "_delta_log" not in p.parts]
-
-    def job_c(target: str, date_: str | None) -> None:
-        seen = 0
-        for batch in ds.dataset(files[:1] if date_ else files, format="parquet").to_batches(
-            batch_size=20_000
-        ):
-            seen += len(scorer.score(batch).score)
-        assert date_ or seen == model.rows
-
-    columns = [model.key, "ds"] + [n for n, _ in model.features]
-
-    def passthrough(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
-        yield from batches
-
-    def job_d(target: str, date_: str | None) -> None:
-        frame = spark.read.format("delta").load(model.source).select(*columns)
-        if date_:
-            frame = frame.where(F.col("ds") == date_)
-        frame.mapInArrow(passthrough, frame.schema).write.format("noop").mode("overwrite").save()
-
-    paths = {"e": job("jvm"), "a": job("python"), "b": job_b, "c": job_c, "d": job_d}
-    for key, go in paths.items():
-        with console.status(f"{model.title}: warm ({key}), warm-up then {repeat} timed runs"):
-            go(str(work / f"warm_{model.name}_{key}"), day)
-            target = str(work / f"out_{model.name}_{key}")
-            best = min(_seconds(go, target) for _ in range(repeat))
-        model.warm[key] = model.rows / best
-        console.print(f"{model.title}: warm ({key}) {model.warm[key]:,.0f} rows/s")
+def _median(values: list[float]) -> str:
+    return f"{statistics.median(values):.1f} ({min(values):.1f}-{max(values):.1f})"
 
 
-def _seconds(job: Callable[[str, str | None], None], target: str) -> float:
-    started = time.perf_counter()
-    job(target, None)
-    return time.perf_counter() - started
-
-
-NAMES = {
-    "e": "(e) this job, JVM engine",
-    "a": "(a) this job, Python engine",
-    "b": "(b) mlflow spark_udf, sklearn flavour",
-    "c": "(c) pyarrow + onnxruntime, 1 process, 1 thread",
-    "d": "(d) Spark's Arrow round trip alone",
-}
-
-
-def _report(console: Console, model: Model, args: argparse.Namespace) -> None:
-    table = Table(
-        title=f"{model.title}: {model.rows:,} rows, {args.master}, {os.cpu_count()} cores"
+def _marginal(model: Model, path: str, measure: str) -> float:
+    """Rows between the two dates over the time between them (medians)."""
+    runs = model.runs[path]
+    seconds = statistics.median(r[measure] for r in runs[LARGE]) - statistics.median(
+        r[measure] for r in runs[SMALL]
     )
-    for column, justify in [
-        ("path", "left"),
-        ("cold job s", "right"),
-        ("cold process s", "right"),
-        ("cold job vs (b)", "right"),
-        ("warm rows/s", "right"),
-        ("warm vs (b)", "right"),
-        ("warm vs (c)", "right"),
-    ]:
-        table.add_column(column, justify=justify)  # type: ignore[arg-type]
-    cold_b = model.cold["b"]["job"]
-    for key, label in NAMES.items():
-        cold = model.cold.get(key)
-        warm = model.warm.get(key)
-        table.add_row(
-            label,
-            f"{cold['job']:.1f}" if cold else "",
-            f"{cold['process']:.1f}" if cold else "",
-            f"{cold_b / cold['job']:.2f}x" if cold else "",
-            f"{warm:,.0f}" if warm else "",
-            f"{warm / model.warm['b']:.2f}x" if warm else "",
-            f"{warm / model.warm['c']:.2f}x" if warm else "",
-        )
+    rows = model.rows[LARGE] - model.rows[SMALL]
+    return rows / seconds if seconds > 0 else float("inf")
+
+
+def _report(console: Console, model: Model, paths: list[str], args: argparse.Namespace) -> None:
+    rounds = len(model.runs[paths[0]][LARGE])
+    table = Table(
+        title=f"{model.title}: {model.rows[SMALL]:,} and {model.rows[LARGE]:,} rows, "
+        f"{args.master} / {args.threads} threads, {os.cpu_count()} cores, {rounds} rounds; "
+        "seconds and MB: median (min-max)"
+    )
+    columns: list[tuple[str, Callable[[str], str]]] = [
+        ("path", lambda p: NAMES[p]),
+        ("process s, small", lambda p: _median([r["process"] for r in model.runs[p][SMALL]])),
+        ("process s, large", lambda p: _median([r["process"] for r in model.runs[p][LARGE]])),
+        ("job s, large", lambda p: _median([r["job"] for r in model.runs[p][LARGE]])),
+        ("marginal rows/s", lambda p: f"{_marginal(model, p, 'job'):,.0f}"),
+        ("peak MB, large", lambda p: _median([r["peak_mb"] for r in model.runs[p][LARGE]])),
+    ]
+    for name, _ in columns:
+        table.add_column(name, justify="left" if name == "path" else "right")
+    for path in paths:
+        table.add_row(*[cell(path) for _, cell in columns])
     console.print(table)
-    ratio = cold_b / model.cold["e"]["job"]
-    line = f"cold (e) vs (b), job's own time: {ratio:.2f}x (target >= 3x)"
-    if model.warm:
-        line += f"; warm (e) vs (c): {model.warm['e'] / model.warm['c']:.2f}x (target >= 0.8x)"
-    console.print(line)
-    for key in ("e", "a"):
-        phases = ", ".join(f"{k} {v:.1f}s" for k, v in model.cold[key]["timings"].items())
-        console.print(f"  cold ({key}) phases: {phases}")
+
+    def whole(path: str) -> float:
+        return statistics.median(r["process"] for r in model.runs[path][LARGE])
+
+    lines = []
+    if {"arrow", "spark_udf"} <= set(paths):
+        ratio = whole("spark_udf") / whole("arrow")
+        lines.append(f"arrow whole process vs spark_udf, large date: {ratio:.1f}x (target >= 5x)")
+    if {"arrow", "g"} <= set(paths):
+        ratio = _marginal(model, "arrow", "job") / _marginal(model, "g", "job")
+        lines.append(f"arrow marginal rate vs (g): {ratio:.2f}x (target >= 0.8x)")
+    if {"jvm", "spark_udf"} <= set(paths):
+        ratio = _marginal(model, "jvm", "job") / _marginal(model, "spark_udf", "job")
+        lines.append(
+            f"Spark default (jvm) marginal rate vs spark_udf: {ratio:.2f}x (target >= 1.5x)"
+        )
+    if {"jvm", "python"} <= set(paths):
+        ratio = _marginal(model, "jvm", "job") / _marginal(model, "python", "job")
+        lines.append(f"jvm marginal rate vs python: {ratio:.2f}x (ADR 0006: jvm must be >= 1.5x)")
+    for line in lines:
+        console.print(line)
 
 
 if __name__ == "__main__":

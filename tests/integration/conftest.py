@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import re
 import subprocess
+import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import date
@@ -17,9 +18,9 @@ import pyarrow as pa
 import pytest
 from pyspark.sql import SparkSession
 from scoring.batch.spark import build_session
+from scoring.batch.tables import for_spark
 from scoring.dev import kafka_broker, services
-from scoring.dev.demo.data import LABEL, generate_day
-from scoring.dev.demo.run import write_demo_table
+from scoring.dev.demo.data import LABEL, generate_day, write_parquet
 from scoring.dev.demo.train import TrainedModel, train
 from scoring.dev.kafka_broker import Broker, SecureListeners, free_port
 from scoring.dev.services import MlflowServer, S3Server
@@ -32,6 +33,18 @@ START = date(2026, 11, 1)
 DAYS = ("2026-11-01", "2026-11-02", "2026-11-03")
 ROWS_PER_DAY = 3000
 STANDALONE = PROJECT_ROOT / "infra" / "spark" / "standalone.sh"
+
+
+def write_demo_table(
+    spark: SparkSession, path: str, days: int, rows_per_day: int, start: date = START
+) -> None:
+    """The demo transactions written by Spark as a Delta table partitioned by date."""
+    with tempfile.TemporaryDirectory(prefix="scoring-demo-") as tmp:
+        write_parquet(Path(tmp), start, days, rows_per_day)
+        frame = spark.read.parquet(tmp)
+        frame.write.format("delta").mode("overwrite").option("overwriteSchema", "true").partitionBy(
+            "ds"
+        ).save(for_spark(path))
 
 
 @pytest.fixture(scope="session")

@@ -4,7 +4,8 @@ Every Airflow command runs as a subprocess of `.venv-airflow` in the environment
 `infra/airflow/env.sh` sets up (the one users source), pointed at a fresh data dir: the
 model registered in its MLflow store, the demo transactions of the integration session
 as the source. `airflow dags test` then runs the whole DAG for one date: the sensor and
-checks through the project CLI, the batch job through spark-submit on local[2].
+checks through the project CLI, the batch job on its default engine (arrow, a plain task)
+or, when the Variable says so, through spark-submit on local[2].
 """
 
 from __future__ import annotations
@@ -41,9 +42,13 @@ def _day(spark: SparkSession, table: str, day: str = DAY) -> list[tuple]:
     )
 
 
-def _dags_test(airflow: Airflow, lake: dict[str, str]) -> tuple[str, int, str]:
-    """`airflow dags test` for DAY: the run id, the exit code and the whole output."""
-    result = airflow("dags", "test", DAG_ID, DAY, **lake)
+ARROW_TASKS = {"score_arrow"}
+SPARK_TASKS = {"spark_conf", "score"}
+
+
+def _dags_test(airflow: Airflow, lake: dict[str, str], day: str = DAY) -> tuple[str, int, str]:
+    """`airflow dags test` for ``day``: the run id, the exit code and the whole output."""
+    result = airflow("dags", "test", DAG_ID, day, **lake)
     return airflow.last_run_id(DAG_ID), result.returncode, result.stdout + result.stderr
 
 
@@ -96,9 +101,10 @@ print(json.dumps({
     for dag_id, dag in bag["dags"].items():
         assert dag["tags"], f"{dag_id} has no tags"
         assert dag["doc_md"], f"{dag_id} has no doc_md"
-        assert dag["max_active_runs"] is not None
         assert all(r >= 2 for r in dag["retries"].values()), (dag_id, dag["retries"])
     assert bag["dags"][DAG_ID]["catchup"] is False
+    # One run at a time: one writer per table (Airflow's default would be 16).
+    assert bag["dags"][DAG_ID]["max_active_runs"] == 1
     # Parsing the DAG files imports no heavy library and not the project itself.
     heavy = {"pyspark", "pandas", "mlflow", "onnxruntime", "deltalake", "scoring", "jobs"}
     assert heavy.isdisjoint(bag["imported"]), sorted(heavy & set(bag["imported"]))
@@ -112,7 +118,9 @@ def test_a_date_is_scored_checked_and_reported(
     spark: SparkSession,
 ) -> None:
     run_id, rows = first_run
-    assert set(airflow.task_states(DAG_ID, run_id).values()) == {"success"}
+    states = airflow.task_states(DAG_ID, run_id)
+    assert {t for t, state in states.items() if state == "skipped"} == SPARK_TASKS
+    assert {state for t, state in states.items() if t not in SPARK_TASKS} == {"success"}
     rejects = spark.read.format("delta").load(lake["nightly_rejects"]).where(F.col("ds") == DAY)
     assert len(rows) + rejects.count() == ROWS_PER_DAY and len(rows) > 0
     assert len({r[0] for r in rows}) == len(rows)
@@ -169,24 +177,55 @@ def test_a_failed_check_fails_its_task_naming_the_check_and_numbers(
     assert "- rejects_ratio: " in output and "> max 0.01%" in output
 
 
-def test_a_source_with_a_broken_schema_fails_at_the_batch_task(
+def test_the_spark_engines_run_through_spark_submit(
     airflow: Airflow, lake: dict[str, str], spark: SparkSession, home: Path
 ) -> None:
-    broken = str(home / "lake" / "broken_transactions")
+    on_spark = {
+        **lake,
+        "nightly_engine": "jvm",
+        "nightly_predictions": str(home / "lake" / "spark_scores"),
+        "nightly_rejects": str(home / "lake" / "spark_scores_rejects"),
+    }
+    run_id, code, output = _dags_test(airflow, on_spark, DAYS[2])
+    assert code == 0, output[-5000:]
+    states = airflow.task_states(DAG_ID, run_id)
+    assert {t for t, state in states.items() if state == "skipped"} == ARROW_TASKS
+    assert {state for t, state in states.items() if t not in ARROW_TASKS} == {"success"}
+    rows = _day(spark, on_spark["nightly_predictions"], DAYS[2])
+    rejected = spark.read.format("delta").load(on_spark["nightly_rejects"]).count()
+    assert len(rows) + rejected == ROWS_PER_DAY and len(rows) > 0
+    assert {r[3] for r in rows} == {run_id}
+
+
+@pytest.mark.parametrize(
+    ("engine", "task", "exit_message"),
+    [("arrow", "score_arrow", "exited with code 3"), ("jvm", "score", "Error code is: 3")],
+)
+def test_a_source_with_a_broken_schema_fails_at_the_batch_task(
+    airflow: Airflow,
+    lake: dict[str, str],
+    spark: SparkSession,
+    home: Path,
+    engine: str,
+    task: str,
+    exit_message: str,
+) -> None:
+    broken = str(home / "lake" / f"broken_transactions_{engine}")
     spark.read.format("delta").load(lake["nightly_source"]).drop("amount").withColumn(
         "country", F.lit(7)
     ).write.format("delta").partitionBy("ds").save(broken)
     broken_lake = {
+        "nightly_engine": engine,
         "nightly_source": broken,
-        "nightly_predictions": str(home / "lake" / "broken_scores"),
-        "nightly_rejects": str(home / "lake" / "broken_scores_rejects"),
+        "nightly_predictions": str(home / "lake" / f"broken_scores_{engine}"),
+        "nightly_rejects": str(home / "lake" / f"broken_scores_rejects_{engine}"),
     }
     run_id, code, output = _dags_test(airflow, broken_lake)
     assert code != 0
-    assert "Error code is: 3" in output  # the job's exit code for a schema problem
+    assert exit_message in output  # the job's exit code for a schema problem
     assert "missing column 'amount'" in output
-    assert "column 'country' is int, expected string" in output
+    assert "column 'country' is int" in output and "expected string" in output
     states = airflow.task_states(DAG_ID, run_id)
-    assert states["wait_for_source"] == "success" and states["score"] == "failed"
+    assert states["wait_for_source"] == "success" and states[task] == "failed"
     assert states["check_output"] == states["report"] == "upstream_failed"
     assert not Path(broken_lake["nightly_predictions"]).exists()

@@ -14,8 +14,10 @@ import subprocess
 import sys
 from pathlib import Path
 
+import boto3
 import pyarrow as pa
 import pytest
+from botocore.exceptions import ClientError
 from deltalake import DeltaTable
 from pyspark.sql import SparkSession
 from pyspark.sql import functions as F
@@ -188,3 +190,42 @@ def test_the_arrow_engine_on_a_bucket(
     assert local["rows_scored"] == in_bucket.num_rows
     assert on_disk["score"].equals(in_bucket["score"])
     assert pa.compute.all(pa.compute.equal(on_disk[KEY], in_bucket[KEY])).as_py()
+
+
+def test_concurrent_arrow_writers_of_one_bucket_table_all_land(
+    spark: SparkSession, s3: S3Server, source_table: str, artifact_dir: Path
+) -> None:
+    """delta-rs commits with S3's put-if-absent: writers racing for a version all land.
+
+    The store must refuse a second put-if-absent of the same key (else the race is lost
+    silently); three jobs then write three dates of one table at the same time.
+    """
+    client = boto3.client("s3", endpoint_url=s3.endpoint, region_name=s3.region)
+    client.put_object(Bucket="lake", Key="race/probe", Body=b"1", IfNoneMatch="*")
+    with pytest.raises(ClientError, match="PreconditionFailed"):
+        client.put_object(Bucket="lake", Key="race/probe", Body=b"2", IfNoneMatch="*")
+
+    source = "s3://lake/race/transactions"
+    spark.read.format("delta").load(source_table).write.format("delta").partitionBy("ds").save(
+        for_spark(source)
+    )
+    target = "s3://lake/race/fraud_scores"
+
+    def start(day: str) -> subprocess.Popen[str]:
+        args = [*job_args(artifact_dir, source, target, day), "--engine", "arrow"]
+        return subprocess.Popen(
+            [SCORING, "batch", "run", *args, "--run-id", f"run-{day}"],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+
+    jobs = [start(day) for day in DAYS]
+    summaries = {}
+    for day, job in zip(DAYS, jobs, strict=True):
+        out, err = job.communicate(timeout=300)
+        assert job.returncode == 0, err
+        summaries[day] = json.loads(out.strip().splitlines()[-1])
+    assert _per_day(spark, target) == {
+        day: (summaries[day]["rows_scored"], {f"run-{day}"}) for day in DAYS
+    }

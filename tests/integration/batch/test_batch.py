@@ -13,11 +13,10 @@ from pyspark.sql import functions as F
 from scoring.batch import job as job_module
 from scoring.batch.job import BatchJob, run, table_version
 from scoring.batch.main import main
-from scoring.dev.demo.run import write_demo_table
 from scoring.model.artifact import load_artifact
 from scoring.model.contract import Feature, validate
 
-from tests.integration.conftest import DAYS, ROWS_PER_DAY, START, job_args
+from tests.integration.conftest import DAYS, ROWS_PER_DAY, START, job_args, write_demo_table
 
 
 def _job(artifact_dir: Path, source: str, lake: Path, date: str | None = DAYS[1]) -> BatchJob:

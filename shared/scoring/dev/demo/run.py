@@ -1,7 +1,8 @@
 """``scoring demo``: both paths end to end on embedded defaults.
 
 Generates a card-transaction Delta table, trains a fraud pipeline, packages and registers
-it as ONNX, promotes it to ``champion`` and scores the newest date with the batch job;
+it as ONNX, promotes it to ``champion`` and scores the newest date with the batch job (on
+its default engine on one machine, the embedded arrow engine: no JVM);
 then streams some of that date's rows through Kafka and the stream processor and checks
 that both paths gave the same scores (:mod:`scoring.dev.demo.stream`). Everything lands under
 the data dir (``SCORING_HOME``, default ``./.scoring``).
@@ -9,7 +10,6 @@ the data dir (``SCORING_HOME``, default ``./.scoring``).
 
 from __future__ import annotations
 
-import tempfile
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -18,22 +18,22 @@ from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
-from pyspark.sql import SparkSession
-from pyspark.sql import functions as F
+import pyarrow.compute as pc
+from deltalake import DeltaTable, write_deltalake
 from rich.console import Console
 from rich.table import Table
 
-from scoring.batch.job import BatchJob, run, table_version
-from scoring.batch.spark import build_session
-from scoring.batch.tables import for_spark
-from scoring.dev.demo.data import DATE, FEATURES, KEY, write_parquet
+from scoring.batch import lake
+from scoring.batch.main import run_job
+from scoring.batch.spec import BatchJob
+from scoring.dev.demo.data import DATE, FEATURES, KEY, generate_day
 from scoring.dev.demo.stream import run_stream_demo
 from scoring.dev.demo.train import train
 from scoring.lifecycle import registry
 from scoring.lifecycle.packaging import package
 from scoring.settings import load
 
-__all__ = ["MODEL_NAME", "lake_paths", "run_demo", "write_demo_table"]
+__all__ = ["MODEL_NAME", "lake_paths", "run_demo", "write_demo_lake"]
 
 MODEL_NAME = "fraud"
 START = date(2026, 11, 1)
@@ -46,16 +46,23 @@ def lake_paths(home: Path) -> dict[str, str]:
     }
 
 
-def write_demo_table(
-    spark: SparkSession, path: str, days: int, rows_per_day: int, start: date = START
-) -> None:
-    """Write the demo transactions as a Delta table partitioned by date (overwrites)."""
-    with tempfile.TemporaryDirectory(prefix="scoring-demo-") as tmp:
-        write_parquet(Path(tmp), start, days, rows_per_day)
-        frame = spark.read.parquet(tmp)
-        frame.write.format("delta").mode("overwrite").option("overwriteSchema", "true").partitionBy(
-            DATE
-        ).save(for_spark(path))
+def write_demo_lake(path: str, days: int, rows_per_day: int, start: date = START) -> int:
+    """Write the demo transactions as a Delta table partitioned by date, in one commit
+    (replacing what was there); returns the table's version."""
+    schema = generate_day(start, 1).schema
+    batches = (
+        batch
+        for offset in range(days)
+        for batch in generate_day(start + timedelta(days=offset), rows_per_day).to_batches()
+    )
+    write_deltalake(
+        path,
+        pa.RecordBatchReader.from_batches(schema, batches),
+        partition_by=[DATE],
+        mode="overwrite",
+        schema_mode="overwrite",
+    )
+    return DeltaTable(path).version()
 
 
 @contextmanager
@@ -77,19 +84,14 @@ def run_demo(
     paths = lake_paths(settings.home)
     work = settings.home.resolve() / "demo"
     last_day = (START + timedelta(days=days - 1)).isoformat()
-    console.rule("[bold]scoring demo: one ONNX artifact, nightly on Spark + Delta, live on Kafka")
-    with _step(console, "Starting Spark (local, Delta Lake jars from infra/jars)"):
-        spark = build_session("scoring-demo", settings=settings)
+    console.rule("[bold]scoring demo: one ONNX artifact, nightly on Delta, live on Kafka")
     with _step(console, f"Writing {days} days x {rows_per_day:,} transactions as Delta"):
-        write_demo_table(spark, paths["transactions"], days, rows_per_day)
-        source_version = table_version(spark, paths["transactions"])
+        source_version = write_demo_lake(paths["transactions"], days, rows_per_day)
     with _step(console, "Training the fraud pipeline (impute, scale, one-hot, logistic)"):
         history = (
-            spark.read.format("delta")
-            .option("versionAsOf", source_version)
-            .load(paths["transactions"])
-            .where(f"{DATE} < '{last_day}'")
-            .toArrow()
+            DeltaTable(paths["transactions"], version=source_version)
+            .to_pyarrow_dataset()
+            .to_table(filter=pc.field(DATE) < pa.scalar(date.fromisoformat(last_day)))
         )
         trained = train(history, work, paths["transactions"], source_version)
     with _step(console, "Converting to ONNX, verifying against scikit-learn, registering"):
@@ -99,19 +101,18 @@ def run_demo(
     with _step(console, f"Promoting version {info.version} to champion"):
         registry.promote(MODEL_NAME, info.version, "champion")
     with _step(console, f"Batch-scoring {last_day} with models:/{MODEL_NAME}@champion"):
-        summary = run(
-            spark,
+        summary = run_job(
             BatchJob(
                 model=f"models:/{MODEL_NAME}@champion",
                 source=paths["transactions"],
                 target=paths["fraud_scores"],
                 rejects=paths["fraud_scores_rejects"],
                 date=last_day,
-            ),
+            )
         )
-    _show(console, spark, summary, trained.metrics, settings.mlflow_tracking_uri)
+    _show(console, summary, trained.metrics, settings.mlflow_tracking_uri)
     if stream_events > 0:
-        rows, batch_scores = _stream_sample(spark, paths, last_day, stream_events)
+        rows, batch_scores = _stream_sample(paths, last_day, stream_events)
         console.rule(f"[bold]The same champion, live: {len(rows):,} events of {last_day} on Kafka")
         summary["stream"] = run_stream_demo(
             console,
@@ -125,27 +126,13 @@ def run_demo(
     return summary
 
 
-def _stream_sample(
-    spark: SparkSession, paths: dict[str, str], day: str, n: int
-) -> tuple[pa.Table, dict[str, float]]:
+def _stream_sample(paths: dict[str, str], day: str, n: int) -> tuple[pa.Table, dict[str, float]]:
     """The first ``n`` source rows of ``day`` and the batch scores of those that were scored."""
-    rows = (
-        spark.read.format("delta")
-        .load(paths["transactions"])
-        .where(f"{DATE} = '{day}'")
-        .orderBy(KEY)
-        .limit(n)
-        .toArrow()
-    )
-    keys = rows.column(KEY).to_pylist()
-    scored = (
-        spark.read.format("delta")
-        .load(paths["fraud_scores"])
-        .where(f"{DATE} = '{day}'")
-        .where(F.col(KEY).isin(keys))
-        .select(KEY, "score")
-        .toArrow()
-    )
+    source = DeltaTable(paths["transactions"]).to_pyarrow_dataset()
+    rows = source.to_table(filter=lake.date_filter(source.schema, DATE, day))
+    rows = rows.sort_by(KEY).slice(0, n)
+    scored = lake.read_date(paths["fraud_scores"], day, [KEY, "score"])
+    scored = scored.filter(pc.is_in(scored[KEY], rows[KEY]))
     return rows, dict(
         zip(scored.column(KEY).to_pylist(), scored.column("score").to_pylist(), strict=True)
     )
@@ -153,7 +140,6 @@ def _stream_sample(
 
 def _show(
     console: Console,
-    spark: SparkSession,
     summary: dict[str, Any],
     metrics: dict[str, float],
     tracking_uri: str,
@@ -174,8 +160,9 @@ def _show(
             f"{summary['rows_read']:,} / {summary['rows_scored']:,} / {summary['rows_rejected']:,}",
         ),
         (
-            "elapsed",
-            f"{summary['seconds']:.1f}s, Spark warm-up included (`make bench` measures throughput)",
+            "engine",
+            f"{summary['engine']} ({summary['engine_reason']}); {summary['seconds']:.1f}s "
+            "(`make bench` compares the engines)",
         ),
         ("predictions", summary["target"]),
         ("rejects", summary["rejects"]),
@@ -186,30 +173,17 @@ def _show(
     top = Table(title="Highest fraud scores")
     for column in ("transaction_id", "score", "label", "model_version"):
         top.add_column(column)
-    for row in (
-        spark.read.format("delta")
-        .load(summary["target"])
-        .where(f"{DATE} = '{summary['date']}'")
-        .orderBy("score", ascending=False)
-        .limit(5)
-        .collect()
-    ):
-        top.add_row(
-            row["transaction_id"], f"{row['score']:.4f}", str(row["label"]), row["model_version"]
-        )
+    scores = lake.read_date(
+        summary["target"], summary["date"], [KEY, "score", "label", "model_version"]
+    )
+    for row in scores.sort_by([("score", "descending")]).slice(0, 5).to_pylist():
+        top.add_row(row[KEY], f"{row['score']:.4f}", str(row["label"]), row["model_version"])
     console.print(top)
     reasons = Table(title="Rejected rows by reason")
     reasons.add_column("reason")
     reasons.add_column("rows", justify="right")
-    for row in (
-        spark.read.format("delta")
-        .load(summary["rejects"])
-        .where(f"{DATE} = '{summary['date']}'")
-        .groupBy("reason")
-        .count()
-        .orderBy("count", ascending=False)
-        .limit(5)
-        .collect()
-    ):
-        reasons.add_row(row["reason"], f"{row['count']:,}")
+    refused = lake.read_date(summary["rejects"], summary["date"], ["reason"])
+    counts = refused.group_by("reason").aggregate([("reason", "count")])
+    for row in counts.sort_by([("reason_count", "descending")]).slice(0, 5).to_pylist():
+        reasons.add_row(row["reason"], f"{row['reason_count']:,}")
     console.print(reasons)
