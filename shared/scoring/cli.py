@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import atexit
 import functools
 import json
 import logging
 import os
+import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
@@ -16,10 +18,11 @@ from rich.table import Table
 
 from scoring.errors import ModelNotFoundError, ScoringError
 
-__all__ = ["app"]
+__all__ = ["app", "main"]
 
 app = typer.Typer(
-    help="Score one ONNX model artifact on Spark + Delta and on Kafka.",
+    help="Score one ONNX model artifact on Delta tables (in one process or on Spark) and on "
+    "Kafka.",
     no_args_is_help=True,
     pretty_exceptions_enable=False,
 )
@@ -68,7 +71,7 @@ def _user_errors(func: F) -> F:
 
 
 @app.callback()
-def main(verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False) -> None:
+def _global_options(verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False) -> None:
     level = logging.INFO if verbose else logging.WARNING
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s %(message)s")
     # mlflow sets its own level when it is (lazily) imported and logs migrations at INFO.
@@ -924,3 +927,29 @@ def demo(
     run_demo(
         console, rows_per_day=rows_per_day, days=days, stream_events=stream_events, secure=secure
     )
+
+
+def main() -> None:
+    """The console script: the app, then an exit that cannot abort after the work is done.
+
+    In a process that read Delta tables with delta-rs, pyarrow's scanner threads over
+    delta-rs's file system can outlive the interpreter and abort it while it tears down
+    (``terminate called without an active exception``, exit -6; delta-rs #2184, polars
+    #24169), turning a finished job into a failed task. Such a process runs its exit
+    handlers (logging, MLflow), flushes, and ends without the native teardown.
+    """
+    try:
+        app()
+        code = 0
+    except SystemExit as exc:
+        if exc.code is None or isinstance(exc.code, int):
+            code = exc.code or 0
+        else:
+            print(exc.code, file=sys.stderr)
+            code = 1
+    if "deltalake" not in sys.modules:
+        sys.exit(code)
+    atexit._run_exitfuncs()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)

@@ -133,7 +133,7 @@ def test_the_wheel_adds_only_the_scoring_import_name(wheel: Path) -> None:
     assert tops == {"scoring", info}, f"unexpected top-level names: {sorted(tops)}"
     assert "scoring/py.typed" in entries
     assert "scoring/entrypoints/batch_score.py" in entries
-    assert "scoring = scoring.cli:app" in entry_points
+    assert "scoring = scoring.cli:main" in entry_points
 
 
 def test_the_commands_run_from_the_wheel_without_the_checkout(

@@ -20,7 +20,13 @@ from pyspark.sql import functions as F
 from scoring.dev.demo.train import TrainedModel
 from scoring.lifecycle import registry
 
-from tests.integration.airflow.airflow_helpers import AIRFLOW_VENV, Airflow, nightly_reference
+from tests.integration.airflow.airflow_helpers import (
+    AIRFLOW_VENV,
+    ARROW_TASKS,
+    SPARK_TASKS,
+    Airflow,
+    nightly_reference,
+)
 from tests.integration.conftest import DAYS, ROWS_PER_DAY
 
 DAG_ID = "nightly_batch_scoring"
@@ -40,10 +46,6 @@ def _day(spark: SparkSession, table: str, day: str = DAY) -> list[tuple]:
     return sorted(
         tuple(r) for r in rows.select("transaction_id", "score", "label", "run_id").collect()
     )
-
-
-ARROW_TASKS = {"score_arrow"}
-SPARK_TASKS = {"spark_conf", "score"}
 
 
 def _dags_test(airflow: Airflow, lake: dict[str, str], day: str = DAY) -> tuple[str, int, str]:
@@ -118,9 +120,9 @@ def test_a_date_is_scored_checked_and_reported(
     spark: SparkSession,
 ) -> None:
     run_id, rows = first_run
-    states = airflow.task_states(DAG_ID, run_id)
-    assert {t for t, state in states.items() if state == "skipped"} == SPARK_TASKS
-    assert {state for t, state in states.items() if t not in SPARK_TASKS} == {"success"}
+    assert airflow.ran_one_engine(DAG_ID, run_id, skipped=SPARK_TASKS), airflow.task_states(
+        DAG_ID, run_id
+    )
     rejects = spark.read.format("delta").load(lake["nightly_rejects"]).where(F.col("ds") == DAY)
     assert len(rows) + rejects.count() == ROWS_PER_DAY and len(rows) > 0
     assert len({r[0] for r in rows}) == len(rows)
@@ -188,9 +190,9 @@ def test_the_spark_engines_run_through_spark_submit(
     }
     run_id, code, output = _dags_test(airflow, on_spark, DAYS[2])
     assert code == 0, output[-5000:]
-    states = airflow.task_states(DAG_ID, run_id)
-    assert {t for t, state in states.items() if state == "skipped"} == ARROW_TASKS
-    assert {state for t, state in states.items() if t not in ARROW_TASKS} == {"success"}
+    assert airflow.ran_one_engine(DAG_ID, run_id, skipped=ARROW_TASKS), airflow.task_states(
+        DAG_ID, run_id
+    )
     rows = _day(spark, on_spark["nightly_predictions"], DAYS[2])
     rejected = spark.read.format("delta").load(on_spark["nightly_rejects"]).count()
     assert len(rows) + rejected == ROWS_PER_DAY and len(rows) > 0

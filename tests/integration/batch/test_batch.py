@@ -168,14 +168,22 @@ def broken_source(spark: SparkSession, source_table: str, lake: Path) -> str:
     return path
 
 
+@pytest.mark.parametrize(("engine", "int_type"), [("arrow", "int32"), ("jvm", "int")])
 def test_schema_mismatch_exits_non_zero_and_writes_nothing(
-    broken_source: str, artifact_dir: Path, lake: Path, capsys: pytest.CaptureFixture[str]
+    broken_source: str,
+    artifact_dir: Path,
+    lake: Path,
+    capsys: pytest.CaptureFixture[str],
+    engine: str,
+    int_type: str,
 ) -> None:
-    code = main(job_args(artifact_dir, broken_source, lake / "scores", DAYS[1]))
+    args = job_args(artifact_dir, broken_source, lake / "scores", DAYS[1])
+    code = main([*args, "--engine", engine])
     out = capsys.readouterr()
     assert code == 3
     assert "missing column 'amount'" in out.err
-    assert "column 'country' is int, expected string" in out.err
+    # Each engine names the column's type as its own schema does.
+    assert f"column 'country' is {int_type}, expected string" in out.err
     assert json.loads(out.out.strip().splitlines()[-1])["status"] == "failed"
     assert not (lake / "scores").exists() and not (lake / "scores_rejects").exists()
 
