@@ -7,8 +7,6 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 JARS_STAMP := infra/jars/.resolved
 KAFKA_JARS_STAMP := infra/kafka/jars/.resolved
-ENGINE_STAMP := infra/engine/jars/.built
-ENGINE_SOURCES := $(shell find infra/engine/src -name '*.java')
 AIRFLOW_VENV := .venv-airflow
 AIRFLOW_STAMP := $(AIRFLOW_VENV)/.installed
 
@@ -23,12 +21,6 @@ $(STAMP): pyproject.toml
 # JVM jars (Delta Lake) resolved once by Maven; Spark never downloads anything at run time.
 $(JARS_STAMP): infra/pom.xml
 	mvn -q -B -f infra/pom.xml package
-	touch $@
-
-# The JVM scoring engine (ONNX Runtime for Java in the executors, ADR 0006): its own jar
-# plus onnxruntime's, in infra/engine/jars; scoring.batch.spark adds them to spark.jars.
-$(ENGINE_STAMP): infra/engine/pom.xml $(ENGINE_SOURCES)
-	mvn -q -B -f infra/engine/pom.xml package
 	touch $@
 
 # Kafka broker jars (KRaft, for tests and local dev; shared/kafka_broker.py starts it).
@@ -46,7 +38,7 @@ $(AIRFLOW_STAMP): infra/airflow/requirements.txt infra/airflow/constraints.txt
 	touch $@
 
 venv: $(STAMP)
-jars: $(JARS_STAMP) $(ENGINE_STAMP)
+jars: $(JARS_STAMP)
 kafka-jars: $(KAFKA_JARS_STAMP)
 airflow: $(AIRFLOW_STAMP)
 
@@ -81,5 +73,4 @@ cluster-down:
 	PYTHON=$(PY) infra/spark/standalone.sh stop
 
 clean:
-	rm -rf $(VENV) .venv-airflow infra/jars infra/kafka/jars infra/target infra/engine/jars \
-		infra/engine/target .scoring
+	rm -rf $(VENV) .venv-airflow infra/jars infra/kafka/jars infra/target .scoring

@@ -11,8 +11,8 @@ ends (00:00 UTC on the 8th) and scores the rows whose date column is 2026-11-07.
 2. **choose_engine**: `scoring_nightly_engine` picks the path. `arrow` (the default): the
    job runs in the worker as a plain task, **score_arrow** (`scoring batch run --engine
    arrow`: delta-rs and onnxruntime in one process, no JVM), for dates that fit a machine.
-   `jvm` or `python`: the Spark engines, through the two tasks below (see ADR 0010 for
-   which to choose).
+   `python`: the Spark engine, through the two tasks below (see ADR 0010 for which to
+   choose).
 3. **spark_conf**: the project writes the Spark settings every scoring job needs (jars,
    Delta, Arrow, Python) as a properties file (`scoring batch spark-conf`).
 4. **score**: `spark-submit jobs/batch/score.py` through the `spark_default` connection
@@ -32,7 +32,7 @@ without retries.
 
 Variables (all optional, see `scoring_common.py` for the shared ones):
 `scoring_nightly_source`, `scoring_nightly_predictions`, `scoring_nightly_rejects`,
-`scoring_nightly_date_column`, `scoring_nightly_engine` (`arrow`, `jvm` or `python`),
+`scoring_nightly_date_column`, `scoring_nightly_engine` (`arrow` or `python`),
 `scoring_nightly_reports_dir`,
 `scoring_nightly_max_rejects_ratio`, `scoring_nightly_max_psi`,
 `scoring_nightly_reference_date`, `scoring_nightly_experiment`.
@@ -57,7 +57,7 @@ from airflow.sdk import DAG, CronDataIntervalTimetable, task
 from airflow.sdk.exceptions import AirflowFailException
 
 REPORTS = "{{ scoring('nightly_reports_dir') }}/{{ ds }}"
-SPARK_ENGINES = ("jvm", "python")
+SPARK_ENGINES = ("python",)
 # The output tasks run after whichever engine ran; the other's tasks are skipped.
 AFTER_SCORING = "none_failed_min_one_success"
 
@@ -158,15 +158,13 @@ with DAG(
 
     @task.branch(task_id="choose_engine")
     def choose_engine() -> str:
-        """The arrow engine as a plain task, or the Spark engines through spark-submit."""
+        """The arrow engine as a plain task, or the Spark engine through spark-submit."""
         engine = sc.setting("nightly_engine")
         if engine == "arrow":
             return "score_arrow"
         if engine in SPARK_ENGINES:
             return "spark_conf"
-        raise AirflowFailException(
-            f"scoring_nightly_engine is {engine!r}; set arrow, jvm or python."
-        )
+        raise AirflowFailException(f"scoring_nightly_engine is {engine!r}; set arrow or python.")
 
     @task(task_id="score_arrow", execution_timeout=timedelta(hours=4))
     def score_arrow(ds: str | None = None, run_id: str | None = None) -> dict:

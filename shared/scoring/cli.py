@@ -21,8 +21,7 @@ from scoring.errors import ModelNotFoundError, ScoringError
 __all__ = ["app", "main"]
 
 app = typer.Typer(
-    help="Score one ONNX model artifact on Delta tables (in one process or on Spark) and on "
-    "Kafka.",
+    help="Score one ONNX model artifact on Delta tables (in one process or on Spark) and on Kafka.",
     no_args_is_help=True,
     pretty_exceptions_enable=False,
 )

@@ -17,7 +17,6 @@ __all__ = [
     "ConfigError",
     "ContractError",
     "ConversionMismatchError",
-    "EngineMissingError",
     "GateFailedError",
     "JarsMissingError",
     "ModelNotFoundError",
@@ -138,7 +137,7 @@ class TableFeatureError(ScoringError):
         super().__init__(
             f"The Delta table {table} uses {names}, which the arrow engine (delta-rs) cannot "
             f"{action} safely; nothing was written. Score it on Spark instead: "
-            "--engine jvm (or python), or `scoring batch submit`."
+            "--engine python, or `scoring batch submit`."
         )
 
 
@@ -160,20 +159,6 @@ class JarsMissingError(ScoringError):
             "infra/pom.xml, into infra/jars), then point the setting jars_dir "
             "(SCORING_JARS_DIR) at that folder, or copy them into $SCORING_HOME/jars/spark "
             "(the default when the project is installed from a wheel)."
-        )
-
-
-class EngineMissingError(ScoringError):
-    """The JVM engine's classes are not on the Spark session's classpath."""
-
-    exit_code = 2
-
-    def __init__(self, jars_dir: str) -> None:
-        super().__init__(
-            f"The JVM scoring engine is not loaded: no scoring-engine jar from {jars_dir} is on "
-            "the job's classpath. Build it once with `make jars` (Maven, infra/engine/pom.xml), "
-            "point SCORING_ENGINE_JARS_DIR at a folder that has it, launch the job with "
-            "`scoring batch submit`, or score with `--engine python`."
         )
 
 

@@ -44,7 +44,6 @@ ENV = {
     "config": "SCORING_CONFIG",
     "jars_dir": "SCORING_JARS_DIR",
     "kafka_jars_dir": "SCORING_KAFKA_JARS_DIR",
-    "engine_jars_dir": "SCORING_ENGINE_JARS_DIR",
     "tracking_uri": "MLFLOW_TRACKING_URI",
     "registry_uri": "MLFLOW_REGISTRY_URI",
     "ort_threads": "SCORING_ORT_THREADS",
@@ -92,12 +91,6 @@ class Settings(BaseSettings):
         description="Folder of the local Kafka broker's jars (Maven, infra/kafka/pom.xml). "
         "Default: infra/kafka/jars of the checkout, else SCORING_HOME/jars/kafka.",
     )
-    engine_jars_dir: Path = Field(
-        default_factory=lambda data: _jars_default(data["home"], "engine"),
-        validation_alias=ENV["engine_jars_dir"],
-        description="Folder of the JVM scoring engine's jars (infra/engine/pom.xml). "
-        "Default: infra/engine/jars of the checkout, else SCORING_HOME/jars/engine.",
-    )
     tracking_uri: str | None = Field(default=None, validation_alias=ENV["tracking_uri"])
     registry_uri: str | None = Field(default=None, validation_alias=ENV["registry_uri"])
     ort_threads: int = Field(default=1, ge=1, validation_alias=ENV["ort_threads"])
@@ -106,7 +99,7 @@ class Settings(BaseSettings):
         default="4g",
         validation_alias=ENV["local_driver_memory"],
         description="spark.driver.memory on a local[...] master, where the driver JVM is "
-        "also the executor; Spark's own 1g default leaves the JVM engine collecting garbage.",
+        "also the executor; Spark's own 1g default slows the writes of a large date.",
     )
     kafka_bootstrap: str | None = Field(
         default=None,
@@ -164,7 +157,7 @@ class Settings(BaseSettings):
 def _jars_default(home: Path, kind: str) -> Path:
     """Where ``make jars`` / ``make kafka-jars`` put the jars; under the data dir without one."""
     if PROJECT_ROOT is not None:
-        folder = {"spark": "jars", "kafka": "kafka/jars", "engine": "engine/jars"}[kind]
+        folder = {"spark": "jars", "kafka": "kafka/jars"}[kind]
         return PROJECT_ROOT / "infra" / folder
     return home / "jars" / kind
 

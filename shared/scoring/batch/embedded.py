@@ -359,7 +359,7 @@ def run(
     if catalog:
         raise ConfigError(
             f"{catalog[0]!r} is a catalog table name, which only Spark's metastore resolves; "
-            "give the table's location (a path or s3:// URI), or run on Spark (--engine jvm)."
+            "give the table's location (a path or s3:// URI), or run on Spark (--engine python)."
         )
     threads = max(1, threads or os.cpu_count() or 1)
     artifact = artifact or load_artifact(job.model)

@@ -139,10 +139,9 @@ def score_frame(
 ) -> DataFrame:
     """Score every row: key (+date), score, label, and a reason where a row was refused.
 
-    Both engines give the same columns, reasons and scores (bit for bit). ``jvm`` stays in
-    the executors' JVMs (:mod:`scoring.batch.jvm`). ``python`` is vectorised through
-    ``mapInArrow``; the ONNX bytes travel once per executor as a broadcast variable and are
-    read only when a worker has no session for them yet.
+    The same columns, reasons and scores (bit for bit) as the arrow engine and the stream,
+    vectorised through ``mapInArrow``; the ONNX bytes travel once per executor as a
+    broadcast variable and are read only when a worker has no session for them yet.
     """
     contract = artifact.contract
     passthrough = [contract.key] + ([date_column] if date_column else [])
@@ -151,10 +150,6 @@ def score_frame(
             f"The {engine!r} engine does not run on Spark; choose one of "
             f"{', '.join(SPARK_ENGINES)}, or run the job without Spark (`scoring batch run`)."
         )
-    if engine == "jvm":
-        from scoring.batch import jvm
-
-        return jvm.score_frame(frame, artifact, passthrough, REASON, FEATURES_JSON)
     columns = list(dict.fromkeys(passthrough + contract.feature_names))
     narrow = frame.select(*columns)
     spark = frame.sparkSession

@@ -59,10 +59,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--engine",
         choices=ENGINES,
-        help="arrow: in this process, no JVM (default of `scoring batch run`); jvm: Spark, "
-        "validated in Spark SQL and scored by ONNX Runtime for Java in the executors (default "
-        "on Spark: spark-submit, --master or a catalog table); python: Spark, scored in "
-        "Python workers through mapInArrow",
+        help="arrow: in this process, no JVM (the default, unless the job runs on Spark); "
+        "python: on Spark, scored in Python workers through mapInArrow (the default when "
+        "launched by spark-submit, given --master or a catalog table)",
     )
     parser.add_argument(
         "--threads",

@@ -30,17 +30,11 @@ __all__ = [
 DELTA_EXTENSION = "io.delta.sql.DeltaSparkSessionExtension"
 
 
-def jar_paths(jars_dir: Path, engine_jars_dir: Path | None = None) -> list[str]:
-    """The jars of ``spark.jars``: Delta (required) and the JVM scoring engine (if built).
-
-    A missing engine is not an error here: ``--engine python`` runs without it, and the
-    JVM engine says what to do when its classes are absent (scoring.batch.jvm).
-    """
+def jar_paths(jars_dir: Path) -> list[str]:
+    """The jars of ``spark.jars``: Delta Lake and S3A (required)."""
     jars = sorted(str(p.resolve()) for p in jars_dir.glob("*.jar"))
     if not any(Path(j).name.startswith("delta-spark") for j in jars):
         raise JarsMissingError(str(jars_dir))
-    if engine_jars_dir is not None:
-        jars += sorted(str(p.resolve()) for p in engine_jars_dir.glob("*.jar"))
     return jars
 
 
@@ -56,7 +50,7 @@ def session_conf(settings: Settings) -> dict[str, str]:
     # Executors run the same interpreter (and so the same onnxruntime) as the driver.
     python = os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
     return {
-        "spark.jars": ",".join(jar_paths(settings.jars_dir, settings.engine_jars_dir)),
+        "spark.jars": ",".join(jar_paths(settings.jars_dir)),
         "spark.sql.extensions": DELTA_EXTENSION,
         "spark.sql.catalog.spark_catalog": "org.apache.spark.sql.delta.catalog.DeltaCatalog",
         "spark.driver.host": host,
@@ -71,10 +65,6 @@ def session_conf(settings: Settings) -> dict[str, str]:
         "spark.sql.warehouse.dir": str((settings.home / "warehouse").resolve()),
         # Plans of 20+ feature columns exceed the default and log a warning on every job.
         "spark.sql.debug.maxToStringFields": "200",
-        # Spark's own advice on HotSpot: a stage whose generated method passes HotSpot's
-        # 8,000-byte JIT limit falls back to split, compiled code. The contract's checks over
-        # 20+ features are such a stage; left whole, it ran interpreted, 4x slower.
-        "spark.sql.codegen.hugeMethodLimit": "8000",
         **s3a_conf(settings),
     }
 

@@ -48,14 +48,13 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 # arrow: one process, no JVM: delta-rs reads and writes, onnxruntime scores on a thread
-# pool (scoring.batch.embedded). jvm: validation in Spark SQL, ONNX Runtime for Java in the
-# executors (scoring.batch.jvm). python: mapInArrow to Python workers running the shared
-# Scorer; for clusters that take no custom jars and for Spark Connect clients (ADR 0006).
-Engine = Literal["arrow", "jvm", "python"]
+# pool (scoring.batch.embedded, ADR 0010). python: Spark, mapInArrow to Python workers
+# running the shared Scorer (scoring.batch.job; ADR 0006 says why it is Spark's one engine).
+Engine = Literal["arrow", "python"]
 ENGINES: tuple[str, ...] = get_args(Engine)
-SPARK_ENGINES: tuple[str, ...] = ("jvm", "python")
-# The engine a Spark run uses when none is named (ADR 0006).
-SPARK_DEFAULT: Engine = "jvm"
+SPARK_ENGINES: tuple[str, ...] = ("python",)
+# The engine a Spark run uses when none is named.
+SPARK_DEFAULT: Engine = "python"
 
 REASON = "reject_reason"
 FEATURES_JSON = "features_json"

@@ -97,8 +97,7 @@ class Scorer:
         A single row is scored beside a copy of itself: onnxruntime takes another kernel
         path for one row (e.g. a matrix-vector product for ``LinearClassifier``) whose
         sums round differently, and a row's score must not depend on how many rows share
-        its call (a micro-batch of one event, the last row of a partition). The JVM
-        engine does the same.
+        its call (a micro-batch of one event, the last row of a partition or batch).
         """
         if data.num_rows == 1:
             return self.predict(data.take(pa.array([0, 0])))[:1]

@@ -291,9 +291,8 @@ def cast_float64(column: pa.Array | pa.ChunkedArray) -> pa.Array | pa.ChunkedArr
     """Numbers as float64, each the nearest double to its value.
 
     Arrow's direct decimal-to-float cast is not always correctly rounded (11211.05 became
-    11211.050000000001); Spark's cast is, and the JVM engine reads decimals through it.
-    Going through the exact decimal text and Arrow's correctly rounded parser gives the
-    same double on both engines.
+    11211.050000000001); Spark's cast is. Going through the exact decimal text and Arrow's
+    correctly rounded parser gives the nearest double wherever the decimal is read.
     """
     if pa.types.is_float64(column.type):
         return column

@@ -184,7 +184,7 @@ def test_the_spark_engines_run_through_spark_submit(
 ) -> None:
     on_spark = {
         **lake,
-        "nightly_engine": "jvm",
+        "nightly_engine": "python",
         "nightly_predictions": str(home / "lake" / "spark_scores"),
         "nightly_rejects": str(home / "lake" / "spark_scores_rejects"),
     }
@@ -201,7 +201,7 @@ def test_the_spark_engines_run_through_spark_submit(
 
 @pytest.mark.parametrize(
     ("engine", "task", "exit_message"),
-    [("arrow", "score_arrow", "exited with code 3"), ("jvm", "score", "Error code is: 3")],
+    [("arrow", "score_arrow", "exited with code 3"), ("python", "score", "Error code is: 3")],
 )
 def test_a_source_with_a_broken_schema_fails_at_the_batch_task(
     airflow: Airflow,

@@ -1,6 +1,6 @@
 """The embedded arrow engine beside Spark: tables either writes, the other continues.
 
-Tables the arrow engine (delta-rs) wrote are read by Spark and continued by the JVM
+Tables the arrow engine (delta-rs) wrote are read by Spark and continued by the Spark
 engine, and the reverse; a Delta feature delta-rs cannot read or write safely is refused
 before anything is written; the job runs on a bucket of a real S3 API server; and
 ``scoring batch run`` picks the arrow engine in a fresh process, with no JVM.
@@ -56,7 +56,7 @@ def _per_day(spark: SparkSession, table: str) -> dict[str, tuple[int, set[str]]]
     return out
 
 
-@pytest.mark.parametrize(("first", "then"), [("arrow", "jvm"), ("jvm", "arrow")])
+@pytest.mark.parametrize(("first", "then"), [("arrow", "python"), ("python", "arrow")])
 def test_one_engine_continues_the_tables_the_other_wrote(
     spark: SparkSession,
     source_table: str,
@@ -103,12 +103,12 @@ def test_a_table_with_deletion_vectors_is_refused_before_anything_is_written(
     target = str(tmp_path / "scores")
     with pytest.raises(TableFeatureError, match="deletionVectors") as refused:
         run_job(_job(artifact_dir, with_dv, target, DAYS[0], "arrow"))
-    assert "--engine jvm" in str(refused.value)
+    assert "--engine python" in str(refused.value)
     assert refused.value.exit_code == 3
     assert not Path(target).exists()
 
     # A target with deletion vectors: refused too, and left as it was.
-    run_job(_job(artifact_dir, source_table, target, DAYS[0], "jvm"), spark=spark)
+    run_job(_job(artifact_dir, source_table, target, DAYS[0], "python"), spark=spark)
     spark.sql(
         f"ALTER TABLE delta.`{target}` SET TBLPROPERTIES ('delta.enableDeletionVectors' = true)"
     )

@@ -168,7 +168,7 @@ def broken_source(spark: SparkSession, source_table: str, lake: Path) -> str:
     return path
 
 
-@pytest.mark.parametrize(("engine", "int_type"), [("arrow", "int32"), ("jvm", "int")])
+@pytest.mark.parametrize(("engine", "int_type"), [("arrow", "int32"), ("python", "int")])
 def test_schema_mismatch_exits_non_zero_and_writes_nothing(
     broken_source: str,
     artifact_dir: Path,

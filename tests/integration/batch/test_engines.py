@@ -1,10 +1,9 @@
-"""The three batch engines on real Delta tables: the same rows, reasons and scores, bit for bit.
+"""The batch engines on real Delta tables: the same rows, reasons and scores, bit for bit.
 
-The JVM engine (Spark SQL validation, ONNX Runtime for Java in the executors), the
-Python engine (mapInArrow, the shared Scorer in Python workers) and the embedded arrow
-engine (delta-rs and the shared Scorer on a thread pool, no Spark) score the same Delta
-table; all are compared with each other and with the Scorer the stream processor uses,
-on the demo pipeline and on a gradient-boosted tree ensemble.
+The Spark engine (mapInArrow, the shared Scorer in Python workers) and the embedded
+arrow engine (delta-rs and the shared Scorer on a thread pool, no Spark) score the same
+Delta table; both are compared with each other and with the Scorer the stream processor
+uses, on the demo pipeline and on a gradient-boosted tree ensemble.
 """
 
 from __future__ import annotations
@@ -17,7 +16,6 @@ import pyarrow as pa
 import pytest
 from pyspark.sql import SparkSession
 from pyspark.sql import functions as F
-from scoring.batch import jvm
 from scoring.batch.main import run_job
 from scoring.batch.spec import ENGINES, BatchJob
 from scoring.dev import trees
@@ -90,31 +88,30 @@ def test_every_engine_gives_the_same_rows_reasons_and_scores_bit_for_bit(
         rejects = spark.read.format("delta").load(job.rejects_table).toArrow().sort_by(key)
         outputs[engine] = (summary, scores, rejects)
 
-    jvm, jvm_scores, jvm_rejects = outputs["jvm"]
-    assert jvm["rows_read"] > 0 and jvm["rows_rejected"] > 0
-    for engine in ("python", "arrow"):
-        other, scores, refused = outputs[engine]
-        assert (other["rows_read"], other["rows_rejected"]) == (
-            jvm["rows_read"],
-            jvm["rows_rejected"],
+    on_spark, spark_scores, spark_rejects = outputs["python"]
+    arrow, arrow_scores, arrow_rejects = outputs["arrow"]
+    assert on_spark["rows_read"] > 0 and on_spark["rows_rejected"] > 0
+    assert (arrow["rows_read"], arrow["rows_rejected"]) == (
+        on_spark["rows_read"],
+        on_spark["rows_rejected"],
+    )
+    assert arrow_scores.schema == spark_scores.schema
+    assert arrow_rejects.schema == spark_rejects.schema
+    assert spark_scores[key].to_pylist() == arrow_scores[key].to_pylist()
+    assert np.array_equal(_bits(spark_scores["score"]), _bits(arrow_scores["score"]))
+    assert spark_scores["label"].to_pylist() == arrow_scores["label"].to_pylist()
+    assert spark_rejects[key].to_pylist() == arrow_rejects[key].to_pylist()
+    assert spark_rejects["reason"].to_pylist() == arrow_rejects["reason"].to_pylist()
+    # The refused rows' feature values, not only their names. Strict JSON on every
+    # engine: NaN and infinities are strings.
+    for spark_json, arrow_json in zip(
+        spark_rejects["features_json"].to_pylist(),
+        arrow_rejects["features_json"].to_pylist(),
+        strict=True,
+    ):
+        assert json.loads(spark_json, parse_constant=_refuse) == json.loads(
+            arrow_json, parse_constant=_refuse
         )
-        assert scores.schema == jvm_scores.schema, engine
-        assert refused.schema == jvm_rejects.schema, engine
-        assert jvm_scores[key].to_pylist() == scores[key].to_pylist()
-        assert np.array_equal(_bits(jvm_scores["score"]), _bits(scores["score"]))
-        assert jvm_scores["label"].to_pylist() == scores["label"].to_pylist()
-        assert jvm_rejects[key].to_pylist() == refused[key].to_pylist()
-        assert jvm_rejects["reason"].to_pylist() == refused["reason"].to_pylist()
-        # The refused rows' feature values, not only their names (the JSON text may differ:
-        # 8 against 8.0). Strict JSON on every engine: NaN and infinities are strings.
-        for jvm_json, other_json in zip(
-            jvm_rejects["features_json"].to_pylist(),
-            refused["features_json"].to_pylist(),
-            strict=True,
-        ):
-            assert json.loads(jvm_json, parse_constant=_refuse) == json.loads(
-                other_json, parse_constant=_refuse
-            )
 
     # ... and all equal the Scorer the stream processor calls, row by row.
     rows = (
@@ -122,27 +119,5 @@ def test_every_engine_gives_the_same_rows_reasons_and_scores_bit_for_bit(
     )
     direct = load_artifact(str(model)).scorer().score(rows)
     valid = pa.array(direct.valid)
-    assert rows.filter(valid)[key].to_pylist() == jvm_scores[key].to_pylist()
-    assert np.array_equal(_bits(direct.score.filter(valid)), _bits(jvm_scores["score"]))
-
-
-@pytest.mark.parametrize("batch_rows", [64, 1])
-def test_many_small_batches_with_refused_rows_between_them(
-    spark: SparkSession, artifact_dir: Path, source_table: str, batch_rows: int
-) -> None:
-    """Small ONNX Runtime calls: batches of every fill level follow one another in a task.
-
-    With one row per call, every row goes the way a partition's lone last row does: its
-    score must still be the one it gets among others.
-    """
-    artifact = load_artifact(str(artifact_dir))
-    frame = spark.read.format("delta").load(source_table).where(F.col("ds") == DAYS[1])
-    scored = jvm.score_frame(
-        frame, artifact, ["transaction_id"], "reason", "features", batch_rows=batch_rows
-    ).toArrow()
-    rows = frame.toArrow()
-    direct = artifact.scorer().score(rows)
-    expected = dict(zip(rows["transaction_id"].to_pylist(), direct.score.to_pylist(), strict=True))
-    got = dict(zip(scored["transaction_id"].to_pylist(), scored["score"].to_pylist(), strict=True))
-    assert sum(s is None for s in got.values()) == direct.rejected > 0
-    assert got == expected
+    assert rows.filter(valid)[key].to_pylist() == spark_scores[key].to_pylist()
+    assert np.array_equal(_bits(direct.score.filter(valid)), _bits(spark_scores["score"]))

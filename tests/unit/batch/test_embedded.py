@@ -157,10 +157,10 @@ def test_a_catalog_table_needs_spark(artifact_dir: Path, source: str) -> None:
     ("job", "master", "environ", "engine", "why"),
     [
         (BatchJob("m", "/lake/t", "/lake/s"), None, {}, "arrow", "one machine"),
-        (BatchJob("m", "/lake/t", "/lake/s", engine="python"), None, {}, "python", "--engine"),
-        (BatchJob("m", "/lake/t", "/lake/s"), "spark://h:7077", {}, "jvm", "Spark master"),
-        (BatchJob("m", "/lake/t", "/lake/s"), None, {"PYSPARK_GATEWAY_PORT": "1"}, "jvm", "spark-"),
-        (BatchJob("m", "db.t", "/lake/s"), None, {}, "jvm", "catalog table 'db.t'"),
+        (BatchJob("m", "/lake/t", "/lake/s", engine="arrow"), "local[1]", {}, "arrow", "--engine"),
+        (BatchJob("m", "/lake/t", "/lake/s"), "spark://h:7077", {}, "python", "Spark master"),
+        (BatchJob("m", "/lake/t", "/t2"), None, {"PYSPARK_GATEWAY_PORT": "1"}, "python", "-sub"),
+        (BatchJob("m", "db.t", "/lake/s"), None, {}, "python", "catalog table 'db.t'"),
     ],
 )
 def test_the_engine_is_the_one_named_else_the_default_of_where_the_job_runs(

@@ -17,7 +17,7 @@ def test_submit_command_carries_jars_and_delta_settings(tmp_path: Path) -> None:
         Path("job.py"),
         ["--date", "2026-11-01"],
         master="spark://h:7077",
-        settings=load(jars_dir=tmp_path, engine_jars_dir=tmp_path / "no-engine"),
+        settings=load(jars_dir=tmp_path),
         conf={"spark.executor.memory": "1g"},
     )
     assert command[1:3] == ["--master", "spark://h:7077"]
@@ -43,24 +43,6 @@ def test_a_local_driver_gets_a_heap_for_the_rows(tmp_path: Path) -> None:
 
     assert driver_memory() == "6g"
     assert driver_memory({"spark.driver.memory": "2g"}) == "2g"
-
-
-def test_the_engine_jars_join_spark_jars_when_built(tmp_path: Path) -> None:
-    jars, engine = tmp_path / "jars", tmp_path / "engine"
-    jars.mkdir()
-    engine.mkdir()
-    (jars / "delta-spark_2.13-4.4.0.jar").write_bytes(b"")
-    (engine / "scoring-engine.jar").write_bytes(b"")
-    (engine / "onnxruntime-1.29.0.jar").write_bytes(b"")
-    command = submit_command(
-        Path("job.py"), [], settings=load(jars_dir=jars, engine_jars_dir=engine)
-    )
-    confs = dict(c.split("=", 1) for c in command[4:-1:2])
-    assert confs["spark.jars"].split(",") == [
-        str(jars / "delta-spark_2.13-4.4.0.jar"),
-        str(engine / "onnxruntime-1.29.0.jar"),
-        str(engine / "scoring-engine.jar"),
-    ]
 
 
 def test_missing_jars_say_how_to_get_them(tmp_path: Path) -> None:
