@@ -24,7 +24,7 @@ import time
 from collections import deque
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -135,6 +135,8 @@ class _Outputs:
     predictions: pa.Schema
     rejects: pa.Schema
     lineage: dict[str, pa.Scalar]
+    # The lineage columns, BATCH_ROWS long, built once: each batch takes a slice.
+    constants: list[pa.Array] = field(repr=False)
 
     @classmethod
     def of(
@@ -171,25 +173,32 @@ class _Outputs:
                 ]
             ),
             lineage,
+            [pa.repeat(value, BATCH_ROWS) for value in lineage.values()],
         )
 
     def split(self, scored: pa.RecordBatch) -> tuple[pa.RecordBatch, pa.RecordBatch]:
-        """The scored rows as predictions, the refused ones as rejects, lineage added."""
-        ok = pc.is_null(scored.column(REASON))
-        good = scored.filter(ok)
-        bad = scored.filter(pc.invert(ok))
-        return (
-            self._with_lineage(good, ["score", "label"], self.predictions),
-            self._with_lineage(bad, [REASON, FEATURES_JSON], self.rejects),
-        )
+        """The scored rows as predictions, the refused ones as rejects, lineage added.
 
-    def _with_lineage(
-        self, batch: pa.RecordBatch, columns: list[str], schema: pa.Schema
-    ) -> pa.RecordBatch:
+        Each side filters only the columns it keeps, and the lineage columns are slices of
+        arrays built once: per batch, this is the engine's own cost beyond scoring.
+        """
+        ok = pc.is_null(scored.column(REASON))
+        good = scored.select([*self.keys, "score", "label"])
+        bad = scored.select([*self.keys, REASON, FEATURES_JSON])
+        refused = scored.num_rows - pc.sum(ok.cast(pa.int64())).as_py()
+        if refused:
+            good, bad = good.filter(ok), bad.filter(pc.invert(ok))
+        else:
+            bad = bad.slice(0, 0)
+        return self._with_lineage(good, self.predictions), self._with_lineage(bad, self.rejects)
+
+    def _with_lineage(self, batch: pa.RecordBatch, schema: pa.Schema) -> pa.RecordBatch:
         n = batch.num_rows
-        constant = [pa.repeat(value, n) for value in self.lineage.values()]
-        arrays = [batch.column(c) for c in [*self.keys, *columns]] + constant
-        return pa.RecordBatch.from_arrays(arrays, schema=schema)
+        constant = [
+            column.slice(0, n) if n <= len(column) else pa.repeat(value, n)
+            for column, value in zip(self.constants, self.lineage.values(), strict=True)
+        ]
+        return pa.RecordBatch.from_arrays([*batch.columns, *constant], schema=schema)
 
 
 def _scored(
