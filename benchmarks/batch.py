@@ -242,7 +242,8 @@ def _cold(
         sys.stderr.write(err[-4000:])
         raise SystemExit(f"{path} on {day} of {model.name} failed with {child.returncode}")
     summary = json.loads(out.strip().splitlines()[-1])
-    return {"process": wall, "job": float(summary["seconds"]), "peak_mb": peak[0] / 2**20}
+    phases = {f"phase {k}": float(v) for k, v in summary.get("timings", {}).items()}
+    return {"process": wall, "job": float(summary["seconds"]), "peak_mb": peak[0] / 2**20, **phases}
 
 
 def _median(values: list[float]) -> str:
@@ -295,6 +296,14 @@ def _report(console: Console, model: Model, paths: list[str], args: argparse.Nam
         lines.append(f"Spark engine marginal rate vs spark_udf: {ratio:.2f}x (target >= 1.5x)")
     for line in lines:
         console.print(line)
+    # Where this job's time goes on the large date: its own phases (the summary's timings).
+    for path in [p for p in paths if p in ("arrow", "python")]:
+        runs = model.runs[path][LARGE]
+        names = [k for k in runs[0] if k.startswith("phase ")]
+        phases = ", ".join(
+            f"{k[len('phase ') :]} {statistics.median(r[k] for r in runs):.1f}s" for k in names
+        )
+        console.print(f"  {path}, large date, job phases (median): {phases}")
 
 
 if __name__ == "__main__":
