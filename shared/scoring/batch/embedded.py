@@ -24,7 +24,7 @@ import time
 from collections import deque
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -37,7 +37,7 @@ from deltalake.exceptions import TableNotFoundError
 
 from scoring.batch import lake, spec
 from scoring.batch.spec import FEATURES_JSON, REASON, BatchJob, Laps
-from scoring.batch.tables import for_delta_rs, is_catalog_name, normalize, raise_for_access
+from scoring.batch.tables import for_delta_rs, is_catalog_name, raise_for_access
 from scoring.errors import ConfigError, TableFeatureError
 from scoring.model.artifact import Artifact, Scorer, load_artifact
 
@@ -356,14 +356,7 @@ def run(
     """
     started = time.monotonic()
     lap = Laps(started)
-    job = replace(
-        job,
-        engine="arrow",
-        source=normalize(job.source),
-        target=normalize(job.target),
-        rejects=normalize(job.rejects_table),
-        shadow_target=normalize(job.shadow_target) if job.shadow_target else None,
-    )
+    job = job.on("arrow")
     catalog = [t for t in job.tables if is_catalog_name(t)]
     if catalog:
         raise ConfigError(

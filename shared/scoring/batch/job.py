@@ -11,7 +11,6 @@ import json
 import logging
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import replace
 from datetime import UTC, datetime
 from typing import Any
 
@@ -32,7 +31,7 @@ from scoring.batch.spec import (
     Engine,
     Laps,
 )
-from scoring.batch.tables import for_spark, is_catalog_name, normalize, raise_for_access
+from scoring.batch.tables import for_spark, is_catalog_name, raise_for_access
 from scoring.errors import ConfigError, SchemaMismatchError, SourceNotFoundError
 from scoring.model.artifact import Artifact, cached_scorer, load_artifact
 from scoring.model.contract import Contract
@@ -283,15 +282,7 @@ def run(spark: SparkSession, job: BatchJob, artifact: Artifact | None = None) ->
     """
     started = time.monotonic()
     lap = Laps(started)
-    # One spelling of every table from here on: lineage, metadata and summary record it.
-    job = replace(
-        job,
-        engine=job.engine or SPARK_DEFAULT,
-        source=normalize(job.source),
-        target=normalize(job.target),
-        rejects=normalize(job.rejects_table),
-        shadow_target=normalize(job.shadow_target) if job.shadow_target else None,
-    )
+    job = job.on(job.engine or SPARK_DEFAULT)
     if job.engine not in SPARK_ENGINES:
         raise ConfigError(
             f"The {job.engine!r} engine runs without Spark: call scoring.batch.embedded.run, "

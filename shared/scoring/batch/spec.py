@@ -15,14 +15,14 @@ import os
 import time
 import uuid
 from collections.abc import Callable, Mapping
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from datetime import datetime
 from typing import Any, Literal, get_args
 
 import numpy as np
 import pyarrow as pa
 
-from scoring.batch.tables import is_catalog_name
+from scoring.batch.tables import is_catalog_name, normalize
 from scoring.errors import ConfigError, SchemaMismatchError
 from scoring.model.artifact import Artifact, Scorer
 from scoring.model.contract import Contract
@@ -97,6 +97,18 @@ class BatchJob:
     @property
     def shadow_rejects_table(self) -> str | None:
         return f"{self.shadow_target.rstrip('/')}_rejects" if self.shadow_target else None
+
+    def on(self, engine: Engine) -> BatchJob:
+        """This job on ``engine``, every table in its one spelling (recorded in lineage,
+        metadata and the summary)."""
+        return replace(
+            self,
+            engine=engine,
+            source=normalize(self.source),
+            target=normalize(self.target),
+            rejects=normalize(self.rejects_table),
+            shadow_target=normalize(self.shadow_target) if self.shadow_target else None,
+        )
 
     @property
     def tables(self) -> list[str]:
