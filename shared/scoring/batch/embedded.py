@@ -4,10 +4,10 @@ delta-rs pins the source to its current version and reads only the date's files
 (partition values and file statistics prune the rest) as a stream of Arrow record
 batches; a pool of threads scores them with the shared :class:`~scoring.model.artifact.Scorer`
 (one onnxruntime intra-op thread per call, parallel across batches: onnxruntime and
-pyarrow release the GIL), so the scores are bit for bit those of the Spark engines and
+pyarrow release the GIL), so the scores are bit for bit those of the Spark engine and
 the stream; delta-rs writes the predictions as they come, replacing the date in one
 commit. Refused rows are spilled to a local Parquet file on the way and written to the
-rejects table in a second commit, as the Spark engines do.
+rejects table in a second commit, as the Spark engine does.
 
 Memory stays bounded whatever the date's size: at most ``2 x threads`` batches are being
 scored, the scanner reads ahead a couple of batches, and delta-rs flushes Parquet files

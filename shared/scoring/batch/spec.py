@@ -1,7 +1,7 @@
 """What a batch run is, whatever engine runs it: the job, the engines, the checks and the summary.
 
 Nothing here imports Spark: the embedded engine (:mod:`scoring.batch.embedded`) runs in a
-process without a JVM, and the Spark engines (:mod:`scoring.batch.job`) share the same
+process without a JVM, and the Spark engine (:mod:`scoring.batch.job`) share the same
 job description, schema check, per-batch scoring, lineage metadata and summary, so the
 two give the same tables and the same summary keys.
 """
