@@ -46,8 +46,9 @@ airflow: $(AIRFLOW_STAMP)
 demo: venv kafka-jars
 	$(VENV)/bin/scoring demo
 
+# The 15 slowest tests are listed at the end, to keep an eye on the suite's time.
 test: venv jars kafka-jars airflow
-	$(PY) -m pytest
+	$(PY) -m pytest --durations=15
 
 unit: venv
 	$(PY) -m pytest tests/unit
