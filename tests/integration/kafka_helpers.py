@@ -254,7 +254,9 @@ class ProcessorProcess:
             self._log.close()
 
     def log(self) -> str:
-        self._log.flush()
+        """The end of the worker's log, also after ``wait()`` closed our handle on it."""
+        if not self._log.closed:
+            self._log.flush()
         return self.log_file.read_text(errors="replace")[-6000:]
 
     def stop(self) -> None:
