@@ -10,7 +10,7 @@ KAFKA_JARS_STAMP := infra/kafka/jars/.resolved
 AIRFLOW_VENV := .venv-airflow
 AIRFLOW_STAMP := $(AIRFLOW_VENV)/.installed
 
-.PHONY: demo test unit integration jars kafka-jars venv airflow lint bench bench-stream cluster-up cluster-down clean
+.PHONY: demo test unit explore integration jars kafka-jars venv airflow lint bench bench-stream cluster-up cluster-down clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -52,6 +52,10 @@ test: venv jars kafka-jars airflow
 
 unit: venv
 	$(PY) -m pytest tests/unit
+
+# Many more, random hypothesis examples than the suite's fixed ones (tests/conftest.py).
+explore: venv
+	HYPOTHESIS_PROFILE=explore $(PY) -m pytest tests/unit -p no:cacheprovider
 
 integration: venv jars kafka-jars airflow
 	$(PY) -m pytest tests/integration

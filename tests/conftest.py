@@ -1,17 +1,32 @@
-"""Fixtures shared by unit and integration tests: a small trained demo model."""
+"""Fixtures shared by unit and integration tests: a small trained demo model.
+
+Hypothesis runs the same examples on every CI run (``derandomize``, profile ``ci``, chosen
+when ``CI`` is set), so a red build is reproducible; ``make explore`` runs many more,
+random examples to look for new failures (profile ``explore``).
+"""
 
 from __future__ import annotations
 
+import os
 from datetime import date
 from pathlib import Path
 
 import pyarrow as pa
 import pytest
+from hypothesis import settings
 from scoring.dev.demo.data import generate_day
 from scoring.dev.demo.train import TrainedModel, train
 from scoring.lifecycle.packaging import build, write_artifact
 
 DAY = date(2026, 11, 1)
+
+# 300 examples a property unless a test asks for fewer (a slow one); explore: ten times more.
+settings.register_profile("default", max_examples=300)
+settings.register_profile("ci", max_examples=300, derandomize=True)
+settings.register_profile("explore", max_examples=3000, deadline=None)
+settings.load_profile(
+    os.environ.get("HYPOTHESIS_PROFILE", "ci" if os.environ.get("CI") else "default")
+)
 
 
 @pytest.fixture(scope="session")

@@ -67,7 +67,7 @@ numbers = st.one_of(
 strings = st.one_of(st.none(), st.sampled_from((*CATS, "", "zz", "A")), st.text(max_size=5))
 
 
-@settings(max_examples=300, deadline=None)
+@settings(deadline=None)
 @given(
     numeric=_numeric_feature(),
     text=_string_feature(),
@@ -105,7 +105,7 @@ _VALUES = {
 }
 
 
-@settings(max_examples=300, deadline=None)
+@settings(deadline=None)
 @given(
     kind=st.sampled_from(list(_VALUES)),
     data=st.data(),

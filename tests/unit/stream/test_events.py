@@ -184,7 +184,7 @@ _VALUES = st.one_of(
 )
 
 
-@settings(max_examples=300, deadline=None)
+@settings(deadline=None)
 @given(st.lists(_VALUES, max_size=8))
 def test_the_typed_reader_gives_what_the_careful_reading_gives(values: list[bytes | None]) -> None:
     fast = decode(values, CONTRACT, 1000)
