@@ -3,7 +3,9 @@
 The broker runs in KRaft mode as a combined broker and controller (``node.id=1``), from the
 jars Maven resolved into ``infra/kafka/jars`` (``make kafka-jars``; see
 ``infra/kafka/pom.xml``), or wherever the setting ``kafka_jars_dir``
-(``SCORING_KAFKA_JARS_DIR``) points. Every listener binds ``127.0.0.1`` only.
+(``SCORING_KAFKA_JARS_DIR``) points. Every listener binds ``127.0.0.1`` only. This module
+starts, waits for, stops and keeps track of the broker; what its JVM runs with (the
+config, the command line, the storage format) is :mod:`scoring.dev.kafka_server`.
 
 With ``secure=True`` (``scoring dev up --secure``) it also has a SASL_SSL listener
 (SCRAM-SHA-512) and a mutual-TLS listener, and writes a client properties file for each
@@ -36,21 +38,16 @@ Example:
 
 from __future__ import annotations
 
-import base64
 import json
 import logging
-import os
-import shutil
 import socket
-import subprocess
 import time
-import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
-from scoring.dev import kafka_security, process
+from scoring.dev import kafka_security, kafka_server, process
+from scoring.dev.kafka_server import HOST
 from scoring.errors import BrokerError
-from scoring.settings import ENV, load
 
 __all__ = [
     "HOST",
@@ -60,14 +57,11 @@ __all__ = [
     "is_running",
     "kill",
     "restart",
-    "server_properties",
     "start",
     "stop",
 ]
 
 log = logging.getLogger(__name__)
-
-HOST = "127.0.0.1"
 
 _STATE_FILE = "broker.json"
 _PID_FILE = "broker.pid"
@@ -75,36 +69,6 @@ _PROPERTIES_FILE = "server.properties"
 _LOG4J_FILE = "log4j2.properties"
 _LOG_FILE = "kafka.log"
 _DATA_DIR = "data"
-_MAIN_CLASS = "kafka.Kafka"
-_JVM_OPTS = (
-    "-Xms128m",
-    "-Xmx512m",
-    "-XX:+ExitOnOutOfMemoryError",
-    "-Djava.awt.headless=true",
-    # Plain IPv4 sockets: `ss` shows 127.0.0.1:<port>, not [::ffff:127.0.0.1]:<port>.
-    "-Djava.net.preferIPv4Stack=true",
-    # Keep logging through Kafka's own shutdown hook (log4j2's hook would stop it first).
-    "-Dlog4j2.shutdownHookEnabled=false",
-)
-_TOOL_JVM_OPTS = ("-Xmx256m", "-Djava.awt.headless=true", "-Djava.net.preferIPv4Stack=true")
-
-# INFO from the broker itself; the per-request and state-change chatter only when it matters.
-_LOG4J2 = """\
-status = error
-name = scoring-kafka
-appender.console.type = Console
-appender.console.name = STDOUT
-appender.console.layout.type = PatternLayout
-appender.console.layout.pattern = [%d] %p %m (%c)%n
-rootLogger.level = INFO
-rootLogger.appenderRef.stdout.ref = STDOUT
-logger.request.name = kafka.request.logger
-logger.request.level = WARN
-logger.state.name = state.change.logger
-logger.state.level = WARN
-logger.clients.name = org.apache.kafka.clients
-logger.clients.level = WARN
-"""
 
 
 @dataclass(frozen=True)
@@ -147,66 +111,6 @@ class Broker:
     state_dir: Path
     log_file: Path
     secure: SecureListeners | None = None
-
-
-# Listener settings that list one entry per listener: secure mode appends to them.
-_LISTS = ("listeners", "advertised.listeners", "listener.security.protocol.map")
-
-
-def server_properties(
-    data_dir: Path, port: int, controller_port: int, secure: dict[str, str] | None = None
-) -> dict[str, str]:
-    """The broker config: one combined broker+controller node on loopback.
-
-    Args:
-        data_dir: Directory for ``log.dirs`` (partitions and the KRaft metadata log).
-        port: PLAINTEXT (client) port.
-        controller_port: CONTROLLER (KRaft quorum) port.
-        secure: The secure listeners' settings
-            (:func:`scoring.dev.kafka_security.broker_properties`), if any.
-
-    Returns:
-        The ``server.properties`` entries, in file order.
-    """
-    props = _plain_properties(data_dir, port, controller_port)
-    for key, value in (secure or {}).items():
-        props[key] = f"{props[key]},{value}" if key in _LISTS else value
-    return props
-
-
-def _plain_properties(data_dir: Path, port: int, controller_port: int) -> dict[str, str]:
-    return {
-        "process.roles": "broker,controller",
-        "node.id": "1",
-        "controller.quorum.voters": f"1@{HOST}:{controller_port}",
-        "listeners": f"PLAINTEXT://{HOST}:{port},CONTROLLER://{HOST}:{controller_port}",
-        "advertised.listeners": f"PLAINTEXT://{HOST}:{port}",
-        "controller.listener.names": "CONTROLLER",
-        "inter.broker.listener.name": "PLAINTEXT",
-        "listener.security.protocol.map": "PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT",
-        "log.dirs": str(data_dir),
-        "num.partitions": "3",
-        "default.replication.factor": "1",
-        "min.insync.replicas": "1",
-        # Internal topics: one replica (one broker) and, unlike the default 50, one
-        # partition each, so the first consumer group or transaction starts fast.
-        "offsets.topic.replication.factor": "1",
-        "offsets.topic.num.partitions": "1",
-        "transaction.state.log.replication.factor": "1",
-        "transaction.state.log.min.isr": "1",
-        "transaction.state.log.num.partitions": "1",
-        "share.coordinator.state.topic.replication.factor": "1",
-        "share.coordinator.state.topic.min.isr": "1",
-        "group.initial.rebalance.delay.ms": "0",
-        "auto.create.topics.enable": "true",
-        "delete.topic.enable": "true",
-        # A dev broker: keep the footprint small.
-        "num.network.threads": "2",
-        "num.io.threads": "4",
-        "num.recovery.threads.per.data.dir": "1",
-        "log.retention.hours": "168",
-        "log.segment.bytes": str(64 * 1024 * 1024),
-    }
 
 
 def start(
@@ -260,12 +164,12 @@ def start(
         log.info("Kafka broker of %s is already running (pid %d)", state_dir, running.pid)
         return running
 
-    java = _java()
-    classpath = _classpath(jars_dir)
+    java = kafka_server.find_java()
+    classpath = kafka_server.jars_classpath(jars_dir)
     state = _load_state(state_dir)
     if state is None:
         state = {
-            "cluster_id": _cluster_id(),
+            "cluster_id": kafka_server.new_cluster_id(),
             "port": port if port is not None else free_port(),
             "controller_port": controller_port if controller_port is not None else 0,
         }
@@ -309,19 +213,14 @@ def start(
     data_dir = state_dir / _DATA_DIR
     props_file = state_dir / _PROPERTIES_FILE
     log4j_file = state_dir / _LOG4J_FILE
-    props = server_properties(data_dir, port_, cport, secure_props)
-    # Holds the keystore password in secure mode: readable by its owner only.
-    kafka_security.write_private(
-        props_file, "".join(f"{k}={v}\n" for k, v in props.items()).encode()
-    )
-    log4j_file.write_text(_LOG4J2)
-    log4j_opt = f"-Dlog4j2.configurationFile={log4j_file}"
+    props = kafka_server.server_properties(data_dir, port_, cport, secure_props)
+    kafka_server.write_config(props_file, log4j_file, props)
 
     if not (data_dir / "meta.properties").exists():
-        _format(java, classpath, log4j_opt, cluster_id, props_file, timeout)
+        kafka_server.format_storage(java, classpath, log4j_file, cluster_id, props_file, timeout)
 
     log_file = state_dir / _LOG_FILE
-    command = [java, *_JVM_OPTS, log4j_opt, "-cp", classpath, _MAIN_CLASS, str(props_file)]
+    command = kafka_server.broker_command(java, classpath, log4j_file, props_file)
     began = time.monotonic()
     pid = process.spawn(command, state_dir, state_dir / _PID_FILE, log_file)
     broker = Broker(
@@ -434,38 +333,6 @@ def _state_dir_of(broker_or_state_dir: Broker | Path) -> Path:
     return Path(broker_or_state_dir).resolve()
 
 
-def _java() -> str:
-    java_home = os.environ.get("JAVA_HOME")
-    if java_home and (Path(java_home) / "bin" / "java").is_file():
-        return str(Path(java_home) / "bin" / "java")
-    found = shutil.which("java")
-    if found is None:
-        raise BrokerError("No `java` found (JAVA_HOME or PATH); Kafka 4 needs Java 17 or later.")
-    return found
-
-
-def _classpath(jars_dir: Path | None) -> str:
-    jars_dir = Path(jars_dir if jars_dir is not None else load().kafka_jars_dir).resolve()
-    if not any(jars_dir.glob("kafka_2.13-*.jar")):
-        raise BrokerError(
-            f"No Kafka jars in {jars_dir}. Resolve them once with `make kafka-jars` in a "
-            "checkout of the project (Maven, infra/kafka/pom.xml, into infra/kafka/jars), then "
-            f"point the setting kafka_jars_dir ({ENV['kafka_jars_dir']}) at that folder, or "
-            "copy them into $SCORING_HOME/jars/kafka (the default when the project is "
-            "installed from a wheel)."
-        )
-    return f"{jars_dir}/*"  # the JVM expands the wildcard itself
-
-
-def _cluster_id() -> str:
-    # What kafka.tools.StorageTool random-uuid prints (Kafka's Uuid.randomUuid): 16 random
-    # bytes, URL-safe base64 without padding, never starting with "-" (read as an option).
-    while True:
-        cid = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
-        if not cid.startswith("-"):
-            return cid
-
-
 def free_port(exclude: set[int] | None = None) -> int:
     """A port nobody listens on at 127.0.0.1 now (not one of ``exclude``)."""
     while True:
@@ -526,35 +393,6 @@ def _check_ports(
         )
 
 
-def _format(
-    java: str, classpath: str, log4j_opt: str, cluster_id: str, props: Path, timeout: float
-) -> None:
-    command = [
-        java,
-        *_TOOL_JVM_OPTS,
-        log4j_opt,
-        "-cp",
-        classpath,
-        "kafka.tools.StorageTool",
-        "format",
-        "-t",
-        cluster_id,
-        "-c",
-        str(props),
-    ]
-    try:
-        done = subprocess.run(command, capture_output=True, text=True, timeout=timeout)
-    except subprocess.TimeoutExpired as exc:
-        raise BrokerError(f"Formatting Kafka storage took over {timeout:.0f}s.") from exc
-    if done.returncode != 0:
-        raise BrokerError(
-            f"Formatting Kafka storage failed (exit {done.returncode}):\n"
-            f"{(done.stdout + done.stderr).strip()}"
-        )
-    log.debug("StorageTool format output:\n%s", done.stdout)
-    log.info("Formatted Kafka storage in %s (cluster id %s)", props.parent, cluster_id)
-
-
 def _wait_ready(broker: Broker, deadline: float) -> None:
     """Poll until a metadata request lists the broker."""
     from scoring.stream import clients  # imported here: only needed while starting
@@ -587,54 +425,15 @@ def _wait_ready(broker: Broker, deadline: float) -> None:
 
 
 def _prepare_secure(broker: Broker, material: kafka_security.Material, deadline: float) -> None:
-    """Create the SCRAM user, then wait until a client logs in through each secure listener.
-
-    The user is upserted on every start (the same password), through the plaintext
-    listener, which needs no login. A login right after the upsert can race the broker
-    applying it, so each listener is retried until ``deadline``.
-    """
-    from confluent_kafka.admin import (
-        ScramCredentialInfo,
-        ScramMechanism,
-        UserScramCredentialUpsertion,
-    )
-
-    from scoring.stream import clients
-    from scoring.stream.kafka_config import resolve
-
+    """Create the SCRAM user, then wait until a client logs in through each secure listener."""
     assert broker.secure is not None
-    admin = clients.admin(broker.bootstrap, defaults={"log_level": 0})
-    upsert = UserScramCredentialUpsertion(
-        material.username,
-        ScramCredentialInfo(ScramMechanism.SCRAM_SHA_512, 8192),
-        material.password.encode(),
-    )
-    left = max(1.0, deadline - time.monotonic())
-    futures = admin.alter_user_scram_credentials([upsert], request_timeout=left)
     try:
-        for future in futures.values():
-            future.result()
-    except Exception as exc:  # confluent-kafka raises KafkaException with the broker's error
-        raise BrokerError(
-            f"Creating the SCRAM user {material.username!r} on {broker.bootstrap} failed: "
-            f"{exc}.\n" + _log_tail(broker.log_file)
-        ) from None
-    for config_file in (broker.secure.sasl_ssl_config, broker.secure.mtls_config):
-        client = resolve(config_file=config_file)
-        last_error = "no answer"
-        while True:
-            probe = clients.admin(client.bootstrap, client.properties, {"log_level": 0})
-            try:
-                probe.list_topics(timeout=max(0.5, min(5.0, deadline - time.monotonic())))
-                break
-            except Exception as exc:  # confluent-kafka: KafkaException while not yet ready
-                last_error = f"{type(exc).__name__}: {exc}"
-            if time.monotonic() >= deadline:
-                raise BrokerError(
-                    f"No client could log in to {client.describe()} in time (last error: "
-                    f"{last_error}).\n" + _log_tail(broker.log_file)
-                )
-            time.sleep(0.3)
+        kafka_security.create_user(broker.bootstrap, material, deadline)
+        kafka_security.wait_for_login(
+            (broker.secure.sasl_ssl_config, broker.secure.mtls_config), deadline
+        )
+    except BrokerError as exc:
+        raise BrokerError(f"{exc}\n" + _log_tail(broker.log_file)) from None
     log.info(
         "Secure listeners ready: %s as %s (%s), mutual TLS at %s (%s)",
         broker.secure.sasl_ssl_bootstrap,

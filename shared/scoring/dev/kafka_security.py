@@ -19,6 +19,10 @@ the broker's state directory (under ``SCORING_HOME``) and reused afterwards::
     client-sasl-ssl.properties  a client file for the SASL_SSL listener
     client-mtls.properties      a client file for the mutual-TLS listener
 
+On every secure start, :func:`create_user` sets the SCRAM user on the broker (through its
+plaintext listener) and :func:`wait_for_login` waits until a client logs in with each
+client file.
+
 The client files are in the ``kcat -F`` format (:mod:`scoring.stream.kafka_config`) with
 absolute paths, so any librdkafka client can use them as they are. Secrets are files of
 mode 0600. Delete ``security/`` to start over with new keys and passwords.
@@ -36,6 +40,8 @@ import ipaddress
 import json
 import os
 import secrets
+import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -47,7 +53,9 @@ __all__ = [
     "Material",
     "broker_properties",
     "client_files",
+    "create_user",
     "ensure_material",
+    "wait_for_login",
     "write_client_files",
     "write_private",
 ]
@@ -197,6 +205,75 @@ def write_private(path: Path, data: bytes) -> None:
     with os.fdopen(fd, "wb") as out:
         out.write(data)
     tmp.replace(path)
+
+
+def create_user(bootstrap: str, material: Material, deadline: float) -> None:
+    """Create the SCRAM user of ``material`` on the broker, or set its password again.
+
+    The user is upserted on every start (the same password), through the plaintext
+    listener at ``bootstrap``, which needs no login.
+
+    Args:
+        bootstrap: ``host:port`` of the broker's plaintext listener.
+        material: From :func:`ensure_material`.
+        deadline: ``time.monotonic()`` by which the broker must have answered.
+
+    Raises:
+        BrokerError: The broker refused it or did not answer.
+    """
+    from confluent_kafka.admin import (
+        ScramCredentialInfo,
+        ScramMechanism,
+        UserScramCredentialUpsertion,
+    )
+
+    from scoring.stream import clients
+
+    admin = clients.admin(bootstrap, defaults={"log_level": 0})
+    upsert = UserScramCredentialUpsertion(
+        material.username,
+        ScramCredentialInfo(ScramMechanism.SCRAM_SHA_512, 8192),
+        material.password.encode(),
+    )
+    left = max(1.0, deadline - time.monotonic())
+    futures = admin.alter_user_scram_credentials([upsert], request_timeout=left)
+    try:
+        for future in futures.values():
+            future.result()
+    except Exception as exc:  # confluent-kafka raises KafkaException with the broker's error
+        raise BrokerError(
+            f"Creating the SCRAM user {material.username!r} on {bootstrap} failed: {exc}."
+        ) from None
+
+
+def wait_for_login(config_files: Sequence[Path], deadline: float) -> None:
+    """Wait until a client logs in with each of the client files ``config_files``.
+
+    A login right after :func:`create_user` can race the broker applying it, so each
+    listener is retried until ``deadline`` (``time.monotonic()``).
+
+    Raises:
+        BrokerError: A listener still refused the login, or did not answer, at ``deadline``.
+    """
+    from scoring.stream import clients
+    from scoring.stream.kafka_config import resolve
+
+    for config_file in config_files:
+        client = resolve(config_file=config_file)
+        last_error = "no answer"
+        while True:
+            probe = clients.admin(client.bootstrap, client.properties, {"log_level": 0})
+            try:
+                probe.list_topics(timeout=max(0.5, min(5.0, deadline - time.monotonic())))
+                break
+            except Exception as exc:  # confluent-kafka: KafkaException while not yet ready
+                last_error = f"{type(exc).__name__}: {exc}"
+            if time.monotonic() >= deadline:
+                raise BrokerError(
+                    f"No client could log in to {client.describe()} in time (last error: "
+                    f"{last_error})."
+                )
+            time.sleep(0.3)
 
 
 # --- internals -------------------------------------------------------------------------
