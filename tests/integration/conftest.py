@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
 import re
 import subprocess
@@ -198,6 +199,14 @@ def topics(kafka: Broker, request: pytest.FixtureRequest) -> Topics:
     made = Topics(f"{name}.in", f"{name}.out", f"{name}.dlq")
     create_topics(kafka.bootstrap, made)
     return made
+
+
+@pytest.fixture
+def model_name(request: pytest.FixtureRequest) -> str:
+    """A registered-model name of this test's own, for registries a session shares."""
+    node = request.node.nodeid
+    words = re.sub(r"[^A-Za-z0-9]+", "_", request.node.name).strip("_")[:40]
+    return f"{words}_{hashlib.sha1(node.encode()).hexdigest()[:8]}"
 
 
 @pytest.fixture(scope="module")

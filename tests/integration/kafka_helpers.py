@@ -58,9 +58,20 @@ def kafka_python_options(config: KafkaClientConfig) -> dict[str, Any]:
 
 @dataclass(frozen=True)
 class Topics:
+    """One test's topics, and the consumer group of the workers that process them.
+
+    Tests get unique topic names from the ``topics`` fixture, so each has its own group
+    too, and with it its own transactional ids and static member ids (both are derived
+    from the group and the worker id): no two tests could ever fence each other.
+    """
+
     input: str
     output: str
     dlq: str
+
+    @property
+    def group(self) -> str:
+        return f"{self.input}.group"
 
 
 def create_topics(bootstrap: str, topics: Topics, partitions: int = PARTITIONS) -> None:
@@ -156,7 +167,10 @@ def read_all(
 
 
 class ProcessorProcess:
-    """``jobs/stream/process.py`` as a child process, with its log in a file."""
+    """``jobs/stream/process.py`` as a child process, with its log in a file.
+
+    It joins the group of ``topics`` unless ``extra`` names one (``--group``).
+    """
 
     def __init__(
         self,
@@ -170,11 +184,12 @@ class ProcessorProcess:
     ) -> None:
         self.metrics_port = free_port()
         self.log_file = log_dir / f"processor-{worker}-{time.monotonic_ns()}.log"
+        group = () if "--group" in extra else ("--group", topics.group)
         command = stream_job.command(
             str(model),
             (topics.input, topics.output, topics.dlq),
             bootstrap,
-            *("--worker", worker, "--metrics-port", str(self.metrics_port), *extra),
+            *("--worker", worker, "--metrics-port", str(self.metrics_port), *group, *extra),
         )
         self._log = self.log_file.open("wb")
         self.process = subprocess.Popen(

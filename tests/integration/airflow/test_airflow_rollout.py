@@ -154,9 +154,10 @@ def _reports(home: Path, version: str) -> list[dict]:
 
 
 def _logged_comparisons() -> list[str]:
-    """Run names of the comparisons logged to the rollout's MLflow experiment."""
+    """Run names of the comparisons logged to the rollout's MLflow experiment, oldest first."""
     mlc, experiment_id = registry.tracking("scoring-shadow")
-    return [run.info.run_name for run in mlc.search_runs([experiment_id])]
+    runs = mlc.search_runs([experiment_id], order_by=["attributes.start_time ASC"])
+    return [run.info.run_name for run in runs]
 
 
 def _stops_shadowing(processor: ProcessorProcess) -> None:
@@ -173,6 +174,7 @@ def test_a_candidate_that_scores_live_events_alike_is_promoted_on_that_evidence(
     home: Path,
 ) -> None:
     candidate = _register(trained)  # the champion's graph again: equal live scores
+    logged = _logged_comparisons()
     states, output = _rollout(airflow, candidate, **variables)
     assert states == {
         "validate": "success",
@@ -189,7 +191,7 @@ def test_a_candidate_that_scores_live_events_alike_is_promoted_on_that_evidence(
     (report,) = _reports(home, candidate)
     assert report["rows"] >= SHADOW_EVENTS
     assert report["label_agreement"] == 1.0 and report["psi"] == 0.0
-    assert _logged_comparisons() == ["shadow-comparison"]
+    assert _logged_comparisons() == [*logged, "shadow-comparison"]
     assert processor.health()["model_version"] == candidate  # type: ignore[index]
     with pytest.raises(ModelNotFoundError):
         registry.resolve("models:/fraud@challenger")
@@ -208,6 +210,7 @@ def test_a_candidate_that_disagrees_on_live_events_is_held_back(
     before = _champion()
     other_rows = generate_day(date(2026, 11, 6), 20_000, seed=8)
     candidate = _register(train(other_rows, tmp_path / "other", "other", 0))
+    logged = _logged_comparisons()
     states, output = _rollout(airflow, candidate, **variables)
     assert states["validate"] == states["parity"] == "success", output[-5000:]
     assert states["shadow"] == states["evidence"] == "success", output[-5000:]
@@ -220,7 +223,8 @@ def test_a_candidate_that_disagrees_on_live_events_is_held_back(
     assert _champion() == before
     (report,) = _reports(home, candidate)
     assert report["rows"] >= SHADOW_EVENTS and report["label_agreement"] < 1.0
-    assert len(_logged_comparisons()) == 2  # the failed comparison is on record too
+    # The failed comparison is on record too.
+    assert _logged_comparisons() == [*logged, "shadow-comparison"]
     assert processor.health()["model_version"] == before  # type: ignore[index]
     _stops_shadowing(processor)
 

@@ -11,7 +11,6 @@ import os
 import re
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 
 import boto3
@@ -59,9 +58,9 @@ def _cli(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
     )
 
 
-@pytest.fixture(scope="module")
-def name() -> Iterator[str]:
-    yield "fraud_on_server"
+@pytest.fixture
+def name(model_name: str) -> str:
+    return model_name
 
 
 def test_model_commands_and_the_batch_job_work_through_the_server(
@@ -133,10 +132,13 @@ def test_a_worker_keeps_scoring_through_a_registry_outage_and_follows_the_alias_
 ) -> None:
     from scoring.lifecycle.packaging import package
 
-    first = registry.resolve(f"models:/{name}@champion").version
-    second = package(
-        trained.model_file, name, trained.sample_file, spec_file=trained.contract_file
-    ).version
+    first, second = (
+        package(
+            trained.model_file, name, trained.sample_file, spec_file=trained.contract_file
+        ).version
+        for _ in range(2)
+    )
+    registry.promote(name, first)
     rows = demo_table.slice(0, 900)
     local = load_artifact(str(artifact_dir))
     events = list(to_events(rows, local.contract.key, local.contract.feature_names))

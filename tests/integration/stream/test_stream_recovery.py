@@ -121,7 +121,7 @@ def test_kill_9_three_times_inside_open_transactions_over_a_backlog(
 
     # The worker's two transactional producers take turns; a kill must be shown to land
     # inside a transaction of each, so the restart is seen to abort either one's at once.
-    ids = StreamConfig("", "", "", "", "").transactional_ids
+    ids = StreamConfig("", "", "", "", "", group=topics.group).transactional_ids
     killed_inside: list[str] = []
     workers: list[ProcessorProcess] = []
     try:

@@ -163,9 +163,7 @@ def test_champion_output_is_unchanged_and_the_shadow_holds_what_the_challenger_s
     with_shadow = ProcessorProcess(
         kafka.bootstrap, artifact_dir, topics, tmp_path, extra=[*POLL, *shadow_options]
     )
-    without = ProcessorProcess(
-        kafka.bootstrap, artifact_dir, plain, tmp_path, extra=["--group", "plain"]
-    )
+    without = ProcessorProcess(kafka.bootstrap, artifact_dir, plain, tmp_path)
     try:
         for processor in (with_shadow, without):
             processor.wait_ready()
