@@ -6,21 +6,15 @@ offsets it consumed are committed together (``send_offsets_to_transaction`` with
 consumer's group metadata, KIP-447), so a crash anywhere leaves either all of a batch's
 output visible to ``read_committed`` readers and its offsets committed, or none of it.
 
-A worker has two transactional producers and uses them in turn. A transaction ends when
-the coordinator has decided it (``EndTxn``), but the coordinator writes its markers
-afterwards, and until they are written the same transactional id cannot begin the next
-one (``CONCURRENT_TRANSACTIONS``): with one producer, every transaction also waited for
-the previous one's markers. The next transaction begins only once the previous one is
-committed, so output and offsets stay in order (the group coordinator keeps the offset
-commit written last). Both transactional ids are stable per worker (``group`` +
-``worker``): a restarted worker fences its dead predecessor's two producers and aborts
-the open transaction at once instead of waiting for the transaction timeout. See
-docs/adr/0003-stream-processor-core.md for the client (confluent-kafka, librdkafka) and
-why not faust's agents.
+The records and offsets leave the worker through :mod:`scoring.stream.delivery` (its
+producers, their transactions and the commit thread, which sends a batch while the next
+one is gathered and scored); see docs/adr/0003-stream-processor-core.md for the client
+(confluent-kafka, librdkafka) and why not faust's agents.
 
 The work of a batch is in stages (:mod:`scoring.stream.stages`: gather, decode and
 validate, score, route); this module wires them to the clients, which it gets from
-:mod:`scoring.stream.clients`, and owns the transaction. With ``exactly_once=False`` the
+:mod:`scoring.stream.clients`, and decides what a failed transaction means for the
+partitions (read again from where the group stands). With ``exactly_once=False`` the
 batch is flushed and then its offsets committed (at-least-once: a crash between the two
 repeats the batch).
 
@@ -42,24 +36,21 @@ from __future__ import annotations
 
 import gc
 import logging
-import queue
 import signal
 import threading
 import time
-from collections.abc import Callable, Iterator, Mapping
-from concurrent.futures import Future
-from concurrent.futures import TimeoutError as FutureTimeout
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
-from functools import partial
-from typing import Any, TypeVar
+from typing import Any
 
-from confluent_kafka import Consumer, Producer, TopicPartition
+from confluent_kafka import Consumer, TopicPartition
 
 from scoring.errors import ConfigError, StreamError
 from scoring.model.artifact import load_artifact
 from scoring.model.live import LiveModel, ModelFollower, follows_alias
 from scoring.stream import clients, topics
+from scoring.stream.delivery import Delivery, Sending, StuckCommit
 from scoring.stream.kafka_config import KafkaClientConfig, preflight
 from scoring.stream.metrics import StreamMetrics, serve, version_number
 from scoring.stream.shadow import Shadow, no_shadow_health
@@ -83,8 +74,6 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-T = TypeVar("T")
-
 
 @dataclass(frozen=True)
 class StreamConfig:
@@ -96,7 +85,8 @@ class StreamConfig:
     dlq_topic: str
     bootstrap: str
     group: str = "scoring-stream"
-    # Unique per live worker of a group and stable across its restarts (see module doc).
+    # Unique per live worker of a group and stable across its restarts: it names the
+    # worker's transactional ids (see scoring.stream.delivery).
     worker: str = "0"
     exactly_once: bool = True
     batch_size: int = 10_000
@@ -138,75 +128,9 @@ class StreamConfig:
 
     @property
     def transactional_ids(self) -> tuple[str, str]:
-        """The worker's two transactional ids, used in turn (see the module doc)."""
+        """The worker's two transactional ids, used in turn (see :mod:`scoring.stream.delivery`)."""
         first = f"scoring-stream.{self.group}.{self.worker}"
         return first, f"{first}.1"
-
-
-class _Pending:
-    """The outcome of a commit not known yet."""
-
-
-_PENDING = _Pending()
-
-
-@dataclass
-class Sending:
-    """A micro-batch whose records (and, exactly once, offsets) are on the commit thread.
-
-    ``deadline`` (``time.monotonic()``): when the commit is given up as stuck.
-    ``outcome``: once known, ``None`` for a commit that succeeded, else its error.
-    ``offsets_committed``: at-least-once, whether the main thread has committed the
-    batch's offsets after the flush.
-    """
-
-    batch: Batch
-    out: Outgoing
-    future: Future[None]
-    deadline: float
-    outcome: BaseException | _Pending | None = _PENDING
-    offsets_committed: bool = False
-
-
-class StuckCommit(Exception):
-    """A batch's commit did not return by its deadline; the producers were replaced."""
-
-
-class CommitThread:
-    """One daemon thread that sends and commits micro-batches, one at a time, in order.
-
-    A call inside librdkafka can block past its own timeout (librdkafka issue 5456: a
-    request to a coordinator that is never retried once the broker is back). The
-    processor then leaves this thread behind and starts another: it is a daemon, so
-    one that stays stuck never holds up the process's exit.
-    """
-
-    def __init__(self) -> None:
-        self._jobs: queue.SimpleQueue[tuple[Callable[[], None], Future[None]] | None] = (
-            queue.SimpleQueue()
-        )
-        threading.Thread(target=self._work, name="commit", daemon=True).start()
-
-    def submit(self, call: Callable[[], None]) -> Future[None]:
-        future: Future[None] = Future()
-        self._jobs.put((call, future))
-        return future
-
-    def close(self) -> None:
-        """The thread ends after the job it is running, if any."""
-        self._jobs.put(None)
-
-    def _work(self) -> None:
-        while (job := self._jobs.get()) is not None:
-            call, future = job
-            if not future.set_running_or_notify_cancel():
-                continue
-            try:
-                call()
-            except BaseException as exc:  # handed to whoever waits on the future
-                future.set_exception(exc)
-            else:
-                future.set_result(None)
 
 
 class Processor:
@@ -232,13 +156,17 @@ class Processor:
         self.counts = {"events_in": 0, "predictions": 0, "dead_letters": 0, "batches": 0}
         self._stop = threading.Event()
         self._consumer: Consumer | None = None
-        # Exactly once, two transactional producers used in turn; at least once, one.
-        self._producers: list[Producer] = []
-        self._turn = 0  # the producer of the next transaction
-        self._cluster_lost = False  # a producer reported every broker down
-        self._failed_deliveries: list[str] = []
+        self._delivery = Delivery(
+            config.bootstrap,
+            config.kafka,
+            worker=config.worker,
+            transactional_ids=config.transactional_ids if config.exactly_once else None,
+            transaction_timeout_ms=config.transaction_timeout_ms,
+            max_message_bytes=config.max_message_bytes,
+            stop=self._stop,
+            commit_seconds=self.metrics.commit_seconds,
+        )
         self._sending: Sending | None = None  # the batch on the commit thread, if any
-        self._sender: CommitThread | None = None
         self._last_lag_check = 0.0
 
     def stop(self) -> None:
@@ -271,12 +199,8 @@ class Processor:
             if config.shadow_topic:
                 outputs.append(config.shadow_topic)
             topics.ensure(config.bootstrap, config.input_topic, outputs, config.kafka)
-            try:
-                self._producers = [self._new_producer(id_) for id_ in self._producer_ids]
-            except clients.KafkaException as exc:
-                raise StreamError(
-                    f"could not start transactions on {config.bootstrap}: {exc}"
-                ) from exc
+            delivery = self._delivery
+            delivery.start()
             self._consumer = consumer = self._new_consumer()
             follower = (
                 ModelFollower(
@@ -294,7 +218,6 @@ class Processor:
                 self.shadow.start()
             _settle_garbage_collector()
             self.status = "ok"
-            self._sender = CommitThread()
             try:
                 while not self._stop.is_set():
                     if follower is not None:
@@ -316,28 +239,24 @@ class Processor:
                         committed, self._sending = self._settle(self._sending, batch), None
                         if not committed:
                             continue  # rewound to the failed batch: this one is read again
-                    self._renew_producers_after_an_outage()
+                    delivery.renew_after_an_outage()
                     if out is not None:
                         # The group's generation as of this batch's gathering: offsets
                         # sent for it after a rebalance are refused, never misapplied.
                         group = consumer.consumer_group_metadata()
-                        future = self._sender.submit(partial(self._send, batch, out, group))
-                        deadline = time.monotonic() + self._commit_deadline_s
-                        self._sending = Sending(batch, out, future, deadline)
+                        self._sending = delivery.send(batch, out, group)
                     self._update_lag()
             finally:
                 self.status = "stopping"
                 if self._sending is not None:
                     self._settle(self._sending, None, final=True)
                     self._sending = None
-                self._sender.close()
                 if follower is not None:
                     follower.stop()
                 if self.shadow is not None:
                     self.shadow.stop()
                 consumer.close()  # leaves the group at once: the partitions move now
-                for producer in self._producers:
-                    producer.flush(10)
+                delivery.close()
         log.info("stopped: %s", self.counts)
         return dict(self.counts)
 
@@ -402,105 +321,6 @@ class Processor:
             with suppress(KeyError):
                 self.metrics.lag.remove(str(partition))
 
-    @property
-    def _producer_ids(self) -> tuple[str | None, ...]:
-        """Exactly once, the two transactional ids; at least once, one plain producer."""
-        return self.config.transactional_ids if self.config.exactly_once else (None,)
-
-    @property
-    def _producer(self) -> Producer:
-        """The producer whose turn it is (exactly once: of the next transaction)."""
-        return self._producers[self._turn]
-
-    def _new_producer(self, transactional_id: str | None) -> Producer:
-        config = self.config
-        required: dict[str, Any] = {"enable.idempotence": True, "acks": "all"}
-        if transactional_id is not None:
-            required["transactional.id"] = transactional_id
-            required["transaction.timeout.ms"] = config.transaction_timeout_ms
-        producer = clients.producer(
-            config.bootstrap,
-            config.kafka,
-            defaults={
-                "client.id": f"scoring-stream-{config.worker}",
-                "linger.ms": 2,
-                # A transaction that begins before the coordinator has written the
-                # markers of this producer's previous one (CONCURRENT_TRANSACTIONS) is
-                # retried every 20 ms, as Java's client does (KAFKA-5477), without
-                # librdkafka's exponential growth towards 1 s.
-                "retry.backoff.ms": 20,
-                "retry.backoff.max.ms": 20,
-                "message.max.bytes": max(1_048_576, 2 * config.max_message_bytes),
-                # Only failures are reported: no Python call per delivered record.
-                "delivery.report.only.error": True,
-                "on_delivery": self._delivery_failed,
-                "error_cb": self._producer_error,
-            },
-            required=required,
-        )
-        if transactional_id is not None:
-            try:
-                producer.init_transactions(config.transaction_timeout_ms / 1000)
-            except clients.KafkaException as exc:
-                if clients.is_fenced(clients.error_of(exc)):
-                    raise StreamError(self._fenced()) from exc
-                raise
-        return producer
-
-    def _replace_producers(self) -> None:
-        """New producers for the same transactional ids; their start aborts an open transaction.
-
-        Both are replaced, not only the one whose call failed: a failure that calls for a
-        new producer (a timeout, a fatal error, a stuck call) is the cluster's, and the
-        idle producer has seen it too. Tried until the cluster answers: a new client looks
-        the transaction coordinator up afresh, which an old one whose coordinator went away
-        may never do (librdkafka issues 5456 and 5511).
-        """
-        for producer in self._producers:
-            with suppress(clients.KafkaException, RuntimeError):
-                producer.purge()
-        for turn, transactional_id in enumerate(self._producer_ids):
-            while True:
-                try:
-                    self._producers[turn] = self._new_producer(transactional_id)
-                    break
-                except clients.KafkaException as exc:
-                    if self._stop.is_set():
-                        raise StreamError(f"stopping with no producer: {exc}") from exc
-                    log.warning("no new producer yet (%s); trying again", exc)
-                    time.sleep(1.0)
-        self._cluster_lost = False
-
-    def _producer_error(self, error: clients.KafkaError) -> None:
-        clients.log_error(error)
-        if error.code() == clients.KafkaError._ALL_BROKERS_DOWN:
-            self._cluster_lost = True
-
-    def _renew_producers_after_an_outage(self) -> None:
-        """Replace the producers if one lost every broker (between batches: none is in use).
-
-        A producer that lived through an outage can keep a stale coordinator and then
-        block in ``send_offsets_to_transaction`` past its timeout (librdkafka issues 5456
-        and 5511: a broker restarted while the worker idled left it waiting for good).
-        Such a commit would be given up at its deadline; new producers spare the wait.
-        Their error reports are served by polling them, which is done here.
-        """
-        for producer in self._producers:
-            producer.poll(0)
-        if self._cluster_lost:
-            log.warning("a producer lost every broker: starting new producers")
-            self._replace_producers()
-
-    def _delivery_failed(self, error: Any, message: Any) -> None:
-        if error is not None:
-            self._failed_deliveries.append(str(error))
-
-    def _fenced(self) -> str:
-        return (
-            f"another live worker uses transactional ids {self.config.transactional_ids}: "
-            "give every worker of a group its own --worker"
-        )
-
     # -- one micro-batch ------------------------------------------------------------------
 
     def outgoing(self, batch: Batch) -> Outgoing:
@@ -528,56 +348,10 @@ class Processor:
         shadowed = self.shadow.outgoing(batch, decoded, scored, model, config.max_message_bytes)
         return Outgoing(out.records, out.dead_kinds, shadowed)
 
-    def _send(self, batch: Batch, out: Outgoing, group: object) -> None:
-        """Send the batch's records and commit its offsets (on the commit thread)."""
-        with self.metrics.commit_seconds.time():
-            if self.config.exactly_once:
-                self._transact(out.to_send(), _offsets(batch), group)
-            else:
-                self._deliver(out.to_send())
-
     def _committing(self) -> bool:
         """Whether a batch is on the commit thread, not finished yet nor past its deadline."""
         sending = self._sending
-        return (
-            sending is not None
-            and not sending.future.done()
-            and time.monotonic() < sending.deadline
-        )
-
-    @property
-    def _commit_deadline_s(self) -> float:
-        """How long a batch's commit may run before it is given up as stuck.
-
-        Past the transaction timeout the broker aborts the transaction anyway; every call
-        of a healthy commit returns well before (each has :attr:`_call_timeout`).
-        """
-        return self.config.transaction_timeout_ms / 1000 + self._call_timeout
-
-    def _outcome(self, sending: Sending) -> BaseException | None:
-        """Wait for a batch's commit, until its deadline: ``None`` if it succeeded, else why not.
-
-        A commit still running at its deadline is stuck inside the client: the commit
-        thread is left to it, and the producers replaced. Exactly once, the new producers'
-        start fences the stuck one and settles its transaction (committed or aborted)
-        before any other begins; the group's committed offsets then say which.
-        """
-        if not isinstance(sending.outcome, _Pending):
-            return sending.outcome
-        try:
-            sending.future.result(timeout=max(0.0, sending.deadline - time.monotonic()))
-            sending.outcome = None
-        except FutureTimeout:
-            waited = self._commit_deadline_s
-            log.warning("a micro-batch's commit is stuck after %.0f s: new producers", waited)
-            assert self._sender is not None
-            self._sender.close()
-            self._sender = CommitThread()
-            self._replace_producers()
-            sending.outcome = StuckCommit(f"commit stuck for {waited:.0f} s")
-        except Exception as exc:
-            sending.outcome = exc
-        return sending.outcome
+        return sending is not None and sending.running()
 
     def _await_commit(self) -> None:
         """Let the batch on the commit thread finish before partitions move.
@@ -591,8 +365,9 @@ class Processor:
         sending = self._sending
         if sending is None:
             return
-        if self._outcome(sending) is None and not self.config.exactly_once:
-            self._commit_offsets(sending, asynchronous=False)
+        if self._delivery.outcome(sending) is None and not self.config.exactly_once:
+            assert self._consumer is not None
+            self._delivery.commit_offsets(self._consumer, sending, asynchronous=False)
 
     def _settle(self, sending: Sending, following: Batch | None, final: bool = False) -> bool:
         """Wait for a batch's commit; count it, or undo it and rewind.
@@ -603,12 +378,13 @@ class Processor:
         At-least-once, a delivered batch's offsets are committed here: asynchronously, or
         synchronously on the ``final`` batch before the consumer closes.
         """
-        batch = sending.batch
-        failure = self._outcome(sending)
+        batch, consumer = sending.batch, self._consumer
+        assert consumer is not None
+        failure = self._delivery.outcome(sending)
         if failure is not None:
             error = clients.error_of(failure)
             if clients.is_fenced(error):
-                raise StreamError(self._fenced()) from failure
+                raise self._delivery.fenced() from failure
             if not isinstance(failure, clients.KafkaException | StuckCommit):
                 raise failure
             self.metrics.aborts.inc()
@@ -616,113 +392,16 @@ class Processor:
                 "micro-batch of %d events aborted (%s); reading it again", len(batch), failure
             )
             if not isinstance(failure, StuckCommit):  # a stuck one's producer is replaced
-                self._abort(error)
+                self._delivery.abort(error)
             later = following.first_offsets() if following is not None else {}
-            self._rewind(self._restart_offsets({**later, **batch.first_offsets()}))
+            first = {**later, **batch.first_offsets()}
+            self._rewind(self._delivery.restart_offsets(consumer, first))
             time.sleep(0.2)
             return False
         if not self.config.exactly_once:
-            self._commit_offsets(sending, asynchronous=not final)
+            self._delivery.commit_offsets(consumer, sending, asynchronous=not final)
         self._count(batch, sending.out)
         return True
-
-    def _commit_offsets(self, sending: Sending, asynchronous: bool) -> None:
-        """At-least-once: commit a delivered batch's offsets (main thread), once."""
-        if sending.offsets_committed:
-            return
-        assert self._consumer is not None
-        sending.offsets_committed = True
-        offsets = _offsets(sending.batch)
-        try:
-            if asynchronous:
-                self._consumer.commit(offsets=offsets, asynchronous=True)
-            else:
-                self._consumer.commit(offsets=offsets, asynchronous=False)
-        except clients.KafkaException as exc:
-            # Its events are delivered; they will be read and sent again (at least once).
-            log.warning("offsets of a delivered micro-batch not committed (%s)", exc)
-
-    def _transact(
-        self, records: list[Record], offsets: list[TopicPartition], group: object
-    ) -> None:
-        """One transaction; once it is committed, the other producer has the next turn."""
-        producer = self._producer
-        timeout = self._call_timeout
-        producer.begin_transaction()
-        self._produce(producer, records)
-        _retrying(lambda: producer.send_offsets_to_transaction(offsets, group, timeout))
-        _retrying(lambda: producer.commit_transaction(timeout))
-        producer.poll(0)  # serve failure reports, if any (there are none per success)
-        self._turn = (self._turn + 1) % len(self._producers)
-
-    def _deliver(self, records: list[Record]) -> None:
-        """At-least-once: send the records and wait until every one is acknowledged."""
-        producer = self._producer
-        self._failed_deliveries.clear()
-        self._produce(producer, records)
-        left = producer.flush(self.config.transaction_timeout_ms / 1000)
-        if left or self._failed_deliveries:
-            failed = self._failed_deliveries[:1] or [f"{left} records not acknowledged"]
-            raise clients.KafkaException(clients.KafkaError(clients.KafkaError._FAIL, failed[0]))
-
-    @staticmethod
-    def _produce(producer: Producer, records: list[Record]) -> None:
-        produce: Callable[..., None] = producer.produce
-        for topic, key, value, headers in records:
-            while True:
-                try:
-                    produce(topic, value, key, headers=headers)
-                    break
-                except BufferError:  # the local queue is full: let it drain, then go on
-                    producer.poll(0.05)
-
-    @property
-    def _call_timeout(self) -> float:
-        """Seconds one transactional call may take before the producer is replaced."""
-        return min(10.0, self.config.transaction_timeout_ms / 3000)
-
-    def _abort(self, error: clients.KafkaError | None) -> None:
-        """Abort the open transaction, or replace the producer (which aborts it too).
-
-        Only an error that says "abort" is answered with ``abort_transaction``; after a
-        timeout or a fatal error the producer is replaced.
-        """
-        if not self.config.exactly_once:
-            return  # at-least-once: what was sent stays; the batch is sent again
-        producer = self._producer
-        if error is not None and error.txn_requires_abort() and not error.fatal():
-            try:
-                _retrying(lambda: producer.abort_transaction(self._call_timeout))
-                return
-            except clients.KafkaException as exc:
-                if clients.is_fenced(clients.error_of(exc)):
-                    raise StreamError(self._fenced()) from exc
-                log.warning("abort failed (%s); starting a new producer", exc)
-        self._replace_producers()
-
-    def _restart_offsets(self, first: dict[Partition, int]) -> dict[Partition, int]:
-        """Where to read a failed batch again: its ``first`` offsets, or what the group holds.
-
-        Exactly once, a commit that failed on this side may have been committed by the
-        broker all the same (its answer lost, or a call timed out). Once the transaction
-        is settled (aborted, or the producer replaced) the group's committed offsets say
-        where its output ends; reading from there again sends nothing twice.
-        """
-        if not self.config.exactly_once:
-            return first
-        assert self._consumer is not None
-        asked = [TopicPartition(t, p) for t, p in first]
-        while True:
-            try:
-                committed = self._consumer.committed(asked, timeout=self._call_timeout)
-                break
-            except clients.KafkaException as exc:
-                if self._stop.is_set():
-                    return first  # stopping: the next start reads the committed offsets
-                log.warning("committed offsets not read yet (%s); trying again", exc)
-                time.sleep(1.0)
-        known = {(tp.topic, tp.partition): tp.offset for tp in committed if tp.offset >= 0}
-        return {**first, **known}
 
     def _rewind(self, first: dict[Partition, int]) -> None:
         """Put partitions back to ``first`` offsets, those this worker still holds."""
@@ -795,38 +474,9 @@ def _names(partitions: list[TopicPartition]) -> list[Partition]:
     return [(tp.topic, tp.partition) for tp in partitions]
 
 
-def _offsets(batch: Batch) -> list[TopicPartition]:
-    """The offsets to commit for a batch: one past its last event in each partition."""
-    return [TopicPartition(t, p, o) for (t, p), o in batch.next_offsets().items()]
-
-
 def _log_failed_commit(error: Any, partitions: list[TopicPartition]) -> None:
     if error is not None:
         log.warning("offset commit failed (%s); those events will be read again", error)
-
-
-def _retrying(call: Callable[[], T], attempts: int = 5) -> T:
-    """``call()``, again while it fails with a retriable error other than a timeout.
-
-    A timed-out call is not repeated: the caller replaces the producer instead.
-    """
-    for attempt in range(attempts):
-        try:
-            return call()
-        except clients.KafkaException as exc:
-            error = clients.error_of(exc)
-            retriable = (
-                error is not None
-                and error.retriable()
-                and error.code() != clients.KafkaError._TIMED_OUT
-                and not error.fatal()
-                and not error.txn_requires_abort()
-            )
-            if not retriable or attempt == attempts - 1:
-                raise
-            log.warning("retrying after %s", error)
-            time.sleep(min(1.0, 0.05 * 2**attempt))
-    raise AssertionError("unreachable")
 
 
 def _settle_garbage_collector() -> None:
