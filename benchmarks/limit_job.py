@@ -29,7 +29,7 @@ def main() -> None:
     import pyarrow as pa
     from deltalake import DeltaTable, write_deltalake
     from scoring.batch import lake
-    from scoring.model.artifact import load_artifact
+    from scoring.lifecycle.loading import load_artifact
 
     scorer = load_artifact(args.model).scorer(1)
     started = time.monotonic()

@@ -2,7 +2,7 @@
 
 This is what ``import scoring`` exports, for teams that embed the scorer in their own
 consumers or services. It is the code the jobs run: the artifact is loaded and verified by
-:func:`scoring.model.artifact.load_artifact`, rows are checked and scored by
+:func:`scoring.lifecycle.loading.load_artifact`, rows are checked and scored by
 :meth:`scoring.model.artifact.Scorer.score` (as in the batch job), and raw messages are
 decoded by :func:`scoring.stream.events.decode` (as in the stream processor), so a refused
 row gets the same reason and reason kind on every path.
@@ -25,9 +25,10 @@ from typing import Any
 import pyarrow as pa
 
 from scoring.errors import ConfigError
-from scoring.model.artifact import ScoredBatch, load_artifact
+from scoring.lifecycle.loading import ModelFollower, follows_alias, load_artifact
+from scoring.model.artifact import ScoredBatch
 from scoring.model.contract import Contract
-from scoring.model.live import LiveModel, ModelFollower, follows_alias
+from scoring.model.live import LiveModel
 from scoring.stream.events import decode
 
 __all__ = ["DEFAULT_MAX_MESSAGE_BYTES", "Model", "Prediction", "load_model"]

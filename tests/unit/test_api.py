@@ -17,8 +17,8 @@ import pyarrow as pa
 import pytest
 import scoring
 from scoring.errors import ConfigError
+from scoring.lifecycle.loading import load_artifact
 from scoring.lifecycle.registry import ModelVersionInfo
-from scoring.model.artifact import load_artifact
 from scoring.model.contract import CONTRACT_FILE, Contract
 from scoring.stream.events import to_events
 
@@ -157,8 +157,7 @@ def test_refresh_follows_the_alias_between_batches(
     artifact_dir: Path, second_version: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     from scoring import api
-    from scoring.lifecycle import registry
-    from scoring.model import live
+    from scoring.lifecycle import loading, registry
 
     holder = {"version": "1"}
     folders = {"1": artifact_dir, "2": second_version}
@@ -175,7 +174,7 @@ def test_refresh_follows_the_alias_between_batches(
 
     monkeypatch.setattr(registry, "resolve", resolve)
     monkeypatch.setattr(api, "load_artifact", load)
-    monkeypatch.setattr(live, "load_artifact", load)
+    monkeypatch.setattr(loading, "load_artifact", load)
     model = scoring.load_model("models:/fraud@champion")
     assert (model.name, model.version) == ("fraud", "1")
     assert model.refresh() is False

@@ -39,7 +39,8 @@ from scoring.batch import lake, spec
 from scoring.batch.spec import FEATURES_JSON, REASON, BatchJob, Laps
 from scoring.batch.tables import for_delta_rs, is_catalog_name, raise_for_access
 from scoring.errors import ConfigError, TableFeatureError
-from scoring.model.artifact import Artifact, Scorer, load_artifact
+from scoring.lifecycle.loading import load_artifact
+from scoring.model.artifact import Artifact, Scorer
 
 __all__ = ["BATCH_ROWS", "check_readable", "check_writable", "run"]
 

@@ -33,7 +33,8 @@ from scoring.batch.spec import (
 )
 from scoring.batch.tables import for_spark, is_catalog_name, raise_for_access
 from scoring.errors import ConfigError, SchemaMismatchError, SourceNotFoundError
-from scoring.model.artifact import Artifact, cached_scorer, load_artifact
+from scoring.lifecycle.loading import load_artifact
+from scoring.model.artifact import Artifact, cached_scorer
 from scoring.model.contract import Contract
 
 __all__ = [

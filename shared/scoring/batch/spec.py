@@ -230,7 +230,7 @@ def shadow(
     cannot be loaded, does not fit the source or fails while scoring leaves them as they
     are; the summary says what went wrong.
     """
-    from scoring.model.artifact import load_artifact
+    from scoring.lifecycle.loading import load_artifact
 
     assert job.shadow is not None and job.shadow_target is not None
     tables = (job.shadow_target, job.shadow_rejects_table or "")

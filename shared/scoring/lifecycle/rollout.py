@@ -24,7 +24,8 @@ from pyspark.sql import DataFrame, SparkSession
 
 from scoring.batch.job import REASON, check_schema, read_source, rows_for_date, score_frame
 from scoring.errors import GateFailedError, ModelNotFoundError
-from scoring.model.artifact import Artifact, load_artifact
+from scoring.lifecycle.loading import load_artifact
+from scoring.model.artifact import Artifact
 from scoring.stream.events import to_events
 from scoring.stream.metrics import fetch_health
 from scoring.stream.processor import Processor, StreamConfig

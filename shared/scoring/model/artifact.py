@@ -1,15 +1,17 @@
-"""Loading the one model artifact and scoring Arrow batches with it.
+"""Reading and verifying the one model artifact, and scoring Arrow batches with it.
 
-Both the batch job and the stream processor call :func:`load_artifact` and
-:meth:`Scorer.score`; nothing else in the project touches onnxruntime. Loading reads a
-JSON contract and ONNX bytes only: no pickle, no user code runs.
+:func:`read_artifact_dir` reads an artifact folder, however it was found: a registry
+version is resolved and downloaded above the model core (by
+:func:`scoring.lifecycle.loading.load_artifact`, which both the batch job and the stream
+processor call), and only its folder is handed down here. Both paths score with
+:meth:`Scorer.score`; nothing else in the project touches onnxruntime. Reading an artifact
+reads a JSON contract and ONNX bytes only: no pickle, no user code runs.
 """
 
 from __future__ import annotations
 
 import hashlib
 import logging
-import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,7 +29,6 @@ __all__ = [
     "ScoredBatch",
     "Scorer",
     "cached_scorer",
-    "load_artifact",
     "read_artifact_dir",
     "sha256_bytes",
 ]
@@ -227,7 +228,18 @@ def cached_scorer(contract: Contract, onnx_bytes: Callable[[], bytes], threads: 
 def read_artifact_dir(
     directory: Path, source: str, expected_sha: str | None = None, **identity: str | None
 ) -> Artifact:
-    """Read and verify an artifact folder (``scoring.json`` + the ONNX file it names)."""
+    """Read and verify an artifact folder (``scoring.json`` + the ONNX file it names).
+
+    Args:
+        directory: the folder on local disk (a registry version is downloaded first).
+        source: how the caller named it, shown in errors and kept as ``Artifact.source``.
+        expected_sha: the graph's checksum as the registry recorded it, checked as well.
+        identity: ``name`` and ``version`` in the registry, which predictions record.
+
+    Raises:
+        ArtifactIncompleteError: the contract or the graph it names is missing.
+        ChecksumMismatchError: the graph is not the one the contract (or registry) names.
+    """
     contract_path = directory / CONTRACT_FILE
     if not contract_path.is_file():
         raise ArtifactIncompleteError(source, CONTRACT_FILE)
@@ -242,28 +254,3 @@ def read_artifact_dir(
     if expected_sha is not None and actual != expected_sha:
         raise ChecksumMismatchError(source, expected_sha, actual, "registry record")
     return Artifact(contract=contract, onnx_bytes=onnx_bytes, source=source, **identity)
-
-
-def load_artifact(uri: str) -> Artifact:
-    """Resolve ``models:/NAME@ALIAS``, ``models:/NAME/VERSION`` or a local folder, verified.
-
-    A registry URI is resolved once to its immutable version; the returned artifact
-    carries that version, which is what every prediction records.
-    """
-    if not uri.startswith("models:/"):
-        path = Path(uri)
-        if not path.is_dir():
-            raise ArtifactIncompleteError(uri, "the folder itself")
-        return read_artifact_dir(path, uri)
-    from scoring.lifecycle import registry  # mlflow is heavy; local-path loading does not need it
-
-    version = registry.resolve(uri)
-    with tempfile.TemporaryDirectory(prefix="scoring-model-") as tmp:
-        local = registry.download(version, Path(tmp))
-        return read_artifact_dir(
-            local,
-            f"{uri} (version {version.version})",
-            expected_sha=version.sha256,
-            name=version.name,
-            version=version.version,
-        )

@@ -34,7 +34,7 @@ from faust.types import AgentT, EventT, TopicT
 
 from scoring.api import DEFAULT_MAX_MESSAGE_BYTES, Model, Prediction, load_model
 from scoring.errors import ConfigError
-from scoring.model.live import follows_alias
+from scoring.lifecycle.loading import follows_alias
 from scoring.stream.events import (
     H_MODEL_NAME,
     H_MODEL_VERSION,

@@ -47,8 +47,8 @@ from typing import Any
 from confluent_kafka import Consumer, TopicPartition
 
 from scoring.errors import ConfigError, StreamError
-from scoring.model.artifact import load_artifact
-from scoring.model.live import LiveModel, ModelFollower, follows_alias
+from scoring.lifecycle.loading import ModelFollower, follows_alias, load_artifact
+from scoring.model.live import LiveModel
 from scoring.stream import clients, topics
 from scoring.stream.delivery import Delivery, Sending, StuckCommit
 from scoring.stream.kafka_config import KafkaClientConfig, preflight

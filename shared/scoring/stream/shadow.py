@@ -9,7 +9,7 @@ while scoring is counted and logged (at most once a minute per kind of failure) 
 micro-batch goes out without shadow records.
 
 A ``models:/NAME@ALIAS`` challenger is followed through its own alias
-(:class:`scoring.model.live.ModelFollower`, optional): when the alias is set, moved or
+(:class:`scoring.lifecycle.loading.ModelFollower`, optional): when the alias is set, moved or
 deleted, the challenger that scores changes or stops between two micro-batches. Any other
 URI is loaded once, at start.
 """
@@ -22,8 +22,9 @@ import time
 from collections import Counter
 from typing import Any
 
-from scoring.model.artifact import ScoredBatch, load_artifact
-from scoring.model.live import LiveModel, ModelFollower, follows_alias
+from scoring.lifecycle.loading import ModelFollower, follows_alias, load_artifact
+from scoring.model.artifact import ScoredBatch
+from scoring.model.live import LiveModel
 from scoring.stream.events import Decoded
 from scoring.stream.log_limit import LogLimit
 from scoring.stream.metrics import StreamMetrics, version_number

@@ -13,7 +13,7 @@ from pyspark.sql import functions as F
 from scoring.batch import job as job_module
 from scoring.batch.job import BatchJob, run, table_version
 from scoring.batch.main import main
-from scoring.model.artifact import load_artifact
+from scoring.lifecycle.loading import load_artifact
 from scoring.model.contract import Feature, validate
 
 from tests.integration.conftest import DAYS, ROWS_PER_DAY, START, job_args, write_demo_table

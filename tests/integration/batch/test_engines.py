@@ -19,8 +19,8 @@ from pyspark.sql import functions as F
 from scoring.batch.main import run_job
 from scoring.batch.spec import ENGINES, BatchJob
 from scoring.dev import trees
+from scoring.lifecycle.loading import load_artifact
 from scoring.lifecycle.packaging import build, write_artifact
-from scoring.model.artifact import load_artifact
 
 from tests.integration.conftest import DAYS, START
 

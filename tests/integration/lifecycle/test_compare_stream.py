@@ -24,8 +24,8 @@ from scoring.dev.demo.train import TrainedModel
 from scoring.dev.kafka_broker import Broker
 from scoring.lifecycle import registry
 from scoring.lifecycle.compare import Pairs, compare, pair, read_stream
+from scoring.lifecycle.loading import load_artifact
 from scoring.lifecycle.packaging import package
-from scoring.model.artifact import load_artifact
 from scoring.stream import clients
 from scoring.stream.events import to_events
 from scoring.stream.topics import create, produce

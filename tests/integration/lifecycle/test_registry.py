@@ -15,8 +15,8 @@ from scoring.cli import app
 from scoring.dev.demo.train import TrainedModel
 from scoring.errors import ChecksumMismatchError, ModelNotFoundError, RollbackError
 from scoring.lifecycle import registry
+from scoring.lifecycle.loading import load_artifact
 from scoring.lifecycle.packaging import package
-from scoring.model.artifact import load_artifact
 from typer.testing import CliRunner
 
 from tests.integration.conftest import package_args

@@ -25,7 +25,7 @@ from scoring.dev.demo.train import TrainedModel
 from scoring.dev.kafka_broker import Broker
 from scoring.dev.services import MlflowServer, S3Server
 from scoring.lifecycle import registry
-from scoring.model.artifact import load_artifact
+from scoring.lifecycle.loading import load_artifact
 from scoring.stream.events import to_events
 
 from tests.integration.conftest import DAYS, package_args

@@ -18,7 +18,7 @@ import pyarrow as pa
 import pytest
 from scoring.dev.demo.data import KEY
 from scoring.dev.kafka_broker import Broker
-from scoring.model.artifact import load_artifact
+from scoring.lifecycle.loading import load_artifact
 
 from tests.integration.kafka_helpers import Topics, headers, outputs_by_key, produce, read_all
 from tests.integration.stream.test_stream import _bad_corpus, events_of, expected_scores

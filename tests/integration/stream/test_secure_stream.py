@@ -18,9 +18,9 @@ from pyspark.sql import SparkSession
 from scoring.dev.demo.data import KEY
 from scoring.dev.demo.train import TrainedModel
 from scoring.dev.kafka_broker import SecureListeners
+from scoring.lifecycle.loading import load_artifact
 from scoring.lifecycle.packaging import package
 from scoring.lifecycle.rollout import parity
-from scoring.model.artifact import load_artifact
 from scoring.stream import topics as shared_topics
 from scoring.stream.events import to_events
 from scoring.stream.kafka_config import KafkaClientConfig, resolve

@@ -19,7 +19,7 @@ from scoring.batch.main import run_job
 from scoring.batch.spec import ENGINES, BatchJob
 from scoring.dev.demo.data import KEY
 from scoring.dev.kafka_broker import Broker
-from scoring.model.artifact import load_artifact
+from scoring.lifecycle.loading import load_artifact
 from scoring.stream.events import to_events
 
 from tests.integration.conftest import DAYS

@@ -25,8 +25,9 @@ from scoring.dev.demo.data import KEY, generate_day
 from scoring.dev.demo.train import TrainedModel
 from scoring.dev.kafka_broker import Broker
 from scoring.lifecycle import registry
+from scoring.lifecycle.loading import load_artifact
 from scoring.lifecycle.packaging import package
-from scoring.model.artifact import load_artifact, sha256_bytes
+from scoring.model.artifact import sha256_bytes
 from scoring.model.contract import CONTRACT_FILE, Contract
 
 from tests.integration.kafka_helpers import (

@@ -14,7 +14,7 @@ from scoring.batch import embedded, lake
 from scoring.batch.spec import BatchJob, choose_engine
 from scoring.dev.demo.data import DATE, KEY, generate_day
 from scoring.errors import ConfigError, SchemaMismatchError
-from scoring.model.artifact import load_artifact
+from scoring.lifecycle.loading import load_artifact
 
 DAYS = [dt.date(2026, 11, 1), dt.date(2026, 11, 2)]
 ROWS = 2500

@@ -14,8 +14,8 @@ import pytest
 from scoring.dev.demo.data import CATEGORIES
 from scoring.dev.demo.train import TrainedModel
 from scoring.errors import ContractError, ConversionMismatchError, UnsupportedModelError
+from scoring.lifecycle.loading import load_artifact
 from scoring.lifecycle.packaging import build, write_artifact
-from scoring.model.artifact import load_artifact
 from sklearn.linear_model import LinearRegression, LogisticRegression
 
 

@@ -1,4 +1,4 @@
-"""Loading refuses tampered or incomplete artifacts; scoring equals direct onnxruntime."""
+"""Reading refuses tampered or incomplete artifacts; scoring equals direct onnxruntime."""
 
 from __future__ import annotations
 
@@ -10,9 +10,13 @@ import onnxruntime as ort
 import pyarrow as pa
 import pytest
 from scoring.errors import ArtifactIncompleteError, ChecksumMismatchError, ContractError
-from scoring.model.artifact import cached_scorer, load_artifact
+from scoring.model.artifact import Artifact, cached_scorer, read_artifact_dir
 from scoring.model.contract import CONTRACT_FILE, validate
 from scoring.model.features import model_inputs
+
+
+def _read(folder: Path) -> Artifact:
+    return read_artifact_dir(folder, str(folder))
 
 
 @pytest.fixture
@@ -23,7 +27,7 @@ def copy(artifact_dir: Path, tmp_path: Path) -> Path:
 def test_scores_equal_direct_onnxruntime_bit_for_bit(
     artifact_dir: Path, demo_table: pa.Table
 ) -> None:
-    artifact = load_artifact(str(artifact_dir))
+    artifact = _read(artifact_dir)
     result = artifact.scorer().score(demo_table)
     valid = validate(demo_table, artifact.contract.features).valid
     assert result.rejected == int((~valid).sum()) > 0
@@ -44,7 +48,7 @@ def test_scores_equal_direct_onnxruntime_bit_for_bit(
 
 
 def test_scores_do_not_depend_on_batch_size(artifact_dir: Path, demo_table: pa.Table) -> None:
-    scorer = load_artifact(str(artifact_dir)).scorer()
+    scorer = _read(artifact_dir).scorer()
     whole = scorer.score(demo_table).score.to_numpy(zero_copy_only=False)
     pieces = np.concatenate(
         [
@@ -71,32 +75,32 @@ def test_tampered_graph_is_refused(copy: Path) -> None:
     data[-1] ^= 0xFF
     graph.write_bytes(bytes(data))
     with pytest.raises(ChecksumMismatchError, match="altered or partly copied"):
-        load_artifact(str(copy))
+        _read(copy)
 
 
 def test_truncated_graph_is_refused(copy: Path) -> None:
     graph = copy / "model.onnx"
     graph.write_bytes(graph.read_bytes()[:100])
     with pytest.raises(ChecksumMismatchError):
-        load_artifact(str(copy))
+        _read(copy)
 
 
 @pytest.mark.parametrize("missing", [CONTRACT_FILE, "model.onnx"])
 def test_incomplete_artifact_is_refused(copy: Path, missing: str) -> None:
     (copy / missing).unlink()
     with pytest.raises(ArtifactIncompleteError, match=missing):
-        load_artifact(str(copy))
+        _read(copy)
 
 
 def test_contract_that_does_not_fit_the_graph_is_refused(copy: Path) -> None:
     text = (copy / CONTRACT_FILE).read_text().replace('"probabilities"', '"nope"')
     (copy / CONTRACT_FILE).write_text(text)
     with pytest.raises(ContractError, match="no output 'nope'"):
-        load_artifact(str(copy)).scorer()
+        _read(copy).scorer()
 
 
 def test_session_is_built_once_per_process(artifact_dir: Path) -> None:
-    artifact = load_artifact(str(artifact_dir))
+    artifact = _read(artifact_dir)
     calls: list[int] = []
 
     def graph() -> bytes:

@@ -14,7 +14,8 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 import pytest
-from scoring.model.artifact import ScoredBatch, load_artifact
+from scoring.lifecycle.loading import load_artifact
+from scoring.model.artifact import ScoredBatch
 from scoring.model.contract import Contract
 from scoring.model.live import LiveModel
 from scoring.stream.events import (

@@ -1,15 +1,45 @@
-"""The model follower: a registry outage, an optional model whose alias comes and goes, and
-versions that fail to load (the registry faked at its module seam)."""
+"""Loading by URI without MLflow for a folder, and the model follower: a registry outage, an
+optional model whose alias comes and goes, and versions that fail to load (the registry
+faked at its module seam)."""
 
 from __future__ import annotations
 
+import subprocess
+import sys
+from pathlib import Path
 from typing import Any
 
 import pytest
-from scoring.errors import ChecksumMismatchError, ModelNotFoundError, TrackingServerError
-from scoring.lifecycle import registry
-from scoring.model import live
-from scoring.model.live import LiveModel, ModelFollower
+from scoring.errors import (
+    ArtifactIncompleteError,
+    ChecksumMismatchError,
+    ModelNotFoundError,
+    TrackingServerError,
+)
+from scoring.lifecycle import loading, registry
+from scoring.lifecycle.loading import ModelFollower, follows_alias, load_artifact
+from scoring.model.live import LiveModel
+
+
+def test_a_local_folder_loads_without_importing_mlflow(artifact_dir: Path) -> None:
+    code = (
+        "import sys; from scoring.lifecycle.loading import load_artifact; "
+        f"artifact = load_artifact({str(artifact_dir)!r}); "
+        "print(artifact.version, 'mlflow' in sys.modules)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.split() == ["None", "False"]
+
+
+def test_a_uri_that_is_no_folder_is_refused(tmp_path: Path) -> None:
+    with pytest.raises(ArtifactIncompleteError, match="the folder itself"):
+        load_artifact(str(tmp_path / "absent"))
+
+
+def test_only_an_alias_is_followed() -> None:
+    assert follows_alias("models:/fraud@champion")
+    assert not follows_alias("models:/fraud/3")
+    assert not follows_alias("/models/fraud@champion")
 
 
 def test_failed_alias_checks_are_counted_and_the_alias_is_followed_again_after(
@@ -30,7 +60,7 @@ def test_failed_alias_checks_are_counted_and_the_alias_is_followed_again_after(
 
     loaded: list[str] = []
     monkeypatch.setattr(registry, "resolve", resolve)
-    monkeypatch.setattr(live, "load_artifact", lambda uri: loaded.append(uri) or uri)
+    monkeypatch.setattr(loading, "load_artifact", lambda uri: loaded.append(uri) or uri)
     monkeypatch.setattr(LiveModel, "of", classmethod(lambda cls, a, t=1: cls("fraud", a[-1], None)))  # type: ignore[arg-type]
     check_failures: list[Exception] = []
     load_failures: list[Exception] = []
@@ -64,7 +94,7 @@ class FakeRegistry:
         self.broken: set[str] = set()
         self.loads: list[str] = []
         monkeypatch.setattr(registry, "resolve", self.resolve)
-        monkeypatch.setattr(live, "load_artifact", self.load)
+        monkeypatch.setattr(loading, "load_artifact", self.load)
         monkeypatch.setattr(
             LiveModel,
             "of",
@@ -112,7 +142,7 @@ def test_a_version_that_fails_to_load_is_tried_again_later_not_at_every_check(
     fake = FakeRegistry(monkeypatch)
     fake.names, fake.broken = "4", {"4"}
     clock = [1000.0]
-    monkeypatch.setattr(live.time, "monotonic", lambda: clock[0])
+    monkeypatch.setattr(loading.time, "monotonic", lambda: clock[0])
     failures: list[Exception] = []
     follower = ModelFollower(
         "models:/fraud@challenger", None, poll_s=10, on_failure=failures.append, optional=True
