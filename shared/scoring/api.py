@@ -4,7 +4,7 @@ This is what ``import scoring`` exports, for teams that embed the scorer in thei
 consumers or services. It is the code the jobs run: the artifact is loaded and verified by
 :func:`scoring.lifecycle.loading.load_artifact`, rows are checked and scored by
 :meth:`scoring.model.artifact.Scorer.score` (as in the batch job), and raw messages are
-decoded by :func:`scoring.stream.events.decode` (as in the stream processor), so a refused
+decoded by :func:`scoring.model.decode.decode` (as in the stream processor), so a refused
 row gets the same reason and reason kind on every path.
 
 Example:
@@ -28,8 +28,8 @@ from scoring.errors import ConfigError
 from scoring.lifecycle.loading import ModelFollower, follows_alias, load_artifact
 from scoring.model.artifact import ScoredBatch
 from scoring.model.contract import Contract
+from scoring.model.decode import decode
 from scoring.model.live import LiveModel
-from scoring.stream.events import decode
 
 __all__ = ["DEFAULT_MAX_MESSAGE_BYTES", "Model", "Prediction", "load_model"]
 
@@ -49,7 +49,7 @@ class Prediction:
         reason: why the row was refused (None when scored).
         reason_kind: the reason's category, e.g. ``out_of_range`` or ``missing_field``
             (see ``scoring.model.contract.REASON_KINDS`` and
-            ``scoring.stream.events.PARSE_KINDS``); None when scored.
+            ``scoring.model.decode.PARSE_KINDS``); None when scored.
         model_name: the registered model that scored (or refused) the row.
         model_version: its version (``local`` for an artifact folder).
     """

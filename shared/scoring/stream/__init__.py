@@ -1,4 +1,4 @@
-"""The real-time path: the Kafka stream processor, event decoding, topics and metrics.
+"""The real-time path: the Kafka stream processor, its wire format, topics and metrics.
 
 ``faust_agent`` gives an existing faust app a scoring agent (the ``faust`` extra).
 """

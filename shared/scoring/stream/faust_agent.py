@@ -35,10 +35,10 @@ from faust.types import AgentT, EventT, TopicT
 from scoring.api import DEFAULT_MAX_MESSAGE_BYTES, Model, Prediction, load_model
 from scoring.errors import ConfigError
 from scoring.lifecycle.loading import follows_alias
+from scoring.model.decode import Refused
 from scoring.stream.events import (
     H_MODEL_NAME,
     H_MODEL_VERSION,
-    Refused,
     dead_letter_headers,
     encode_prediction,
     iso_millis,

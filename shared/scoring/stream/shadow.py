@@ -24,8 +24,8 @@ from typing import Any
 
 from scoring.lifecycle.loading import ModelFollower, follows_alias, load_artifact
 from scoring.model.artifact import ScoredBatch
+from scoring.model.decode import Decoded
 from scoring.model.live import LiveModel
-from scoring.stream.events import Decoded
 from scoring.stream.log_limit import LogLimit
 from scoring.stream.metrics import StreamMetrics, version_number
 from scoring.stream.stages import Batch, ShadowOutgoing, shadow

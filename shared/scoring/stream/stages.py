@@ -5,7 +5,7 @@ One micro-batch goes through them in order:
 1. :func:`gather`: take up to ``size`` events from the consumer with batched
    ``consume()`` calls, starting over when the partitions move under it;
 2. :func:`decode_and_validate`: parse the values column by column into an Arrow batch and
-   a reason for every event that cannot be read (:func:`scoring.stream.events.decode`);
+   a reason for every event that cannot be read (:func:`scoring.model.decode.decode`);
 3. :func:`score`: the contract's checks and the model, the same code the batch job runs;
 4. :func:`route`: one output record per event, in input order: a prediction, or the
    event itself to the dead-letter topic with the reason in its headers;
@@ -15,8 +15,9 @@ One micro-batch goes through them in order:
    champion's).
 
 Producing and committing (one transaction per micro-batch) is the processor's own part,
-since it is the part that talks to Kafka (:mod:`scoring.stream.processor`). The consumer
-is seen through the small :class:`Source` protocol, so a fake can stand in for it.
+since it is the part that talks to Kafka (:mod:`scoring.stream.processor`, which sends
+through :mod:`scoring.stream.delivery`). The consumer is seen through the small
+:class:`Source` protocol, so a fake can stand in for it.
 """
 
 from __future__ import annotations
@@ -32,14 +33,12 @@ import numpy as np
 
 from scoring.model.artifact import ScoredBatch
 from scoring.model.contract import Contract
+from scoring.model.decode import Decoded, Refused, decode
 from scoring.model.live import LiveModel
 from scoring.stream.events import (
     H_MODEL_NAME,
     H_MODEL_VERSION,
-    Decoded,
-    Refused,
     dead_letter_headers,
-    decode,
     iso_millis,
     prediction_encoder,
 )

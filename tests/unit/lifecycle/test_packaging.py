@@ -136,8 +136,8 @@ def test_a_graph_that_imputes_makes_its_inputs_nullable(artifact_dir: Path) -> N
 def test_batch_and_stream_refuse_the_same_nulls(tmp_path: Path) -> None:
     """Parity on missing values: the batch job's Arrow function and the stream's stages."""
     from scoring.batch.job import REASON, _score_batches
+    from scoring.model.decode import decode
     from scoring.model.live import LiveModel
-    from scoring.stream.events import decode
     from scoring.stream.stages import score
 
     path, _ = _tensor_model(tmp_path)
