@@ -5,6 +5,7 @@ The standalone master and worker are started by the project's own script on loop
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import os
 import subprocess
@@ -12,8 +13,12 @@ import sys
 from collections.abc import Iterator
 from pathlib import Path
 
+import numpy as np
+import pyarrow as pa
 import pytest
+from deltalake import DeltaTable
 from scoring.batch.spark import submit_command
+from scoring.lifecycle.loading import load_artifact
 from scoring.settings import PROJECT_ROOT
 
 from tests.integration.conftest import DAYS, ROWS_PER_DAY, job_args, standalone_cluster
@@ -37,6 +42,33 @@ def _submit(
     return json.loads(result.stdout.strip().splitlines()[-1])
 
 
+def _assert_scored(summary: dict, artifact_dir: Path, source: str, target: Path) -> None:
+    """The summary's counts, and the table's rows: every valid source row of the day, its
+    score the artifact's own, with the version and run that made it."""
+    ds = dt.date.fromisoformat(DAYS[0])
+    day = DeltaTable(source).to_pyarrow_table(filters=[("ds", "=", ds)])
+    direct = load_artifact(str(artifact_dir)).scorer().score(day)
+    valid = pa.array(direct.valid)
+    expected = dict(
+        zip(
+            day.column("transaction_id").filter(valid).to_pylist(),
+            direct.score.filter(valid).to_pylist(),
+            strict=True,
+        )
+    )
+    assert summary["status"] == "ok" and summary["rows_read"] == ROWS_PER_DAY == day.num_rows
+    assert summary["rows_scored"] == len(expected) > 0
+    assert summary["rows_rejected"] == ROWS_PER_DAY - len(expected)
+    written = DeltaTable(str(target)).to_pyarrow_table()
+    scores = dict(
+        zip(written["transaction_id"].to_pylist(), written["score"].to_pylist(), strict=True)
+    )
+    assert scores == expected
+    assert set(written["run_id"].to_pylist()) == {summary["run_id"]}
+    assert set(written["source_version"].to_pylist()) == {summary["source_version"]}
+    assert np.unique(written["ds"].to_numpy().astype(str)).tolist() == [DAYS[0]]
+
+
 @pytest.fixture
 def submit_env(tmp_path: Path) -> dict[str, str]:
     return {**os.environ, "SCORING_HOME": str(tmp_path / "home"), "PYSPARK_PYTHON": sys.executable}
@@ -46,7 +78,7 @@ def test_spark_submit_local(
     artifact_dir: Path, source_table: str, lake: Path, submit_env: dict[str, str]
 ) -> None:
     summary = _submit("local[2]", artifact_dir, source_table, lake / "scores", submit_env)
-    assert summary["status"] == "ok" and summary["rows_read"] == ROWS_PER_DAY
+    _assert_scored(summary, artifact_dir, source_table, lake / "scores")
 
 
 def test_spark_submit_without_the_jars_says_how_to_launch(
@@ -85,5 +117,4 @@ def test_spark_submit_on_a_standalone_cluster(
 ) -> None:
     assert cluster.startswith("spark://127.0.0.1:")
     summary = _submit(cluster, artifact_dir, source_table, lake / "scores", submit_env)
-    assert summary["status"] == "ok" and summary["rows_read"] == ROWS_PER_DAY
-    assert summary["rows_scored"] > 0
+    _assert_scored(summary, artifact_dir, source_table, lake / "scores")

@@ -68,11 +68,11 @@ def _corrupt(folder: Path) -> None:
     graph.write_bytes(graph.read_bytes()[:-100])  # its checksum no longer matches
 
 
-def _fix_batch_size(folder: Path) -> None:
-    """A graph that loads but accepts micro-batches of exactly 3 rows only."""
+def _refuse_every_batch(folder: Path) -> None:
+    """A graph that loads but refuses every micro-batch: its inputs take 0 rows only."""
     graph = onnx.load(str(folder / "model.onnx"))
     for tensor in graph.graph.input:
-        tensor.type.tensor_type.shape.dim[0].dim_value = 3
+        tensor.type.tensor_type.shape.dim[0].dim_value = 0
     onnx.save(graph, str(folder / "model.onnx"))
     contract = Contract.read(folder / CONTRACT_FILE)
     checksum = sha256_bytes((folder / "model.onnx").read_bytes())
@@ -98,7 +98,7 @@ def challengers(
     return Challengers(
         noise=noise,
         corrupted=_copy_registered(artifact_dir, work / "corrupted", _corrupt),
-        raising=_copy_registered(artifact_dir, work / "raising", _fix_batch_size),
+        raising=_copy_registered(artifact_dir, work / "raising", _refuse_every_batch),
     )
 
 
