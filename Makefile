@@ -9,6 +9,8 @@ JARS_STAMP := infra/jars/.resolved
 KAFKA_JARS_STAMP := infra/kafka/jars/.resolved
 AIRFLOW_VENV := .venv-airflow
 AIRFLOW_STAMP := $(AIRFLOW_VENV)/.installed
+WHEELS := build/wheels
+WHEELS_STAMP := $(WHEELS)/.downloaded
 
 .PHONY: demo test unit explore integration jars kafka-jars venv airflow lint bench bench-stream cluster-up cluster-down clean
 
@@ -18,12 +20,18 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install -q -e '.[dev]'
 	touch $@
 
+# The executors' packages as wheels, so packing their environment needs no index later
+# (the tests run offline once set up).
+$(WHEELS_STAMP): $(STAMP)
+	$(PY) -c 'import pathlib, scoring.batch.pyenv as e; e.download_wheels(pathlib.Path("$(WHEELS)"))'
+	touch $@
+
 # JVM jars (Delta Lake) resolved once by Maven; Spark never downloads anything at run time.
 $(JARS_STAMP): infra/pom.xml
 	mvn -q -B -f infra/pom.xml package
 	touch $@
 
-# Kafka broker jars (KRaft, for tests and local dev; shared/kafka_broker.py starts it).
+# Kafka broker jars (KRaft, for tests and local dev; shared/scoring/dev/kafka_broker.py starts it).
 $(KAFKA_JARS_STAMP): infra/kafka/pom.xml
 	mvn -q -B -f infra/kafka/pom.xml package
 	touch $@
@@ -37,7 +45,7 @@ $(AIRFLOW_STAMP): infra/airflow/requirements.txt infra/airflow/constraints.txt
 		-c infra/airflow/constraints.txt
 	touch $@
 
-venv: $(STAMP)
+venv: $(STAMP) $(WHEELS_STAMP)
 jars: $(JARS_STAMP)
 kafka-jars: $(KAFKA_JARS_STAMP)
 airflow: $(AIRFLOW_STAMP)

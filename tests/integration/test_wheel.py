@@ -38,6 +38,8 @@ pytestmark = pytest.mark.integration
 
 assert PROJECT_ROOT is not None, "the tests run from a checkout"
 CHECKOUT: Path = PROJECT_ROOT
+PIP_WHEEL = [sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-index"]
+PIP_WHEEL += ["--no-build-isolation"]  # offline: the venv's setuptools builds it
 
 
 @pytest.fixture(scope="module")
@@ -53,7 +55,7 @@ def wheel(tmp_path_factory: pytest.TempPathFactory) -> Path:
     )
     dist = tmp_path_factory.mktemp("dist")
     subprocess.run(
-        [sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "-w", str(dist), str(source)],
+        [*PIP_WHEEL, "-w", str(dist), str(source)],
         check=True,
     )
     (built,) = dist.glob("scoring-*.whl")

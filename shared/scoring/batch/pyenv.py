@@ -26,7 +26,7 @@ from pathlib import Path
 from scoring.errors import ConfigError
 from scoring.settings import PROJECT_ROOT
 
-__all__ = ["ARCHIVE_ALIAS", "archive_conf", "executor_requirements", "pack"]
+__all__ = ["ARCHIVE_ALIAS", "archive_conf", "download_wheels", "executor_requirements", "pack"]
 
 log = logging.getLogger(__name__)
 
@@ -65,8 +65,25 @@ def executor_requirements() -> list[str]:
     return [p for p in pinned if p.split("==")[0].lower() not in _PROVIDED]
 
 
-def pack(output: Path, project: Path | None = PROJECT_ROOT) -> Path:
-    """Build the executors' environment and pack it into ``output`` (``.tar.gz``)."""
+def download_wheels(folder: Path) -> Path:
+    """Fetch the wheels of :func:`executor_requirements` and of what they need into ``folder``.
+
+    With them, :func:`pack` needs no package index: for machines cut off from one, and
+    so the tests run offline once set up.
+    """
+    folder.mkdir(parents=True, exist_ok=True)
+    pip = [sys.executable, "-m", "pip", "download", "-q", "--only-binary=:all:"]
+    subprocess.run([*pip, "-d", str(folder), *executor_requirements()], check=True)
+    return folder
+
+
+def pack(output: Path, project: Path | None = PROJECT_ROOT, wheels: Path | None = None) -> Path:
+    """Build the executors' environment and pack it into ``output`` (``.tar.gz``).
+
+    With ``wheels`` (a folder filled by :func:`download_wheels`) nothing is fetched: the
+    packages come from that folder and the project's wheel is built with this
+    interpreter's setuptools, not in an isolated build environment.
+    """
     if project is None or not (project / "pyproject.toml").is_file():
         raise ConfigError(f"{project} is not a checkout of the project (no pyproject.toml).")
     try:
@@ -81,10 +98,24 @@ def pack(output: Path, project: Path | None = PROJECT_ROOT) -> Path:
         base = getattr(sys, "_base_executable", sys.executable)
         subprocess.run([base, "-m", "venv", str(env)], check=True)
         pip = [str(env / "bin" / "python"), "-m", "pip", "install", "-q"]
+        if wheels is not None:
+            pip += ["--no-index", "--find-links", str(wheels)]
         log.info("installing %s into the executors' environment", ", ".join(requirements))
         subprocess.run([*pip, *requirements], check=True)
         # The project without its dependencies: the driver-only ones (mlflow, pyspark, ...)
         # stay out; what the executors import was pinned above.
-        subprocess.run([*pip, "--no-deps", str(project)], check=True)
+        subprocess.run(
+            [*pip, "--no-deps", str(_project_wheel(project, Path(tmp), wheels))], check=True
+        )
         venv_pack.pack(prefix=str(env), output=str(output), force=True)
     return output
+
+
+def _project_wheel(project: Path, tmp: Path, wheels: Path | None) -> Path:
+    """The project as a wheel (offline with ``wheels``: built by this interpreter)."""
+    build = [sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "-w", str(tmp / "dist")]
+    if wheels is not None:
+        build += ["--no-index", "--no-build-isolation"]
+    subprocess.run([*build, str(project)], check=True)
+    (wheel,) = (tmp / "dist").glob("*.whl")
+    return wheel

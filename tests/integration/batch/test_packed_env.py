@@ -8,8 +8,10 @@ pack-env`` with ``--archives``; the executors must run their Python from its unp
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
+import shutil
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -20,7 +22,7 @@ import pytest
 from pyspark.sql import SparkSession
 from pyspark.sql import functions as F
 from scoring.batch.job import BatchJob, run
-from scoring.batch.pyenv import archive_conf, pack
+from scoring.batch.pyenv import archive_conf, executor_requirements, pack
 from scoring.batch.spark import submit_command
 from scoring.settings import PROJECT_ROOT
 
@@ -28,6 +30,9 @@ from tests.integration.conftest import DAYS, job_args, standalone_cluster
 
 pytestmark = pytest.mark.cluster
 
+SOURCES = PROJECT_ROOT / "shared" / "scoring"
+PACKED = PROJECT_ROOT / "build" / "packed"
+WHEELS = PROJECT_ROOT / "build" / "wheels"  # filled by `make venv`
 BASE_PYTHON = Path(getattr(sys, "_base_executable", sys.executable))
 PROBE = """
 import json
@@ -45,7 +50,19 @@ print(spark.sparkContext.parallelize([0], 1).mapPartitions(where).collect()[0])
 
 @pytest.fixture(scope="module")
 def packed(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return pack(tmp_path_factory.mktemp("packed") / "scoring-env.tar.gz")
+    """``pack`` from the wheels ``make venv`` downloaded (no index), kept under ``build/``
+    and built again only when the sources or the executors' pins change."""
+    digest = hashlib.sha256(json.dumps(executor_requirements()).encode())
+    for path in [PROJECT_ROOT / "pyproject.toml", *sorted(SOURCES.rglob("*.py"))]:
+        digest.update(str(path.relative_to(PROJECT_ROOT)).encode() + path.read_bytes())
+    archive = PACKED / f"scoring-env-{digest.hexdigest()[:16]}.tar.gz"
+    if not archive.exists():
+        built = pack(tmp_path_factory.mktemp("packed") / archive.name, wheels=WHEELS)
+        PACKED.mkdir(parents=True, exist_ok=True)
+        for stale in PACKED.glob("scoring-env-*.tar.gz"):
+            stale.unlink()
+        shutil.move(built, archive)
+    return archive
 
 
 @pytest.fixture(scope="module")
