@@ -8,8 +8,8 @@ candidate: `{"model": "fraud", "version": "3"}`.
 1. **validate** (`scoring model validate`): both checksums (contract and registry), the
    contract against the source table's schema, and the quality gate: the candidate's
    metric on the labelled holdout must be at least the champion's minus the margin.
-2. **parity** (`scoring model parity`): golden rows scored through the batch code (Spark)
-   and through a stream processor on temporary topics must agree bit for bit.
+2. **parity** (`scoring model parity`): golden rows scored through the batch code and
+   through a stream processor on temporary topics must agree bit for bit.
 3. **shadow** (`scoring model promote NAME V --alias challenger`): the stream processors
    that follow `NAME@challenger` (`scoring stream run --shadow`) start scoring every
    event with the candidate too, into the shadow topic; nobody reads its output. The
@@ -44,6 +44,8 @@ without retries; only infrastructure errors are retried.
 
 Variables (all optional; shared ones in `scoring_common.py`):
 `scoring_rollout_source` (labelled holdout and golden rows, default the nightly source),
+`scoring_rollout_engine` (the batch engine validate and parity read and score with:
+`arrow`, in the task's process, or `python`, Spark; default `scoring_nightly_engine`),
 `scoring_rollout_label` (`is_fraud`), `scoring_rollout_holdout_date` (all rows),
 `scoring_rollout_metric` (`auc` or `average_precision`), `scoring_rollout_margin` (0),
 `scoring_rollout_golden_date`, `scoring_rollout_golden_rows` (500),
@@ -144,6 +146,7 @@ with DAG(
             [
                 "model", "validate", model, version,
                 "--source", sc.setting("rollout_source"),
+                "--engine", sc.setting("rollout_engine"),
                 "--label", sc.setting("rollout_label"),
                 "--metric", sc.setting("rollout_metric"),
                 "--margin", sc.setting("rollout_margin"),
@@ -159,6 +162,7 @@ with DAG(
             [
                 "model", "parity", model, version,
                 "--source", sc.setting("rollout_source"),
+                "--engine", sc.setting("rollout_engine"),
                 "--rows", sc.setting("rollout_golden_rows"),
                 "--date-column", sc.setting("nightly_date_column"),
                 *_optional("--date", "rollout_golden_date"),

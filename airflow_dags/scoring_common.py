@@ -89,6 +89,7 @@ DEFAULTS: dict[str, Callable[[], str]] = {
     "nightly_experiment": lambda: "nightly_batch_scoring",
     # model_rollout
     "rollout_source": lambda: setting("nightly_source"),
+    "rollout_engine": lambda: setting("nightly_engine"),
     "rollout_label": lambda: "is_fraud",
     "rollout_holdout_date": lambda: "",
     "rollout_metric": lambda: "auc",

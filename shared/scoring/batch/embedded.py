@@ -42,7 +42,7 @@ from scoring.errors import ConfigError, TableFeatureError
 from scoring.lifecycle.loading import load_artifact
 from scoring.model.artifact import Artifact, Scorer
 
-__all__ = ["BATCH_ROWS", "check_readable", "check_writable", "run"]
+__all__ = ["BATCH_ROWS", "check_readable", "check_writable", "open_source", "run"]
 
 log = logging.getLogger(__name__)
 
@@ -341,7 +341,8 @@ def _score_and_write(
     return counts, scored_at
 
 
-def _open_source(location: str) -> DeltaTable:
+def open_source(location: str) -> DeltaTable:
+    """The source table at its latest version, refused when delta-rs cannot read it right."""
     table = lake.open_table(location)
     check_readable(table, location)
     return table
@@ -367,7 +368,7 @@ def run(
     threads = max(1, threads or os.cpu_count() or 1)
     artifact = artifact or load_artifact(job.model)
     lap("load_model")
-    table = _open_source(job.source)
+    table = open_source(job.source)
     source_version = table.version()
     lap("pin_source")
     date_column = job.date_column if job.date else None

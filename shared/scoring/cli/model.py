@@ -136,6 +136,32 @@ def alias_delete(
         console.print(f"{name}@{alias} ({removed}) deleted")
 
 
+GateEngine = Annotated[
+    str | None,
+    typer.Option(
+        help="arrow (in this process, no JVM) or python (Spark); default: arrow, Spark for "
+        "a catalog table"
+    ),
+]
+
+
+def _gate_session(engine: str | None, source: str, name: str) -> Any:
+    """The Spark session a gate reads ``source`` with; None on the arrow engine."""
+    from scoring.batch.spec import ENGINES
+    from scoring.batch.tables import is_catalog_name
+
+    chosen = engine or ("python" if is_catalog_name(source) else "arrow")
+    if chosen not in ENGINES:
+        raise typer.BadParameter(
+            f"{chosen!r}: use one of {', '.join(ENGINES)}", param_hint="--engine"
+        )
+    if chosen == "arrow":
+        return None
+    from scoring.batch.spark import build_session
+
+    return build_session(name)
+
+
 @app.command("validate")
 @user_errors
 def validate(
@@ -147,12 +173,12 @@ def validate(
     date_column: Annotated[str, typer.Option(help="the source's date column")] = "ds",
     metric: Annotated[str, typer.Option(help="auc or average_precision")] = "auc",
     margin: Annotated[float, typer.Option(help="how far below the champion may pass")] = 0.0,
+    engine: GateEngine = None,
 ) -> None:
     """Gate a candidate: checksums, contract vs the source schema, metric vs the champion."""
-    from scoring.batch.spark import build_session
     from scoring.lifecycle.rollout import quality_gate
 
-    spark = build_session("scoring-validate")
+    spark = _gate_session(engine, source, "scoring-validate")
     print_report(
         quality_gate(spark, name, version, source, label, date, date_column, metric, margin)
     )
@@ -169,16 +195,16 @@ def parity(
     date: Annotated[str | None, typer.Option(help="take the golden rows from this date")] = None,
     date_column: Annotated[str, typer.Option(help="the source's date column")] = "ds",
     rows: Annotated[int, typer.Option(help="golden rows (the first, by key)")] = 1000,
+    engine: GateEngine = None,
 ) -> None:
-    """Score golden rows through Spark and through a stream processor; all must be equal."""
-    from scoring.batch.spark import build_session
+    """Score golden rows through a batch engine and a stream processor; all must be equal."""
     from scoring.lifecycle.rollout import parity as run_parity
     from scoring.stream.kafka_config import mask_in_logs, preflight, resolve
 
     client = resolve(bootstrap, kafka_config)
     mask_in_logs(client)
-    preflight(client)  # a refused login fails now, not after the Spark half of the gate
-    spark = build_session("scoring-parity")
+    preflight(client)  # a refused login fails now, not after the batch half of the gate
+    spark = _gate_session(engine, source, "scoring-parity")
     print_report(
         run_parity(
             spark, name, version, source, client.bootstrap, date, date_column, rows,

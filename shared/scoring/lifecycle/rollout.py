@@ -7,6 +7,11 @@ differently on the batch and stream paths, or is not picked up by the running st
 processors in time, or not shadowed by them on enough events. The rollout DAG runs them
 through ``scoring model validate``, ``scoring model parity``, ``scoring stream
 wait-shadow`` and ``scoring stream wait-version``.
+
+The quality gate and parity read the source on either batch engine: with a Spark session
+(the Spark engine: catalog tables, sources too big for one machine), or without one
+(``spark=None``, the arrow engine: delta-rs and pyarrow in this process, no JVM), and
+parity scores the golden rows through that engine's own batch step.
 """
 
 from __future__ import annotations
@@ -22,6 +27,7 @@ import numpy as np
 import pyarrow as pa
 from pyspark.sql import DataFrame, SparkSession
 
+from scoring.batch import lake, spec
 from scoring.batch.job import REASON, check_schema, read_source, rows_for_date, score_frame
 from scoring.errors import GateFailedError, ModelNotFoundError
 from scoring.lifecycle.loading import load_artifact
@@ -63,6 +69,22 @@ def _source_rows(
     return frame, version
 
 
+def _source_table(
+    artifact: Artifact, source: str, date: str | None, date_column: str
+) -> tuple[pa.Table, int]:
+    """:func:`_source_rows` on the arrow engine: read with delta-rs, in this process."""
+    from scoring.batch.embedded import open_source
+
+    table = open_source(source)
+    version = table.version()
+    data = table.to_pyarrow_dataset()
+    spec.check_arrow_schema(
+        data.schema, artifact.contract, date_column if date else None, f"{source} (v{version})"
+    )
+    where = lake.date_filter(data.schema, date_column, date) if date else None
+    return data.to_table(filter=where), version
+
+
 def _metric(artifact: Artifact, holdout: pa.Table, label: str, metric: str) -> tuple[float, int]:
     scored = artifact.scorer().score(holdout)
     labels = holdout.column(label).to_numpy(zero_copy_only=False)[scored.valid]
@@ -75,7 +97,7 @@ def _metric(artifact: Artifact, holdout: pa.Table, label: str, metric: str) -> t
 
 
 def quality_gate(
-    spark: SparkSession,
+    spark: SparkSession | None,
     name: str,
     version: str,
     source: str,
@@ -90,14 +112,18 @@ def quality_gate(
 
     Passes when ``candidate >= champion - margin`` on the holdout rows (the source, or
     one date of it). Without a champion the candidate passes on the other checks alone.
+    ``spark``: the session to read the source with; None reads it on the arrow engine.
     """
     if metric not in METRICS:
         raise GateFailedError(
             "quality gate", f"unknown metric {metric!r}; use one of {list(METRICS)}"
         )
     candidate = load_artifact(f"models:/{name}/{version}")  # verifies both checksums
-    frame, source_version = _source_rows(spark, candidate, source, date, date_column)
-    holdout = frame.toArrow()
+    if spark is None:
+        holdout, source_version = _source_table(candidate, source, date, date_column)
+    else:
+        frame, source_version = _source_rows(spark, candidate, source, date, date_column)
+        holdout = frame.toArrow()
     if label not in holdout.column_names:
         raise GateFailedError("quality gate", f"the holdout has no label column {label!r}")
     report: dict[str, Any] = {
@@ -129,7 +155,7 @@ def quality_gate(
 
 
 def parity(
-    spark: SparkSession,
+    spark: SparkSession | None,
     name: str,
     version: str,
     source: str,
@@ -140,18 +166,17 @@ def parity(
     timeout: float = 120,
     kafka: Mapping[str, str] | None = None,
 ) -> dict[str, Any]:
-    """Score golden rows through the batch code (Spark) and a stream processor (Kafka).
+    """Score golden rows through the batch code and a stream processor (Kafka).
 
-    The golden rows are the first ``rows`` of the source (or of one date), by key. Every
-    score must be identical, bit for bit, and both paths must refuse the same rows.
-    ``kafka`` are extra client properties (security, SASL, TLS) for every Kafka client.
+    The golden rows are the first ``rows`` of the source (or of one date), by key, scored
+    by the Spark engine with a session, else by the arrow engine's batch step. Every score
+    must be identical, bit for bit, and both paths must refuse the same rows. ``kafka``
+    are extra client properties (security, SASL, TLS) for every Kafka client.
     """
     uri = f"models:/{name}/{version}"
     artifact = load_artifact(uri)
     key = artifact.contract.key
-    frame, _ = _source_rows(spark, artifact, source, date, date_column)
-    golden = frame.orderBy(key).limit(rows).cache()
-    batch = score_frame(golden, artifact, None).toArrow()
+    table, batch = _golden_scores(spark, artifact, source, date, date_column, rows)
     batch_scores = {
         str(k): s
         for k, s, r in zip(
@@ -162,8 +187,6 @@ def parity(
         )
         if r is None
     }
-    table = golden.toArrow()
-    golden.unpersist()
     stream_scores = _stream_scores(
         uri, artifact, table, bootstrap, len(batch_scores), timeout, kafka or {}
     )
@@ -188,6 +211,30 @@ def parity(
             f"{batch_scores.get(first)!r}, stream {stream_scores.get(first)!r})",
         )
     return report
+
+
+def _golden_scores(
+    spark: SparkSession | None,
+    artifact: Artifact,
+    source: str,
+    date: str | None,
+    date_column: str,
+    rows: int,
+) -> tuple[pa.Table, pa.Table]:
+    """The golden rows, and what the batch engine makes of them (key, score, reason)."""
+    key = artifact.contract.key
+    if spark is None:
+        source_rows, _ = _source_table(artifact, source, date, date_column)
+        golden = source_rows.sort_by(key).slice(0, rows)
+        scorer = artifact.scorer()
+        batches = [spec.score_batch(scorer, b, [key]) for b in golden.to_batches()]
+        return golden, pa.Table.from_batches(batches) if batches else golden.select([key])
+    frame, _ = _source_rows(spark, artifact, source, date, date_column)
+    cached = frame.orderBy(key).limit(rows).cache()
+    scored = score_frame(cached, artifact, None).toArrow()
+    golden = cached.toArrow()
+    cached.unpersist()
+    return golden, scored
 
 
 def _stream_scores(

@@ -27,30 +27,37 @@ def _register(trained: TrainedModel) -> str:
     ).version
 
 
+@pytest.fixture(params=["arrow", "python"])
+def session(request: pytest.FixtureRequest) -> SparkSession | None:
+    """Each gate on both batch engines: no session (arrow), or Spark's."""
+    return None if request.param == "arrow" else request.getfixturevalue("spark")
+
+
 def test_quality_gate_passes_a_good_candidate_and_stops_a_worse_one(
-    spark: SparkSession,
+    session: SparkSession | None,
     source_table: str,
     scoring_home: Path,
     trained: TrainedModel,
     noise_model: TrainedModel,
 ) -> None:
     champion = _register(trained)
-    first = quality_gate(spark, "fraud", champion, source_table, LABEL, date=DAYS[2])
+    first = quality_gate(session, "fraud", champion, source_table, LABEL, date=DAYS[2])
     assert first["passed"] and first["champion"] is None  # nothing to beat yet
     registry.promote("fraud", champion)
 
-    same = quality_gate(spark, "fraud", _register(trained), source_table, LABEL, date=DAYS[2])
+    same = quality_gate(session, "fraud", _register(trained), source_table, LABEL, date=DAYS[2])
     assert same["passed"] and same["candidate_value"] == same["champion_value"] > 0.7
 
     noise = _register(noise_model)
     with pytest.raises(GateFailedError, match=r"quality gate failed: auc 0\.\d+ on [\d,]+ holdout"):
-        quality_gate(spark, "fraud", noise, source_table, LABEL, date=DAYS[2], margin=0.02)
+        quality_gate(session, "fraud", noise, source_table, LABEL, date=DAYS[2], margin=0.02)
     assert GateFailedError.exit_code == 5
-    loose = quality_gate(spark, "fraud", noise, source_table, LABEL, date=DAYS[2], margin=1.0)
+    loose = quality_gate(session, "fraud", noise, source_table, LABEL, date=DAYS[2], margin=1.0)
     assert loose["passed"]
 
 
 def test_quality_gate_refuses_a_contract_the_source_cannot_feed(
+    session: SparkSession | None,
     spark: SparkSession,
     source_table: str,
     scoring_home: Path,
@@ -63,14 +70,20 @@ def test_quality_gate_refuses_a_contract_the_source_cannot_feed(
     ).write.format("delta").save(broken)
     version = _register(trained)
     with pytest.raises(SchemaMismatchError, match=r"(?s)missing column 'amount'.*'country' is int"):
-        quality_gate(spark, "fraud", version, broken, LABEL)
+        quality_gate(session, "fraud", version, broken, LABEL)
 
 
 def test_parity_scores_golden_rows_identically_on_both_paths(
-    spark: SparkSession, source_table: str, scoring_home: Path, trained: TrainedModel, kafka: Broker
+    session: SparkSession | None,
+    source_table: str,
+    scoring_home: Path,
+    trained: TrainedModel,
+    kafka: Broker,
 ) -> None:
     version = _register(trained)
-    report = parity(spark, "fraud", version, source_table, kafka.bootstrap, date=DAYS[0], rows=500)
+    report = parity(
+        session, "fraud", version, source_table, kafka.bootstrap, date=DAYS[0], rows=500
+    )
     assert report["golden_rows"] == 500
     assert report["stream_scored"] == report["batch_scored"] > 490
     assert report["different"] == 0
