@@ -27,7 +27,7 @@ from scoring.dev.kafka_broker import Broker, SecureListeners, free_port
 from scoring.dev.services import MlflowServer, S3Server
 from scoring.settings import PROJECT_ROOT
 
-from tests.integration.airflow.airflow_helpers import Airflow, airflow_in
+from tests.integration.airflow.airflow_helpers import Airflow, airflow_in, migrated_db
 from tests.integration.kafka_helpers import Topics, create_topics
 
 START = date(2026, 11, 1)
@@ -219,9 +219,15 @@ def home(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
         yield path
 
 
+@pytest.fixture(scope="session")
+def airflow_db(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One migrated Airflow metadata DB for the session, copied into each module's home."""
+    return migrated_db(tmp_path_factory.mktemp("airflow-db") / "scoring")
+
+
 @pytest.fixture(scope="module")
-def airflow(home: Path) -> Airflow:
-    return airflow_in(home)
+def airflow(home: Path, airflow_db: Path) -> Airflow:
+    return airflow_in(home, airflow_db)
 
 
 @pytest.fixture(scope="module")

@@ -53,8 +53,10 @@ def variables(
 
 
 @pytest.fixture(scope="module")
-def airflow_s3(home: Path, on_server: MlflowServer) -> Airflow:
-    return airflow_in(home)  # its environment: this one, with the AWS and MLflow variables
+def airflow_s3(home: Path, on_server: MlflowServer, airflow_db: Path) -> Airflow:
+    return airflow_in(
+        home, airflow_db
+    )  # its environment: this one, with the AWS and MLflow variables
 
 
 def test_nightly_dag_scores_a_date_with_every_table_in_the_bucket(
