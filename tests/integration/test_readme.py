@@ -4,6 +4,7 @@ Every fenced block preceded by ``<!-- readme-test -->`` runs, in README order, i
 session from the checkout, right after the demo (`make demo` runs ``scoring demo``; here
 with fewer rows and no stream part, the data it leaves has the same tables, dates and
 model). Bash blocks run as they are; a Python block runs with the venv's ``python``.
+Every other command block says why it is not run: ``<!-- readme-skip: REASON -->``.
 """
 
 from __future__ import annotations
@@ -25,6 +26,8 @@ pytestmark = pytest.mark.integration
 assert PROJECT_ROOT is not None, "the tests run from a checkout"
 README = PROJECT_ROOT / "README.md"
 MARK = "<!-- readme-test -->"
+SKIP = re.compile(r"<!-- readme-skip: (.+?) -->")
+COMMANDS = ("bash", "python")  # the other fenced blocks show files (properties, a tree)
 DEMO = "scoring demo --rows-per-day 1000 --days 7 --stream-events 0"
 
 
@@ -45,6 +48,23 @@ def script_of(blocks: list[tuple[str, str]]) -> str:
         else:
             raise AssertionError(f"no runner for a marked {language} block")
     return "\n".join(lines) + "\n"
+
+
+def unmarked_commands(text: str) -> list[str]:
+    """The first line of every command block with neither mark (nor a reason to skip)."""
+    found = []
+    for block in re.finditer(r"^```(\w*)\n(.*?)\n```$", text, flags=re.S | re.M):
+        language, code = block.group(1), block.group(2)
+        before = text[: block.start()].rstrip("\n").rsplit("\n", 1)[-1]
+        if language in COMMANDS and before != MARK and not SKIP.fullmatch(before):
+            found.append(code.splitlines()[0])
+    return found
+
+
+def test_every_command_block_is_run_or_says_why_not() -> None:
+    assert unmarked_commands("x\n```bash\nmake it\n```\n") == ["make it"]
+    assert unmarked_commands("<!-- readme-skip: a cloud -->\n```bash\nmake it\n```\n") == []
+    assert unmarked_commands(README.read_text()) == []
 
 
 def test_marked_blocks_are_found() -> None:
