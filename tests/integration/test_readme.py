@@ -19,7 +19,12 @@ from scoring.batch import lake
 from scoring.dev.demo.run import lake_paths
 from scoring.settings import PROJECT_ROOT
 
-from tests.integration.airflow.airflow_helpers import SPARK_TASKS, Airflow, env_from_script
+from tests.integration.airflow.airflow_helpers import (
+    SPARK_TASKS,
+    Airflow,
+    env_from_script,
+    seed_db,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -73,11 +78,13 @@ def test_marked_blocks_are_found() -> None:
     assert marked_blocks(text) == [("bash", "echo 1"), ("python", "print(2)")]
 
 
-def test_the_readme_blocks_run_in_order_after_the_demo(tmp_path: Path) -> None:
+def test_the_readme_blocks_run_in_order_after_the_demo(tmp_path: Path, airflow_db: Path) -> None:
     blocks = marked_blocks(README.read_text())
     languages = [language for language, _ in blocks]
     assert languages.count("python") >= 1 and languages.count("bash") >= 1, languages
     home = tmp_path / "scoring"
+    # The DB env.sh would migrate on first use, already migrated (env.sh did that too).
+    seed_db(home, airflow_db)
     env = {
         k: v
         for k, v in os.environ.items()

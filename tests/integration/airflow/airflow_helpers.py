@@ -94,14 +94,20 @@ def migrated_db(folder: Path) -> Path:
     return home
 
 
-def airflow_in(home: Path, migrated: Path) -> Airflow:
-    """Airflow with its home inside the data dir ``home``, its DB a copy of ``migrated``'s."""
-    if not (AIRFLOW_VENV / "bin" / "airflow").is_file():
-        pytest.fail(f"No Airflow at {AIRFLOW_VENV}: create it with `make airflow`.")
+def seed_db(home: Path, migrated: Path) -> Path:
+    """A copy of ``migrated``'s DB as the metadata DB of data dir ``home``; its AIRFLOW_HOME."""
     airflow_home = home / "airflow"
     airflow_home.mkdir(parents=True, exist_ok=True)
     for name in ("airflow.db", MIGRATED_STAMP):  # the stamp's time tells env.sh it is done
         shutil.copy2(migrated / name, airflow_home / name)
+    return airflow_home
+
+
+def airflow_in(home: Path, migrated: Path) -> Airflow:
+    """Airflow with its home inside the data dir ``home``, its DB a copy of ``migrated``'s."""
+    if not (AIRFLOW_VENV / "bin" / "airflow").is_file():
+        pytest.fail(f"No Airflow at {AIRFLOW_VENV}: create it with `make airflow`.")
+    airflow_home = seed_db(home, migrated)
     runner = Airflow(env_from_script({"SCORING_HOME": str(home)}))
     assert runner.env["AIRFLOW_HOME"] == str(airflow_home)
     assert not (airflow_home / "db-migrate.log").exists(), "env.sh migrated the copy again"

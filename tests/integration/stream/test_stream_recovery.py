@@ -152,10 +152,11 @@ def test_kill_9_three_times_inside_open_transactions_over_a_backlog(
             started.stop()
 
 
-@pytest.fixture
-def own_broker(tmp_path: Path) -> Iterator[Broker]:
-    """A broker of this test's own, since the test stops it."""
-    state_dir = tmp_path / "kafka"
+@pytest.fixture(scope="module")
+def own_broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Broker]:
+    """A broker of this module's own, since its tests kill it (each starts it again on the
+    same folder and port, and leaves it running; their topics are their own)."""
+    state_dir = tmp_path_factory.mktemp("own-kafka")
     yield kafka_broker.start(state_dir)
     kafka_broker.stop(state_dir)
 
