@@ -54,9 +54,12 @@ airflow: $(AIRFLOW_STAMP)
 demo: venv kafka-jars
 	$(VENV)/bin/scoring demo
 
+# Two workers, a test file each at a time (each worker starts its own Spark, broker and
+# servers): most integration tests wait on other processes, so two halve the wait.
 # The 15 slowest tests are listed at the end, to keep an eye on the suite's time.
+TEST_WORKERS ?= 2
 test: venv jars kafka-jars airflow
-	$(PY) -m pytest --durations=15
+	$(PY) -m pytest -n $(TEST_WORKERS) --dist loadfile --durations=15
 
 unit: venv
 	$(PY) -m pytest tests/unit

@@ -40,10 +40,11 @@ export SPARK_MASTER_OPTS="${SPARK_MASTER_OPTS:-} -Dspark.port.maxRetries=0 -Dspa
 export SPARK_WORKER_OPTS="${SPARK_WORKER_OPTS:-} -Dspark.port.maxRetries=0"
 
 # pid of a running daemon, only if the pid file points at that Spark class
-# (guards against a stale pid file whose pid was reused by another process).
+# (guards against a stale pid file whose pid was reused by another process). -ww: the
+# whole command line; ps cuts it at $COLUMNS otherwise, and the class comes last.
 running_pid() {  # $1=name $2=class
   local pid args
-  pid="$(cat "$STATE/$1.pid" 2>/dev/null)" && args="$(ps -p "$pid" -o args= 2>/dev/null)" || return 1
+  pid="$(cat "$STATE/$1.pid" 2>/dev/null)" && args="$(ps -ww -p "$pid" -o args= 2>/dev/null)" || return 1
   [[ "$args" == *"$2"* ]] && echo "$pid"
 }
 
