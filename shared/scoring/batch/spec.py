@@ -14,7 +14,7 @@ import math
 import os
 import time
 import uuid
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from datetime import datetime
 from typing import Any, Literal, get_args
@@ -38,6 +38,7 @@ __all__ = [
     "Laps",
     "check_arrow_schema",
     "choose_engine",
+    "engine_for",
     "metadata",
     "schema_problems",
     "score_batch",
@@ -122,17 +123,28 @@ class BatchJob:
 def choose_engine(
     job: BatchJob, master: str | None = None, environ: Mapping[str, str] | None = None
 ) -> tuple[Engine, str]:
-    """The engine that runs ``job`` and why: the one named, else the default of where it runs.
+    """The engine that runs ``job`` and why (:func:`engine_for` its tables)."""
+    return engine_for(job.tables, job.engine, master, environ)
+
+
+def engine_for(
+    tables: Sequence[str],
+    named: Engine | None = None,
+    master: str | None = None,
+    environ: Mapping[str, str] | None = None,
+) -> tuple[Engine, str]:
+    """The engine for work on ``tables`` and why: the one named, else the default of where
+    it runs.
 
     One machine (``scoring batch run`` without ``--master``) gets the embedded engine: for a
     date that fits a machine it is many times faster than starting Spark (README,
-    benchmarks). A job launched by spark-submit or given a Spark master runs on Spark, and
-    so does one that names a catalog table, which only Spark's metastore can resolve.
+    benchmarks). Work launched by spark-submit or given a Spark master runs on Spark, and
+    so does work that names a catalog table, which only Spark's metastore can resolve.
     """
-    if job.engine is not None:
-        return job.engine, "named with --engine"
+    if named is not None:
+        return named, "named with --engine"
     env = os.environ if environ is None else environ
-    catalog = [t for t in job.tables if is_catalog_name(t)]
+    catalog = [t for t in tables if is_catalog_name(t)]
     if catalog:
         return SPARK_DEFAULT, f"catalog table {catalog[0]!r} needs Spark's metastore"
     if "PYSPARK_GATEWAY_PORT" in env:

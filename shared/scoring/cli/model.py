@@ -7,7 +7,7 @@ champion vs challenger comparison.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, cast
 
 import typer
 from rich.table import Table
@@ -146,15 +146,15 @@ GateEngine = Annotated[
 
 
 def _gate_session(engine: str | None, source: str, name: str) -> Any:
-    """The Spark session a gate reads ``source`` with; None on the arrow engine."""
-    from scoring.batch.spec import ENGINES
-    from scoring.batch.tables import is_catalog_name
+    """The Spark session a gate reads ``source`` with (chosen as for the batch job); None
+    on the arrow engine."""
+    from scoring.batch.spec import ENGINES, Engine, engine_for
 
-    chosen = engine or ("python" if is_catalog_name(source) else "arrow")
-    if chosen not in ENGINES:
+    if engine is not None and engine not in ENGINES:
         raise typer.BadParameter(
-            f"{chosen!r}: use one of {', '.join(ENGINES)}", param_hint="--engine"
+            f"{engine!r}: use one of {', '.join(ENGINES)}", param_hint="--engine"
         )
+    chosen, _ = engine_for([source], cast("Engine | None", engine))
     if chosen == "arrow":
         return None
     from scoring.batch.spark import build_session
