@@ -164,8 +164,12 @@ class Delivery:
         self._producers: list[Producer] = []
         self._turn = 0  # the producer of the next transaction
         self._cluster_lost = False  # a producer reported every broker down
-        self._failed_deliveries: list[str] = []
+        self._fatal = False  # a producer reported a fatal error: it can send no more
+        self._failed_deliveries: list[clients.KafkaError] = []  # of the batch being sent
         self._sender: CommitThread | None = None
+        # When replacing producers or reading the group's offsets stops being tried again
+        # (``time.monotonic()``); the processor sets it while its commits fail.
+        self.give_up_at: float | None = None
 
     def start(self) -> None:
         """Start the producers; exactly once, their start fences a predecessor's.
@@ -219,10 +223,15 @@ class Delivery:
         """Abort the open transaction, or replace the producer (which aborts it too).
 
         Only an error that says "abort" is answered with ``abort_transaction``; after a
-        timeout or a fatal error the producer is replaced.
+        timeout or a fatal error the producer is replaced. At least once, what was sent
+        stays and the batch is sent again by the same producer, unless it can send no
+        more (a fatal error: an idempotence sequence gap, a fenced epoch).
         """
         if not self.exactly_once:
-            return  # at-least-once: what was sent stays; the batch is sent again
+            if self._fatal or (error is not None and error.fatal()):
+                log.warning("the producer had a fatal error (%s): starting a new one", error)
+                self._replace_producers()
+            return
         producer = self._producer
         if error is not None and error.txn_requires_abort() and not error.fatal():
             try:
@@ -270,6 +279,7 @@ class Delivery:
             except clients.KafkaException as exc:
                 if self._stop.is_set():
                     return first  # stopping: the next start reads the committed offsets
+                self._check_give_up(exc)
                 log.warning("committed offsets not read yet (%s); trying again", exc)
                 time.sleep(1.0)
         known = {(tp.topic, tp.partition): tp.offset for tp in committed if tp.offset >= 0}
@@ -297,12 +307,25 @@ class Delivery:
             "give every worker of a group its own --worker"
         )
 
-    def close(self) -> None:
-        """End the commit thread and flush what the producers still hold."""
+    def close(self, abandon: bool = False) -> None:
+        """End the commit thread and flush what the producers still hold.
+
+        ``abandon``: the worker stops on an error; a transaction it left open is aborted
+        (best effort, it may be fenced already) rather than left to the transaction
+        timeout, which would hold up the partitions' next owner (its offset fetch waits
+        for open transactions).
+        """
         if self._sender is not None:
             self._sender.close()
         for producer in self._producers:
-            producer.flush(10)
+            if abandon:
+                with suppress(clients.KafkaException, RuntimeError):
+                    producer.purge()
+                if self.exactly_once:
+                    with suppress(clients.KafkaException, RuntimeError):
+                        producer.abort_transaction(min(5.0, self.call_timeout))
+            else:
+                producer.flush(10)
 
     @property
     def call_timeout(self) -> float:
@@ -322,6 +345,7 @@ class Delivery:
 
     def _send(self, batch: Batch, out: Outgoing, group: object) -> None:
         """Send the batch's records and commit its offsets (on the commit thread)."""
+        self._failed_deliveries.clear()
         with self._commit_seconds.time():
             if self.exactly_once:
                 self._transact(out.to_send(), _offsets(batch), group)
@@ -344,12 +368,15 @@ class Delivery:
     def _deliver(self, records: list[Record]) -> None:
         """At-least-once: send the records and wait until every one is acknowledged."""
         producer = self._producer
-        self._failed_deliveries.clear()
         self._produce(producer, records)
         left = producer.flush(self.transaction_timeout_ms / 1000)
-        if left or self._failed_deliveries:
-            failed = self._failed_deliveries[:1] or [f"{left} records not acknowledged"]
-            raise clients.KafkaException(clients.KafkaError(clients.KafkaError._FAIL, failed[0]))
+        if self._failed_deliveries:
+            raise clients.KafkaException(self._failed_deliveries[0])
+        if left:
+            unacknowledged = f"{left} records not acknowledged"
+            raise clients.KafkaException(
+                clients.KafkaError(clients.KafkaError._TIMED_OUT, unacknowledged)
+            )
 
     @staticmethod
     def _produce(producer: Producer, records: list[Record]) -> None:
@@ -392,6 +419,9 @@ class Delivery:
                 "retry.backoff.ms": 20,
                 "retry.backoff.max.ms": 20,
                 "message.max.bytes": max(1_048_576, 2 * self.max_message_bytes),
+                # The worker made its topics at start; a deleted one is a fault to report,
+                # not a topic to make again with the broker's defaults.
+                "allow.auto.create.topics": False,
                 # Only failures are reported: no Python call per delivered record.
                 "delivery.report.only.error": True,
                 "on_delivery": self._delivery_failed,
@@ -428,18 +458,25 @@ class Delivery:
                 except clients.KafkaException as exc:
                     if self._stop.is_set():
                         raise StreamError(f"stopping with no producer: {exc}") from exc
+                    self._check_give_up(exc)
                     log.warning("no new producer yet (%s); trying again", exc)
                     time.sleep(1.0)
-        self._cluster_lost = False
+        self._cluster_lost = self._fatal = False
+
+    def _check_give_up(self, exc: Exception) -> None:
+        if self.give_up_at is not None and time.monotonic() > self.give_up_at:
+            raise StreamError(f"no progress and no way back to the cluster: {exc}") from exc
 
     def _producer_error(self, error: clients.KafkaError) -> None:
         clients.log_error(error)
         if error.code() == clients.KafkaError._ALL_BROKERS_DOWN:
             self._cluster_lost = True
+        if error.fatal():
+            self._fatal = True
 
     def _delivery_failed(self, error: Any, message: Any) -> None:
         if error is not None:
-            self._failed_deliveries.append(str(error))
+            self._failed_deliveries.append(error)
 
 
 def _offsets(batch: Batch) -> list[TopicPartition]:

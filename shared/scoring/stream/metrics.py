@@ -100,6 +100,11 @@ class StreamMetrics:
             "Micro-batches aborted and re-read after a Kafka error",
             registry=r,
         )
+        self.degraded = Gauge(
+            "scoring_stream_degraded",
+            "1 while micro-batches fail to commit (the reason is on /health), else 0",
+            registry=r,
+        )
         self.score_seconds = Histogram(
             "scoring_stream_score_seconds",
             "Time to validate and score one micro-batch",
@@ -175,6 +180,16 @@ class StreamMetrics:
             _DIFFERENCE_BUCKETS,
             r,
         )
+        self.shadow_suspended = Gauge(
+            "scoring_stream_shadow_suspended",
+            "1 while the shadow topic refuses writes and nothing is scored in the shadow",
+            registry=r,
+        )
+        self.shadow_suspensions = Counter(
+            "scoring_stream_shadow_suspensions",
+            "Times the shadow was suspended because its topic refused writes",
+            registry=r,
+        )
         self.shadow_model_version = Gauge(
             "scoring_stream_shadow_model_version",
             "Registry version of the challenger scoring in the shadow now",
@@ -211,7 +226,8 @@ def serve(
                 self._reply(200, CONTENT_TYPE_LATEST, metrics.text())
             elif path == "/health":
                 state = health()
-                code = 200 if state["status"] == "ok" else 503
+                # Degraded is still up: it recovers by itself, or exits past its stall limit.
+                code = 200 if state["status"] in ("ok", "degraded") else 503
                 self._reply(code, "application/json", json.dumps(state).encode())
             else:
                 self._reply(404, "text/plain", b"not found: try /metrics or /health\n")

@@ -101,18 +101,25 @@ class StreamConfig:
     start_from: str = "earliest"
     session_timeout_ms: int = 10_000
     transaction_timeout_ms: int = 30_000
+    # A worker whose micro-batches have failed to commit for this long gives up (exit 4)
+    # rather than retry for ever: its supervisor restarts it, or someone looks.
+    max_stall_s: float = 300.0
     # Extra librdkafka client properties (security.protocol, sasl.*, ssl.*, tuning) for
     # every client this worker makes: consumer, producer and admin.
     kafka: Mapping[str, str] = field(default_factory=dict)
     # A challenger scored in the champion's shadow, and the topic of its predictions.
     shadow: str | None = None
     shadow_topic: str | None = None
+    # While the shadow topic refuses writes, how often it is checked again.
+    shadow_retry_s: float = 60.0
 
     def __post_init__(self) -> None:
         if self.batch_size < 1 or self.batch_wait_ms < 0 or self.model_poll_s <= 0:
             raise StreamError(
                 "batch size must be >= 1, batch wait >= 0 ms and model poll interval > 0 s"
             )
+        if self.max_stall_s <= 0 or self.shadow_retry_s <= 0:
+            raise StreamError("the stall limit and the shadow's retry interval must be > 0 s")
         if bool(self.shadow) != bool(self.shadow_topic):
             raise ConfigError(
                 "--shadow and --shadow-topic go together: give the challenger's model URI "
@@ -147,11 +154,15 @@ class Processor:
                 self.metrics,
                 config.ort_threads,
                 config.model_poll_s,
+                config.shadow_retry_s,
             )
             if config.shadow and config.shadow_topic
             else None
         )
         self.status = "starting"
+        # Why micro-batches fail to commit, while they do, and since when (monotonic).
+        self.problem: str | None = None
+        self._failing_since: float | None = None
         self.assignment = Assignment()
         self.counts = {"events_in": 0, "predictions": 0, "dead_letters": 0, "batches": 0}
         self._stop = threading.Event()
@@ -175,8 +186,10 @@ class Processor:
 
     def health(self) -> dict[str, Any]:
         model = self.model
+        problem = self.problem
         return {
-            "status": self.status,
+            "status": "degraded" if problem and self.status == "ok" else self.status,
+            "problem": problem,
             "model_name": model.name if model else None,
             "model_version": model.version if model else None,
             "group": self.config.group,
@@ -199,8 +212,7 @@ class Processor:
             if config.shadow_topic:
                 outputs.append(config.shadow_topic)
             topics.ensure(config.bootstrap, config.input_topic, outputs, config.kafka)
-            delivery = self._delivery
-            delivery.start()
+            self._delivery.start()
             self._consumer = consumer = self._new_consumer()
             follower = (
                 ModelFollower(
@@ -218,47 +230,84 @@ class Processor:
                 self.shadow.start()
             _settle_garbage_collector()
             self.status = "ok"
-            try:
-                while not self._stop.is_set():
-                    if follower is not None:
-                        self._swap(follower.take())
-                    if self.shadow is not None:
-                        self.shadow.refresh()
-                    batch = gather(
-                        consumer,
-                        self.assignment,
-                        config.batch_size,
-                        config.batch_wait_ms / 1000,
-                        self._stop,
-                        self._rewind,
-                        busy=self._committing,
-                    )
-                    # While the previous batch commits, this one is decoded and scored.
-                    out = self.outgoing(batch) if len(batch) else None
-                    if self._sending is not None:
-                        committed, self._sending = self._settle(self._sending, batch), None
-                        if not committed:
-                            continue  # rewound to the failed batch: this one is read again
-                    delivery.renew_after_an_outage()
-                    if out is not None:
-                        # The group's generation as of this batch's gathering: offsets
-                        # sent for it after a rebalance are refused, never misapplied.
-                        group = consumer.consumer_group_metadata()
-                        self._sending = delivery.send(batch, out, group)
-                    self._update_lag()
-            finally:
-                self.status = "stopping"
-                if self._sending is not None:
-                    self._settle(self._sending, None, final=True)
-                    self._sending = None
-                if follower is not None:
-                    follower.stop()
-                if self.shadow is not None:
-                    self.shadow.stop()
-                consumer.close()  # leaves the group at once: the partitions move now
-                delivery.close()
+            self._run_loop(consumer, follower)
         log.info("stopped: %s", self.counts)
         return dict(self.counts)
+
+    def _run_loop(self, consumer: Consumer, follower: ModelFollower | None) -> None:
+        """The loop until stopped, then the shutdown, also when the loop raised."""
+        ended_by_error = True
+        try:
+            self._loop(consumer, follower)
+            ended_by_error = False
+        finally:
+            self.status = "stopping"
+            self._shut_down(consumer, follower, ended_by_error)
+
+    def _loop(self, consumer: Consumer, follower: ModelFollower | None) -> None:
+        config, delivery = self.config, self._delivery
+        while not self._stop.is_set():
+            if follower is not None:
+                self._swap(follower.take())
+            if self.shadow is not None:
+                self.shadow.refresh()
+                if self.shadow.due():
+                    self.shadow.check_topic(config.bootstrap, config.kafka)
+            batch = gather(
+                consumer,
+                self.assignment,
+                config.batch_size,
+                config.batch_wait_ms / 1000,
+                self._stop,
+                self._rewind,
+                busy=self._committing,
+            )
+            # While the previous batch commits, this one is decoded and scored.
+            out = self.outgoing(batch) if len(batch) else None
+            if self._sending is not None:
+                # Taken off first: if settling raises, the shutdown does not settle it again.
+                sending, self._sending = self._sending, None
+                if not self._settle(sending, batch):
+                    continue  # rewound to the failed batch: this one is read again
+            delivery.renew_after_an_outage()
+            if out is not None:
+                # The group's generation as of this batch's gathering: offsets sent for
+                # it after a rebalance are refused, never misapplied.
+                group = consumer.consumer_group_metadata()
+                self._sending = delivery.send(batch, out, group)
+            self._update_lag()
+
+    def _shut_down(
+        self, consumer: Consumer, follower: ModelFollower | None, ended_by_error: bool
+    ) -> None:
+        """Settle the last batch, then release everything, whatever fails on the way.
+
+        After an error the last batch is not waited for and an open transaction is
+        aborted; in every case the consumer leaves the group at once, so its partitions
+        move to the other workers now rather than after the session timeout.
+        """
+        sending, self._sending = self._sending, None
+        try:
+            if sending is not None and not ended_by_error:
+                self._settle(sending, None, final=True)
+        except Exception:
+            ended_by_error = True
+            raise
+        finally:
+            for name, step in (
+                ("follower", follower.stop if follower is not None else None),
+                ("shadow", self.shadow.stop if self.shadow is not None else None),
+                # An open transaction is aborted before the partitions move: their next
+                # owner's offset fetch would wait for it.
+                ("producers", lambda: self._delivery.close(abandon=ended_by_error)),
+                ("consumer", consumer.close),
+            ):
+                if step is None:
+                    continue
+                try:
+                    step()
+                except Exception as exc:  # the next steps still run
+                    log.warning("stopping the %s failed: %s", name, exc)
 
     # -- set-up ---------------------------------------------------------------------
 
@@ -387,12 +436,12 @@ class Processor:
                 raise self._delivery.fenced() from failure
             if not isinstance(failure, clients.KafkaException | StuckCommit):
                 raise failure
-            self.metrics.aborts.inc()
-            log.warning(
-                "micro-batch of %d events aborted (%s); reading it again", len(batch), failure
-            )
+            self._failed(len(batch), failure)
             if not isinstance(failure, StuckCommit):  # a stuck one's producer is replaced
                 self._delivery.abort(error)
+            if self.shadow is not None and sending.out.shadow is not None:
+                # A shadow topic that refuses writes fails the whole transaction.
+                self.shadow.check_topic(self.config.bootstrap, self.config.kafka)
             later = following.first_offsets() if following is not None else {}
             first = {**later, **batch.first_offsets()}
             self._rewind(self._delivery.restart_offsets(consumer, first))
@@ -400,8 +449,34 @@ class Processor:
             return False
         if not self.config.exactly_once:
             self._delivery.commit_offsets(consumer, sending, asynchronous=not final)
+        self._recovered()
         self._count(batch, sending.out)
         return True
+
+    def _failed(self, events: int, failure: BaseException) -> None:
+        """A batch failed to commit: degraded, and past the stall limit, give up."""
+        now = time.monotonic()
+        if self._failing_since is None:
+            self._failing_since = now
+        self.metrics.aborts.inc()
+        self.metrics.degraded.set(1)
+        stalled = now - self._failing_since
+        self.problem = f"micro-batches fail to commit for {stalled:.0f} s: {failure}"
+        if stalled > self.config.max_stall_s:
+            raise StreamError(
+                f"no micro-batch committed for {stalled:.0f} s (limit {self.config.max_stall_s:.0f}"
+                f" s, --max-stall-seconds); the last failure: {failure}"
+            ) from failure
+        # Replacing producers and reading offsets stop trying when the limit runs out.
+        self._delivery.give_up_at = self._failing_since + self.config.max_stall_s
+        log.warning("micro-batch of %d events aborted (%s); reading it again", events, failure)
+
+    def _recovered(self) -> None:
+        if self._failing_since is None:
+            return
+        log.info("micro-batches commit again after %.0f s", time.monotonic() - self._failing_since)
+        self._failing_since = self.problem = self._delivery.give_up_at = None
+        self.metrics.degraded.set(0)
 
     def _rewind(self, first: dict[Partition, int]) -> None:
         """Put partitions back to ``first`` offsets, those this worker still holds."""

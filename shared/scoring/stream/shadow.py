@@ -20,12 +20,16 @@ import logging
 import threading
 import time
 from collections import Counter
+from collections.abc import Mapping
 from typing import Any
+
+from confluent_kafka import KafkaException
 
 from scoring.lifecycle.loading import ModelFollower, follows_alias, load_artifact
 from scoring.model.artifact import ScoredBatch
 from scoring.model.decode import Decoded
 from scoring.model.live import LiveModel
+from scoring.stream import topics
 from scoring.stream.log_limit import LogLimit
 from scoring.stream.metrics import StreamMetrics, version_number
 from scoring.stream.stages import Batch, ShadowOutgoing, shadow
@@ -47,6 +51,7 @@ def no_shadow_health() -> dict[str, Any]:
         "shadow_refused": 0,
         "shadow_failures": 0,
         "shadow_disagreements": 0,
+        "shadow_suspended": None,
     }
 
 
@@ -58,14 +63,25 @@ class Shadow:
         topic: where its predictions go.
         metrics: the processor's metrics (the ``shadow_*`` ones are fed here).
         threads, poll_s: as for the champion.
+        retry_s: while suspended (its topic refused writes), how often the topic is
+            checked again.
     """
 
     def __init__(
-        self, uri: str, topic: str, metrics: StreamMetrics, threads: int = 1, poll_s: float = 10.0
+        self,
+        uri: str,
+        topic: str,
+        metrics: StreamMetrics,
+        threads: int = 1,
+        poll_s: float = 10.0,
+        retry_s: float = LOG_EVERY_S,
     ) -> None:
         self.uri, self.topic, self.metrics = uri, topic, metrics
-        self.threads, self.poll_s = threads, poll_s
+        self.threads, self.poll_s, self.retry_s = threads, poll_s, retry_s
         self.model: LiveModel | None = None
+        # Why the shadow topic refuses writes, while it does; nothing is scored meanwhile.
+        self.suspended: str | None = None
+        self._checked_at = 0.0
         self.counts = no_shadow_health()
         self._follower: ModelFollower | None = None
         self._log_limit = LogLimit(LOG_EVERY_S)
@@ -110,7 +126,7 @@ class Shadow:
     ) -> ShadowOutgoing | None:
         """The challenger's part of a micro-batch the champion has scored; never raises."""
         challenger = self.model
-        if challenger is None:
+        if challenger is None or self.suspended is not None:
             return None
         try:
             now_ms = time.time_ns() // 1_000_000
@@ -144,6 +160,50 @@ class Shadow:
         counts["shadow_version_predictions"] += out.predictions
         counts["shadow_refused"] += len(out.refused_kinds)
         counts["shadow_disagreements"] += out.disagreements
+
+    def check_topic(self, bootstrap: str, kafka: Mapping[str, str]) -> None:
+        """Suspend the shadow while its topic refuses writes; resume it once it takes them.
+
+        The topic is described, never written to; a cluster that does not answer changes
+        nothing.
+        """
+        try:
+            refusal = topics.refusal(bootstrap, self.topic, kafka)
+        except KafkaException as exc:
+            log.info("could not check the shadow topic (%s)", exc)
+            return
+        if refusal is not None:
+            self.suspend(refusal)
+        else:
+            self.resume()
+
+    def suspend(self, reason: str) -> None:
+        """Stop adding shadow records: the topic refuses them (see :meth:`due`)."""
+        if self.suspended is None:
+            self.metrics.shadow_suspensions.inc()
+            self.metrics.shadow_suspended.set(1)
+            log.warning(
+                "shadow suspended: %s; the champion goes on without it, and the topic is "
+                "checked again every %.0f s",
+                reason,
+                self.retry_s,
+            )
+        else:
+            self._log_limited("suspended", "shadow still suspended: %s", reason)
+        self.suspended = self.counts["shadow_suspended"] = reason
+        self._checked_at = time.monotonic()
+
+    def resume(self) -> None:
+        """The topic takes writes again: shadow records from the next micro-batch on."""
+        if self.suspended is None:
+            return
+        log.info("shadow resumed: topic %r takes writes again", self.topic)
+        self.metrics.shadow_suspended.set(0)
+        self.suspended = self.counts["shadow_suspended"] = None
+
+    def due(self) -> bool:
+        """Whether a suspended shadow's topic should be checked again now."""
+        return self.suspended is not None and time.monotonic() - self._checked_at >= self.retry_s
 
     def use(self, model: LiveModel | None) -> None:
         """Score with ``model`` from the next micro-batch on (``None``: no shadow records)."""

@@ -14,13 +14,19 @@ import time
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
-from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaException, TopicPartition
-from confluent_kafka.admin import NewTopic
+from confluent_kafka import (
+    OFFSET_BEGINNING,
+    Consumer,
+    KafkaException,
+    TopicCollection,
+    TopicPartition,
+)
+from confluent_kafka.admin import AclOperation, NewTopic
 
 from scoring.errors import StreamError
 from scoring.stream import clients
 
-__all__ = ["ReadRecord", "Reader", "create", "delete", "ensure", "produce", "reader"]
+__all__ = ["ReadRecord", "Reader", "create", "delete", "ensure", "produce", "reader", "refusal"]
 
 log = logging.getLogger(__name__)
 
@@ -90,6 +96,36 @@ def ensure(
     partitions = len(found[input_topic].partitions)
     create(bootstrap, missing, partitions, kafka, replicas, exist_ok=True)
     log.info("created topics %s", missing)
+
+
+def refusal(
+    bootstrap: str, topic: str, kafka: Mapping[str, str] | None = None, timeout: float = 5
+) -> str | None:
+    """Why ``topic`` would refuse this client's writes (it is gone, or writes are denied),
+    or ``None`` if it would take them, as far as the cluster says without writing to it.
+
+    Raises:
+        KafkaException: the cluster did not answer (nothing is known either way).
+    """
+    admin = clients.admin(bootstrap, kafka)
+    future = admin.describe_topics(
+        TopicCollection([topic]), request_timeout=timeout, include_authorized_operations=True
+    )[topic]
+    try:
+        described = future.result(timeout + 1)
+    except KafkaException as exc:
+        error = clients.error_of(exc)
+        code = error.code() if error is not None else None
+        if code == clients.KafkaError.UNKNOWN_TOPIC_OR_PART:
+            return f"topic {topic!r} does not exist"
+        if code == clients.KafkaError.TOPIC_AUTHORIZATION_FAILED:
+            return f"not authorized to describe topic {topic!r}"
+        raise
+    operations = described.authorized_operations
+    # None: the cluster has no authorizer, or did not say; every write is allowed then.
+    if operations is not None and not {AclOperation.WRITE, AclOperation.ALL} & set(operations):
+        return f"not authorized to write to topic {topic!r}"
+    return None
 
 
 def produce(

@@ -11,9 +11,11 @@ from __future__ import annotations
 import threading
 import time
 from dataclasses import dataclass, field
+from functools import partial
 
 import pytest
 from confluent_kafka import KafkaError, TopicPartition
+from scoring.errors import StreamError
 from scoring.stream import clients
 from scoring.stream.delivery import CommitThread, Sending
 from scoring.stream.processor import Processor, StreamConfig
@@ -38,6 +40,9 @@ class FakeConsumer:
 
     def seek(self, tp: TopicPartition) -> None:
         self.seeks.append((tp.topic, tp.partition, tp.offset))
+
+    def commit(self, offsets: list[TopicPartition], asynchronous: bool) -> None:
+        pass
 
 
 def _processor(
@@ -102,3 +107,96 @@ def test_at_least_once_a_failed_batch_is_read_again_from_its_first_offsets(
     sending = Sending(batch, Outgoing([], []), future, deadline=time.monotonic() + 5)
     assert processor._settle(sending, None) is False
     assert consumer.seeks == [("in", 0, 5)]
+
+
+def _failing(code: int, fatal: bool = False) -> Sending:
+    """A batch whose delivery failed with ``code`` (a fatal error if ``fatal``)."""
+
+    def deliver() -> None:
+        raise clients.KafkaException(KafkaError(code, "injected", fatal=fatal))
+
+    future = CommitThread().submit(deliver)
+    batch = Batch.of([FakeMessage(5), FakeMessage(6)])
+    return Sending(batch, Outgoing([], []), future, deadline=time.monotonic() + 5)
+
+
+def test_at_least_once_a_fatal_producer_error_replaces_the_producer(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    processor, made = _processor(
+        StreamConfig("model", "in", "out", "dlq", "x", exactly_once=False), monkeypatch
+    )
+    processor._consumer = FakeConsumer({("in", 0): 9})  # type: ignore[assignment]
+    # A plain failure: the same producer sends the batch again.
+    assert processor._settle(_failing(KafkaError._MSG_TIMED_OUT), None) is False
+    assert processor._delivery._producers == made[:1]
+    # A fatal one (an idempotence sequence gap): that producer can send no more.
+    assert processor._settle(_failing(KafkaError._FATAL, fatal=True), None) is False
+    assert processor._delivery._producers == made[1:2]
+    # Reported by the client's error callback only, between batches: replaced at the next
+    # failure too.
+    processor._delivery._producer_error(KafkaError(KafkaError._FATAL, "gap", fatal=True))
+    assert processor._settle(_failing(KafkaError._MSG_TIMED_OUT), None) is False
+    assert processor._delivery._producers == made[2:3]
+
+
+def test_failing_commits_make_the_worker_degraded_then_give_up_past_the_stall_limit(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    processor, _ = _processor(
+        StreamConfig("model", "in", "out", "dlq", "x", exactly_once=False, max_stall_s=30),
+        monkeypatch,
+    )
+    processor._consumer = FakeConsumer({("in", 0): 9})  # type: ignore[assignment]
+    processor.status = "ok"
+    clock = [1000.0]
+    monkeypatch.setattr(time, "monotonic", lambda: clock[0])
+    monkeypatch.setattr(time, "sleep", lambda s: None)
+    assert processor._settle(_failing(KafkaError._MSG_TIMED_OUT), None) is False
+    health = processor.health()
+    assert health["status"] == "degraded"
+    assert "fail to commit" in health["problem"]
+    assert processor.metrics.degraded._value.get() == 1
+    assert processor._delivery.give_up_at == 1030.0
+    # A commit that succeeds ends it.
+    done = CommitThread().submit(lambda: None)
+    good = Sending(Batch.of([FakeMessage(5)]), Outgoing([], []), done, time.monotonic() + 5)
+    done.result(5)
+    assert processor._settle(good, None) is True
+    assert processor.health()["status"] == "ok" and processor.health()["problem"] is None
+    assert processor.metrics.degraded._value.get() == 0
+    # Failing again: past 30 s of failures the worker gives up, saying why.
+    assert processor._settle(_failing(KafkaError._MSG_TIMED_OUT), None) is False
+    clock[0] += 31
+    with pytest.raises(StreamError, match=r"no micro-batch committed for 31 s.*--max-stall"):
+        processor._settle(_failing(KafkaError._MSG_TIMED_OUT), None)
+
+
+def test_a_fenced_worker_still_closes_its_consumer_and_aborts_its_transaction(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    processor, made = _processor(StreamConfig("model", "in", "out", "dlq", "x"), monkeypatch)
+    closed: list[str] = []
+
+    class Consumer(FakeConsumer):
+        def close(self) -> None:
+            closed.append("consumer")
+
+    consumer = Consumer({("in", 0): 9})
+    processor._consumer = consumer  # type: ignore[assignment]
+    processor._sending = _failing(KafkaError._FENCED, fatal=True)
+    aborted: list[FakeProducer] = []
+    for producer in made:
+        producer.abort_transaction = partial(lambda p, timeout: aborted.append(p), producer)  # type: ignore[attr-defined]
+
+    def loop(consumer: object, follower: object) -> None:
+        sending, processor._sending = processor._sending, None
+        assert sending is not None
+        processor._settle(sending, None)  # raises: fenced
+
+    monkeypatch.setattr(processor, "_loop", loop)
+    with pytest.raises(StreamError, match="another live worker uses transactional ids"):
+        processor._run_loop(consumer, None)  # type: ignore[arg-type]
+    assert closed == ["consumer"]
+    assert aborted == made  # the open transaction is aborted, not left to its timeout
+    assert processor.status == "stopping"
