@@ -109,6 +109,20 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         help="how long the broker keeps a dead worker's transaction open (default %(default)s)",
     )
     add(
+        "--max-stall-seconds",
+        type=float,
+        default=defaults.max_stall_s,
+        help="exit (code 4) once micro-batches have failed to commit for this long; until "
+        "then /health says degraded (default %(default)s)",
+    )
+    add(
+        "--shadow-retry-seconds",
+        type=float,
+        default=defaults.shadow_retry_s,
+        help="while the shadow topic refuses writes, how often it is checked again "
+        "(default %(default)s)",
+    )
+    add(
         "-X",
         "--kafka-property",
         action="append",
@@ -150,9 +164,11 @@ def config_from(args: argparse.Namespace, client: KafkaClientConfig | None = Non
         metrics_port=args.metrics_port,
         start_from=args.start_from,
         transaction_timeout_ms=args.transaction_timeout_ms,
+        max_stall_s=args.max_stall_seconds,
         kafka=client.properties,
         shadow=args.shadow,
         shadow_topic=args.shadow_topic,
+        shadow_retry_s=args.shadow_retry_seconds,
     )
 
 
