@@ -36,9 +36,12 @@ from tests.integration.kafka_helpers import (
 pytestmark = pytest.mark.integration
 
 
-def expected_scores(artifact_dir: Path, table: pa.Table) -> tuple[dict[bytes, float], set[bytes]]:
-    """Score of every valid row by Kafka key, and the keys of the rows the contract refuses."""
-    scored = load_artifact(str(artifact_dir)).scorer().score(table)
+def expected_scores(model: Path | str, table: pa.Table) -> tuple[dict[bytes, float], set[bytes]]:
+    """Score of every valid row by Kafka key, and the keys of the rows the contract refuses.
+
+    ``model`` is an artifact folder or a registry URI (``models:/NAME/VERSION``).
+    """
+    scored = load_artifact(str(model)).scorer().score(table)
     keys = [str(k).encode() for k in table.column(KEY).to_pylist()]
     scores = scored.score.to_pylist()
     valid = {k: s for k, s, ok in zip(keys, scores, scored.valid, strict=True) if ok}

@@ -10,6 +10,7 @@ output's last stable offset is below the high watermark, and killed there.
 
 from __future__ import annotations
 
+import json
 import threading
 import time
 from collections.abc import Iterator
@@ -20,7 +21,7 @@ import pyarrow as pa
 import pytest
 from scoring.dev import kafka_broker
 from scoring.dev.demo.data import generate_day
-from scoring.dev.demo.train import TrainedModel
+from scoring.dev.demo.train import TrainedModel, train
 from scoring.dev.kafka_broker import Broker
 from scoring.lifecycle import registry
 from scoring.lifecycle.packaging import package
@@ -85,16 +86,24 @@ class Feeder(threading.Thread):
 def assert_exactly_once(
     bootstrap: str, topics: Topics, valid: dict[bytes, float], refused: set[bytes]
 ) -> list:
+    out, _ = assert_each_once(bootstrap, topics, set(valid), refused)
+    assert {k: p[0]["score"] for k, p in outputs_by_key(out).items()} == valid
+    return out
+
+
+def assert_each_once(
+    bootstrap: str, topics: Topics, valid: set[bytes], refused: set[bytes]
+) -> tuple[list, list]:
+    """One prediction per valid key and one dead letter per refused one; both read back."""
     out = read_all(bootstrap, topics.output, len(valid), timeout=120, settle=3)
     dead = read_all(bootstrap, topics.dlq, len(refused), timeout=30, settle=1)
     by_key = outputs_by_key(out)
-    missing = set(valid) - set(by_key)
+    missing = valid - set(by_key)
     doubled = {k for k, v in by_key.items() if len(v) > 1}
     assert not missing and not doubled, f"{len(missing)} missing, {len(doubled)} doubled"
-    assert set(by_key) == set(valid)
-    assert {k: p[0]["score"] for k, p in by_key.items()} == valid
+    assert set(by_key) == valid
     assert sorted(r.key for r in dead) == sorted(refused)
-    return out
+    return out, dead
 
 
 def test_kill_9_three_times_inside_open_transactions_over_a_backlog(
@@ -220,21 +229,36 @@ def test_broker_sigkill_while_the_worker_idles_then_events_flow_again(
         processor.stop()
 
 
+@pytest.fixture(scope="module")
+def retrained(tmp_path_factory: pytest.TempPathFactory) -> TrainedModel:
+    """The demo model trained again on another day's rows: the same contract, other scores."""
+    table = generate_day(date(2026, 11, 6), 6000, seed=17)
+    return train(table, tmp_path_factory.mktemp("retrained"), "demo", 1)
+
+
 def test_promotion_mid_stream_switches_version_between_batches(
     kafka: Broker,
     topics: Topics,
     scoring_home: Path,
     trained: TrainedModel,
+    retrained: TrainedModel,
     stream_table: pa.Table,
     artifact_dir: Path,
     tmp_path: Path,
 ) -> None:
     first, second = (
-        package(trained.model_file, "fraud", trained.sample_file, spec_file=trained.contract_file)
-        for _ in range(2)
+        package(m.model_file, "fraud", m.sample_file, spec_file=m.contract_file)
+        for m in (trained, retrained)
     )
     registry.promote("fraud", first.version)
-    valid, refused = expected_scores(artifact_dir, stream_table)
+    # Each version's score of every event, from the registered models themselves.
+    (old, refused), (new, refused_too) = (
+        expected_scores(f"models:/fraud/{v.version}", stream_table) for v in (first, second)
+    )
+    assert set(old) == set(new) and refused == refused_too
+    scores = {first.version: old, second.version: new}
+    # Every event tells the versions apart, so a score labelled with the other one shows.
+    assert all(old[key] != new[key] for key in old)
     events = events_of(artifact_dir, stream_table)
     # The second half is sent once the new version scores: however fast the worker
     # drains the first half, both versions see events.
@@ -258,12 +282,18 @@ def test_promotion_mid_stream_switches_version_between_batches(
         )
         feeder.finish()
         produce(kafka.bootstrap, topics.input, events[half:])
-        out = assert_exactly_once(kafka.bootstrap, topics, valid, refused)
+        out, dead = assert_each_once(kafka.bootstrap, topics, set(old), refused)
         metrics = processor.metrics()
         assert processor.terminate() == 0, processor.log()
     finally:
         processor.stop()
 
+    # Every prediction carries the score of the version its header and body name.
+    for record in out:
+        prediction, version = json.loads(record.value), headers(record)["model_version"]
+        assert prediction["model_version"] == version, (record.key, prediction, version)
+        assert prediction["score"] == scores[version][record.key], (record.key, version)
+    assert {headers(r)["model_version"] for r in dead} <= set(scores)
     versions = {first.version: 0, second.version: 0}
     for partition in {r.partition for r in out}:
         seen = [
