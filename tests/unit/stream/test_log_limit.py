@@ -8,7 +8,7 @@ import time
 import pytest
 from confluent_kafka import KafkaError
 from scoring.stream import clients, log_limit
-from scoring.stream.log_limit import LogLimit
+from scoring.stream.log_limit import OTHER, LogLimit, LogLimitFilter
 
 
 @pytest.fixture
@@ -99,3 +99,59 @@ def test_each_kind_of_line_has_its_own_limit(clock: list[float]) -> None:
     assert limit.admit("a") == (False, 1, 5)
     clock[0] += 5
     assert limit.admit("a") == (True, 1, 10)
+
+
+def test_the_table_of_kinds_is_bounded_and_kinds_beyond_it_share_one_entry(
+    clock: list[float],
+) -> None:
+    limit = LogLimit(every_s=10, max_kinds=3)
+    for kind in ("a", "b", "c"):
+        assert limit.admit_as(kind) == (True, 0, 10, kind)
+    # A flood of new kinds (each line its own text) while a, b and c are in their window:
+    # one line of them is let through, the rest counted, and the table stays bounded.
+    flood = [limit.admit_as(f"offset {i}") for i in range(10_000)]
+    assert flood[0] == (True, 0, 10, OTHER)
+    assert [admitted for admitted, *_ in flood].count(True) == 1
+    assert flood[-1] == (False, 9999, 0, OTHER)
+    assert limit.kinds() == 4  # a, b, c and OTHER
+    # The kinds in the table keep their own limits meanwhile.
+    assert limit.admit_as("a") == (False, 1, 0, "a")
+
+    clock[0] += 10  # every window has passed: the least recently seen kinds make room
+    assert limit.admit_as("d") == (True, 0, 10, "d")
+    assert limit.admit_as("e") == (True, 0, 10, "e")
+    assert limit.admit_as("a") == (True, 1, 10, "a")  # seen lately: kept, with its count
+    assert limit.admit_as(OTHER)[:2] == (True, 9999)
+    assert limit.kinds() == 4
+
+
+def test_a_kind_still_in_its_window_is_not_pushed_out(clock: list[float]) -> None:
+    limit = LogLimit(every_s=10, max_kinds=2)
+    limit.admit("old")
+    clock[0] += 9
+    limit.admit("recent")
+    assert limit.admit_as("new")[3] == OTHER  # "old" is within its window still
+    clock[0] += 1
+    assert limit.admit_as("newer")[3] == "newer"  # "old"'s window has passed: it went
+    assert limit.admit_as("recent") == (False, 1, 1, "recent")
+
+
+def test_a_line_let_through_for_other_kinds_says_what_it_counted(
+    clock: list[float], caplog: pytest.LogCaptureFixture
+) -> None:
+    logger = logging.getLogger("test_log_limit.other")
+    logger.addFilter(LogLimitFilter(LogLimit(every_s=10, max_kinds=1)))
+    with caplog.at_level(logging.INFO, logger=logger.name):
+        logger.info("first kind")
+        for i in range(5):
+            logger.info("failed at offset %d", i)
+        clock[0] += 10
+        logger.info("first kind")  # its own entry, in its window again
+        logger.info("failed at offset %d", 99)
+    lines = [r.getMessage() for r in caplog.records]
+    assert lines == [
+        "first kind",
+        "failed at offset 0",
+        "first kind",
+        "failed at offset 99 (and 4 lines of other kinds in the last 10 s)",
+    ]
