@@ -301,10 +301,13 @@ class Delivery:
             self._replace_producers()
 
     def fenced(self) -> StreamError:
-        """The error of a worker whose producer another live worker fenced."""
+        """The error of a worker whose producer was fenced: it can commit nothing more."""
         return StreamError(
-            f"another live worker uses transactional ids {self.transactional_ids}: "
-            "give every worker of a group its own --worker"
+            f"this worker's transactional ids {self.transactional_ids} were fenced: another "
+            "live worker was started with the same --worker (give each its own), or this one "
+            "was paused past the transaction timeout "
+            f"({self.transaction_timeout_ms / 1000:.0f} s) and the broker aborted its "
+            "transaction; its partitions belong to the group's other workers now"
         )
 
     def close(self, abandon: bool = False) -> None:
