@@ -6,7 +6,10 @@ is loaded, :meth:`Shadow.outgoing` adds the challenger's predictions of the same
 as the champion's records and the input offsets. Nothing here can change the champion's
 output: a challenger that cannot be loaded, whose alias names no version, or that raises
 while scoring is counted and logged (at most once a minute per kind of failure) and the
-micro-batch goes out without shadow records.
+micro-batch goes out without shadow records. A shadow topic that refuses writes (deleted,
+or denied by an ACL) would fail the whole transaction: after a failed batch with shadow
+records the topic is described (:meth:`Shadow.check_topic`), and while it refuses, the
+shadow is suspended and the champion's batches go out alone (docs/adr/0009).
 
 A ``models:/NAME@ALIAS`` challenger is followed through its own alias
 (:class:`scoring.lifecycle.loading.ModelFollower`, optional): when the alias is set, moved or
