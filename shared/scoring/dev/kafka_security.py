@@ -154,6 +154,12 @@ def broker_properties(material: Material, sasl_ssl_port: int, ssl_port: int) -> 
         "ssl.truststore.location": str(material.ca_cert),
         "listener.name.ssl.ssl.client.auth": "required",
         "ssl.enabled.protocols": "TLSv1.3,TLSv1.2",
+        # ACLs can be set, as on a production cluster; none is by default, and a resource
+        # without one is open to every principal. The plaintext and controller listeners'
+        # principal (ANONYMOUS, the broker's own) is a super user.
+        "authorizer.class.name": "org.apache.kafka.metadata.authorizer.StandardAuthorizer",
+        "allow.everyone.if.no.acl.found": "true",
+        "super.users": "User:ANONYMOUS",
     }
 
 

@@ -11,15 +11,26 @@ from __future__ import annotations
 
 import re
 import time
+from collections.abc import Callable
 from datetime import date
 from pathlib import Path
+from typing import Any
 
 import pytest
-from confluent_kafka.admin import NewTopic
+from confluent_kafka.admin import (
+    AclBinding,
+    AclBindingFilter,
+    AclOperation,
+    AclPermissionType,
+    NewTopic,
+    ResourcePatternType,
+    ResourceType,
+)
 from scoring.dev.demo.data import generate_day
-from scoring.dev.kafka_broker import Broker
+from scoring.dev.kafka_broker import Broker, SecureListeners
 from scoring.stream import clients
 from scoring.stream import topics as shared_topics
+from scoring.stream.kafka_config import resolve
 from scoring.stream.processor import StreamConfig
 
 from tests.integration.kafka_helpers import (
@@ -199,48 +210,124 @@ def test_output_the_cluster_refuses_for_good_makes_the_worker_degraded_then_exit
         worker.stop()
 
 
-def test_a_shadow_topic_that_refuses_writes_never_holds_up_the_champion(
-    kafka: Broker, topics: Topics, artifact_dir: Path, backlog: Backlog, tmp_path: Path
-) -> None:
-    events, valid, refused = backlog
+def _shadow_worker(
+    bootstrap: str, topics: Topics, artifact_dir: Path, tmp_path: Path, *extra: str
+) -> tuple[ProcessorProcess, str]:
+    """A worker with the champion in its own shadow, checking a suspended topic every 2 s."""
     shadow_topic = f"{topics.output}.shadow"
     worker = ProcessorProcess(
-        kafka.bootstrap,
+        bootstrap,
         artifact_dir,
         topics,
         tmp_path,
         extra=[
             *("--shadow", str(artifact_dir), "--shadow-topic", shadow_topic),
             *("--batch-size", "500", "--shadow-retry-seconds", "2"),
+            *extra,
         ],
     )
+    return worker, shadow_topic
+
+
+def _champion_goes_on_while_the_shadow_is_refused(
+    worker: ProcessorProcess,
+    kafka: Broker,
+    topics: Topics,
+    shadow_topic: str,
+    backlog: Backlog,
+    refuse: Callable[[], None],
+    accept: Callable[[], None],
+    reason: str,
+) -> None:
+    """Refuse the shadow topic's writes while a backlog drains, then accept them again:
+    the champion's output is complete and exactly once, the shadow suspended and resumed."""
+    events, valid, refused = backlog
+    worker.wait_ready(timeout=90)
+    produce(kafka.bootstrap, topics.input, events[:4000])
+    worker.wait_until(lambda h: h["shadow_predictions"] > 0, what="shadow predictions")
+    refuse()
+    produce(kafka.bootstrap, topics.input, events[4000:12000])
+    worker.wait_until(
+        lambda h: h["shadow_suspended"] is not None, timeout=60, what="the shadow suspended"
+    )
+    health = worker.health()
+    assert health is not None and reason in health["shadow_suspended"], health
+    assert "scoring_stream_shadow_suspended 1.0" in worker.metrics()
+    # The champion goes on while the topic refuses.
+    worker.wait_until(lambda h: h["events_in"] >= 12000, timeout=90, what="12,000 events in")
+    assert worker.health()["status"] == "ok"  # type: ignore[index]
+    accept()
+    worker.wait_until(lambda h: h["shadow_suspended"] is None, timeout=30, what="resumed")
+    produce(kafka.bootstrap, topics.input, events[12000:])
+    assert_exactly_once(kafka.bootstrap, topics, valid, refused)
+    # Once resumed, the shadow holds the challenger's predictions again.
+    assert read_all(kafka.bootstrap, shadow_topic, 1, timeout=30, settle=0)
+    log = worker.log()
+    assert log.count("shadow suspended:") == 1, log
+    assert "shadow resumed" in log, log
+    assert worker.terminate() == 0, log
+
+
+def test_a_deleted_shadow_topic_never_holds_up_the_champion(
+    kafka: Broker, topics: Topics, artifact_dir: Path, backlog: Backlog, tmp_path: Path
+) -> None:
+    worker, shadow_topic = _shadow_worker(kafka.bootstrap, topics, artifact_dir, tmp_path)
     try:
-        worker.wait_ready()
-        produce(kafka.bootstrap, topics.input, events[:4000])
-        worker.wait_until(lambda h: h["shadow_predictions"] > 0, what="shadow predictions")
-        shared_topics.delete(kafka.bootstrap, [shadow_topic])
-        produce(kafka.bootstrap, topics.input, events[4000:12000])
-        worker.wait_until(
-            lambda h: h["shadow_suspended"] is not None, timeout=60, what="the shadow suspended"
+        _champion_goes_on_while_the_shadow_is_refused(
+            worker,
+            kafka,
+            topics,
+            shadow_topic,
+            backlog,
+            refuse=lambda: shared_topics.delete(kafka.bootstrap, [shadow_topic]),
+            accept=lambda: shared_topics.create(kafka.bootstrap, [shadow_topic], PARTITIONS),
+            reason="does not exist",
         )
-        health = worker.health()
-        assert health is not None
-        assert "does not exist" in health["shadow_suspended"], health
-        assert "scoring_stream_shadow_suspended 1.0" in worker.metrics()
-        # The champion goes on while the topic is gone.
-        worker.wait_until(lambda h: h["events_in"] >= 12000, timeout=90, what="12,000 events in")
-        assert worker.health()["status"] == "ok"  # type: ignore[index]
-        shared_topics.create(kafka.bootstrap, [shadow_topic], PARTITIONS)
-        worker.wait_until(
-            lambda h: h["shadow_suspended"] is None, timeout=30, what="the shadow resumed"
-        )
-        produce(kafka.bootstrap, topics.input, events[12000:])
-        assert_exactly_once(kafka.bootstrap, topics, valid, refused)
-        # Once resumed, the shadow holds the challenger's predictions again.
-        assert read_all(kafka.bootstrap, shadow_topic, 1, timeout=30, settle=0)
-        log = worker.log()
-        assert log.count("shadow suspended:") == 1, log
-        assert "shadow resumed" in log, log
-        assert worker.terminate() == 0, log
     finally:
         worker.stop()
+
+
+def test_a_shadow_topic_an_acl_denies_never_holds_up_the_champion(
+    kafka: Broker,
+    secure_kafka: SecureListeners,
+    topics: Topics,
+    artifact_dir: Path,
+    backlog: Backlog,
+    tmp_path: Path,
+) -> None:
+    # The worker logs in over SASL_SSL; the test's own clients use the plaintext listener,
+    # whose principal is a super user.
+    config = resolve(config_file=secure_kafka.sasl_ssl_config)
+    acl = (
+        ResourceType.TOPIC,
+        f"{topics.output}.shadow",
+        ResourcePatternType.LITERAL,
+        f"User:{config.properties['sasl.username']}",
+        "*",
+        AclOperation.WRITE,
+        AclPermissionType.DENY,
+    )
+    denied, its_filter = AclBinding(*acl), AclBindingFilter(*acl)
+    admin = clients.admin(kafka.bootstrap)
+    worker, shadow_topic = _shadow_worker(
+        "", topics, artifact_dir, tmp_path, "--kafka-config", str(secure_kafka.sasl_ssl_config)
+    )
+
+    def acls(call: Callable[[list[AclBinding]], Any], bindings: list[Any]) -> None:
+        for future in call(bindings, request_timeout=10).values():
+            future.result(15)
+
+    try:
+        _champion_goes_on_while_the_shadow_is_refused(
+            worker,
+            kafka,
+            topics,
+            shadow_topic,
+            backlog,
+            refuse=lambda: acls(admin.create_acls, [denied]),
+            accept=lambda: acls(admin.delete_acls, [its_filter]),
+            reason="not authorized to",
+        )
+    finally:
+        worker.stop()
+        admin.delete_acls([its_filter])
