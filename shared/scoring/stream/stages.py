@@ -2,8 +2,9 @@
 
 One micro-batch goes through them in order:
 
-1. :func:`gather`: take up to ``size`` events from the consumer with batched
-   ``consume()`` calls, starting over when the partitions move under it;
+1. :func:`gather`: take up to ``size`` events, and about ``max_bytes`` of them at most,
+   from the consumer with batched ``consume()`` calls, starting over when the partitions
+   move under it;
 2. :func:`decode_and_validate`: parse the values column by column into an Arrow batch and
    a reason for every event that cannot be read (:func:`scoring.model.decode.decode`);
 3. :func:`score`: the contract's checks and the model, the same code the batch job runs;
@@ -44,6 +45,7 @@ from scoring.stream.events import (
 )
 
 __all__ = [
+    "BATCH_MAX_BYTES",
     "Assignment",
     "Batch",
     "Outgoing",
@@ -58,6 +60,12 @@ __all__ = [
 ]
 
 log = logging.getLogger(__name__)
+
+# How many bytes of events (keys and values) a micro-batch holds at most, about: with the
+# batch on the commit thread and its dead letters' copies in the producer, a worker holds
+# about three such batches whatever the size of its events (a batch of 10,000 events of
+# 64 KiB would otherwise be 655 MB). Demo events (470 bytes) fill 10,000 with 4.7 MB.
+BATCH_MAX_BYTES = 16 * 1024 * 1024
 
 # (topic, key, value, headers) of one record to send.
 Record = tuple[str, bytes | None, bytes | None, list[tuple[str, bytes]]]
@@ -175,6 +183,7 @@ def gather(
     rewind: Callable[[dict[Partition, int]], None],
     idle_s: float = 0.5,
     busy: Callable[[], bool] = lambda: False,
+    max_bytes: int = BATCH_MAX_BYTES,
 ) -> Batch:
     """Up to ``size`` events: what has arrived, or what arrives ``wait_s`` after the first.
 
@@ -188,11 +197,20 @@ def gather(
     among them (the caller seeks only the partitions it still holds); a partition that
     went to another worker restarts there from its committed offset. Either way no event
     is skipped.
+
+    The batch also stops growing once its events' keys and values add up to ``max_bytes``.
+    The first ``consume()`` takes at most :data:`_FIRST_TAKE` events; each later one asks
+    for as many as fill the room left at the largest size seen so far. So while sizes do
+    not grow, the budget is passed by less than one event; when they do, by one take at
+    most, which the consumer's prefetch queue bounds (``queued.max.messages.kbytes``).
     """
     taken: list[Message] = []
+    held = largest = 0  # bytes taken, and the largest event's
     deadline: float | None = None
-    while len(taken) < size and not stop.is_set():
-        want = size - len(taken)
+    while len(taken) < size and held < max_bytes and not stop.is_set():
+        # As many as fill the room left at the largest size seen (rounded up); at first, a few.
+        fill = -(-(max_bytes - held) // largest) if largest else _FIRST_TAKE
+        want = min(size - len(taken), fill)
         if deadline is None:
             got = source.consume(want, 0.0)  # what is queued already
             if not got:
@@ -208,9 +226,14 @@ def gather(
             # back inside one consume(), with events from both sides of the move in
             # `got`: every partition still held goes back to its lowest offset seen here.
             rewind(Batch.of(_readable([*taken, *got])).first_offsets())
-            taken, deadline = [], None
+            taken, held, largest, deadline = [], 0, 0, None
             continue
-        taken.extend(_readable(got))
+        readable = _readable(got)
+        taken.extend(readable)
+        sizes = [len(m.value() or b"") + len(m.key() or b"") for m in readable]
+        if sizes:
+            held += sum(sizes)
+            largest = max(largest, max(sizes))
         if not taken:
             break
         now = time.monotonic()
@@ -220,6 +243,10 @@ def gather(
             break
     return Batch.of(taken)
 
+
+# The most events the first consume() of a batch takes, before any size is known: a
+# batch's first take passes its budget only if 16 events outweigh it.
+_FIRST_TAKE = 16
 
 # How often gathering looks again whether the commit in flight has finished.
 _BUSY_POLL_S = 0.002

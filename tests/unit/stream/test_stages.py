@@ -128,7 +128,7 @@ def test_without_a_wait_a_batch_is_what_has_arrived() -> None:
     consumer = FakeConsumer(Assignment(held={TP}), [("", [1, 2, 3]), ("", []), ("", [4])])
     batch, _ = _gather(consumer, wait_s=0.0)
     assert batch.offsets == [1, 2, 3]
-    assert consumer.calls[0] == (100, 0.0)  # no waiting while events are queued
+    assert consumer.calls[0][1] == 0.0  # no waiting while events are queued
 
 
 def test_while_the_previous_batch_commits_the_gathering_goes_on() -> None:
@@ -164,7 +164,68 @@ def test_a_batch_stops_at_its_size_and_an_idle_topic_returns_empty() -> None:
     assert _gather(consumer, wait_s=1.0, size=4)[0].offsets == [0, 1, 2, 3]
     idle = FakeConsumer(Assignment(held={TP}), [])
     assert len(_gather(idle, wait_s=1.0)[0]) == 0
-    assert idle.calls == [(100, 0.0), (1, 0.01)]  # one short wait for a first event
+    # One short wait for a first event.
+    assert [timeout for _, timeout in idle.calls] == [0.0, 0.01]
+
+
+class QueuedConsumer:
+    """A consumer whose prefetched events wait in a queue, as librdkafka's do."""
+
+    def __init__(self, sizes: list[int]) -> None:
+        self.queue = [FakeMessage(o, _value=b"x" * n) for o, n in enumerate(sizes)]
+        self.assignment = Assignment(held={TP})
+        self.calls: list[int] = []
+
+    def consume(self, num_messages: int = 1, timeout: float = -1) -> list[FakeMessage]:
+        self.calls.append(num_messages)
+        got, self.queue = self.queue[:num_messages], self.queue[num_messages:]
+        return got
+
+
+def _gather_bytes(consumer: QueuedConsumer, size: int, max_bytes: int) -> Batch:
+    return gather(
+        consumer,
+        consumer.assignment,
+        size,
+        0.0,
+        threading.Event(),
+        [].append,
+        0.01,
+        busy=lambda: True,  # a commit in flight: only the budget or the size ends the batch
+        max_bytes=max_bytes,
+    )
+
+
+def _held(batch: Batch) -> int:
+    return sum(len(v or b"") + len(k or b"") for k, v in zip(batch.keys, batch.values, strict=True))
+
+
+def test_a_batch_stops_growing_at_its_byte_budget_and_the_rest_stays_queued() -> None:
+    # 1,000 events of 1 KB (with their 1-byte keys) queued; room for 10,000 events.
+    consumer = QueuedConsumer([999] * 1000)
+    batch = _gather_bytes(consumer, size=10_000, max_bytes=100_500)
+    assert 100_500 <= _held(batch) < 100_500 + 1000  # past the budget by less than one event
+    assert batch.offsets == list(range(101))
+    assert consumer.calls == [16, 85]  # a small first take, then what fills the room left
+    # The next batch goes on where this one stopped: nothing skipped, nothing twice.
+    after = _gather_bytes(consumer, size=10_000, max_bytes=100_500)
+    assert after.offsets == list(range(101, 202))
+
+
+def test_events_that_grow_pass_the_budget_by_one_take_at_most() -> None:
+    # Small events, then 64 KiB ones: the take sized by the small ones takes 984 large
+    # ones (the consumer's prefetch queue bounds such a take), and the batch ends there.
+    consumer = QueuedConsumer([99] * 16 + [65_535] * 5000)
+    batch = _gather_bytes(consumer, size=10_000, max_bytes=100_000)
+    assert consumer.calls == [16, 984] and len(batch) == 1000
+    # Then the first take alone (16 events) is over the budget: a batch of 16.
+    assert len(_gather_bytes(consumer, size=10_000, max_bytes=100_000)) == 16
+
+
+def test_demo_events_fill_a_batch_to_its_size_under_the_default_budget() -> None:
+    consumer = QueuedConsumer([470] * 12_000)
+    batch = gather(consumer, consumer.assignment, 10_000, 0.0, threading.Event(), [].append, 0.01)
+    assert len(batch) == 10_000 and consumer.calls == [16, 9984]
 
 
 def test_client_notices_are_not_events() -> None:
