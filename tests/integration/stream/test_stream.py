@@ -187,6 +187,62 @@ def test_bad_events_go_to_the_dead_letter_topic_and_the_rest_is_scored(
         assert f'scoring_stream_dead_letters_total{{reason="{kind}"}}' in metrics
 
 
+def _padded(value: bytes, size: int) -> bytes:
+    """A JSON event grown to exactly ``size`` bytes by a field no contract reads."""
+    room = size - len(value) - len(b',"padding":""')
+    assert room >= 0
+    return value[:-1] + b',"padding":"' + b"x" * room + b'"}'
+
+
+def test_an_event_over_max_message_bytes_is_dead_lettered_whole_with_its_reason(
+    kafka: Broker, topics: Topics, artifact_dir: Path, demo_table: pa.Table, tmp_path: Path
+) -> None:
+    limit = 2048
+    table = demo_table.slice(0, 40)
+    valid, refused = expected_scores(artifact_dir, table)
+    events = dict(events_of(artifact_dir, table))
+    # Two events that would be scored: one grown to the limit, one to a byte over it.
+    at_limit, over = [key for key in events if key in valid][:2]
+    events[at_limit] = _padded(events[at_limit], limit)
+    events[over] = _padded(events[over], limit + 1)
+    sent = [*events.items(), (b"not-json", b"{not json")]
+    processor = ProcessorProcess(
+        kafka.bootstrap,
+        artifact_dir,
+        topics,
+        tmp_path,
+        extra=["--max-message-bytes", str(limit)],
+    )
+    try:
+        processor.wait_ready()
+        produce(kafka.bootstrap, topics.input, sent)
+        out = read_all(kafka.bootstrap, topics.output, len(valid) - 1)
+        dead = read_all(kafka.bootstrap, topics.dlq, len(refused) + 2)
+        processor.wait_until(lambda h: h["events_in"] == len(sent), what="all events counted")
+        inputs = read_all(kafka.bootstrap, topics.input, len(sent), settle=0)
+        metrics = processor.metrics()
+        assert processor.terminate() == 0, processor.log()
+    finally:
+        processor.stop()
+
+    scored = {key: p["score"] for key, (p, *_) in outputs_by_key(out).items()}
+    assert scored == {key: score for key, score in valid.items() if key != over}
+    by_key = {r.key: r for r in dead}
+    assert set(by_key) == refused | {over, b"not-json"} and len(dead) == len(by_key)
+    record, h = by_key[over], headers(by_key[over])
+    assert h["reason_kind"] == "oversized"
+    assert h["reason"] == f"message is {limit + 1} bytes, above {limit}"
+    source = {(r.partition, r.offset): r for r in inputs}[
+        (int(h["origin_partition"]), int(h["origin_offset"]))
+    ]
+    assert h["origin_topic"] == topics.input and source.key == over
+    # A dead letter is the event itself, unchanged (scoring.stream.events): not cut short.
+    assert record.value == source.value == events[over] and len(record.value) == limit + 1
+    # The same headers as any other dead letter.
+    assert set(h) == set(headers(by_key[b"not-json"])) and h["model_version"] == "local"
+    assert 'scoring_stream_dead_letters_total{reason="oversized"} 1.0' in metrics
+
+
 def test_stream_and_batch_scores_agree_bit_for_bit(
     kafka: Broker,
     topics: Topics,
