@@ -47,6 +47,7 @@ LookbackDays = Annotated[
     context_settings=FORWARD_ALL,
     add_help_option=False,
 )
+@user_errors  # the job prints its own errors; this one masks an unexpected traceback
 def batch_run(ctx: typer.Context) -> None:
     """Score a Delta table in this process; same options as spark-submit's job (see --help)."""
     from scoring.batch.main import main as score_main

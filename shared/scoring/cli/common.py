@@ -4,14 +4,17 @@ from __future__ import annotations
 
 import functools
 import json
+import logging
 from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 from scoring.errors import ScoringError
+from scoring.stream.kafka_config import mask_in_logs, masked
 
 __all__ = [
     "FORWARD_ALL",
@@ -31,20 +34,39 @@ FORWARD_ALL = {"allow_extra_args": True, "ignore_unknown_options": True, "help_o
 console = Console()
 errors = Console(stderr=True)
 F = TypeVar("F", bound=Callable[..., Any])
+log = logging.getLogger(__name__)
 
 
 def user_errors(func: F) -> F:
-    """Turn a ScoringError into its message and exit code instead of a traceback."""
+    """Turn a ScoringError into its message and exit code instead of a traceback.
+
+    Any other exception is a bug or a failure nobody foresaw: its traceback is logged and
+    the command exits 1. Either way every secret the process knows is masked
+    (``scoring.stream.kafka_config``: the Kafka clients' and the secret environment
+    variables'), in the printed line and in the traceback.
+    """
 
     @functools.wraps(func)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         try:
             return func(*args, **kwargs)
+        except (typer.Exit, typer.Abort, typer.TyperException):
+            raise  # the command line's own exits and usage errors
         except ScoringError as exc:
-            errors.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
+            _print_error(masked(str(exc)))
             raise typer.Exit(exc.exit_code) from exc
+        except Exception as exc:
+            mask_in_logs()
+            log.error("unexpected error", exc_info=exc)
+            what = f"unexpected {type(exc).__name__}: {exc} (the traceback is in the log above)"
+            _print_error(masked(what))
+            raise typer.Exit(1) from exc
 
     return wrapper  # type: ignore[return-value]
+
+
+def _print_error(message: str) -> None:
+    errors.print(f"[bold red]error:[/] {escape(message)}", highlight=False, soft_wrap=True)
 
 
 def print_report(report: dict[str, Any]) -> None:

@@ -22,6 +22,7 @@ app = typer.Typer(help="Real-time scoring of a Kafka topic.", no_args_is_help=Tr
     context_settings=FORWARD_ALL,
     add_help_option=False,
 )
+@user_errors  # the worker masks its own errors; this one anything before it starts
 def stream_run(ctx: typer.Context) -> None:
     """Score a Kafka topic until SIGTERM (see --help for the options)."""
     from scoring.stream.main import main as process_main

@@ -32,10 +32,14 @@ Secrets never leave this module in the clear: :class:`KafkaClientConfig` keeps i
 properties out of ``repr``, :meth:`KafkaClientConfig.redacted` masks them for anything
 printed, error messages name the file, the line and the key but never a value, and
 :class:`SecretsFilter` masks the secret values in log records as a last line of defence.
+That last line is one filter per process: :func:`mask_in_logs` teaches it a client's
+secrets and those of the environment (:data:`SECRET_VARIABLES`), and :func:`masked` applies
+it to what an entry point prints outside logging (its ``error:`` line, its summary).
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import re
@@ -49,12 +53,14 @@ from scoring.errors import ConfigError, StreamError
 
 __all__ = [
     "MASK",
+    "SECRET_VARIABLES",
     "KafkaClientConfig",
     "KafkaConfigError",
     "SecretsFilter",
     "faust_settings",
     "is_secret",
     "mask_in_logs",
+    "masked",
     "preflight",
     "read_properties",
     "redact",
@@ -62,6 +68,16 @@ __all__ = [
 ]
 
 MASK = "***"
+
+# Environment variables holding secrets that libraries read for themselves (the AWS SDKs
+# in S3A and delta-rs, MLflow's client): their errors could quote them, so they are masked
+# like the Kafka client's secrets. The project reads their values for nothing else.
+SECRET_VARIABLES = (
+    "AWS_SECRET_ACCESS_KEY",
+    "AWS_SESSION_TOKEN",
+    "MLFLOW_TRACKING_PASSWORD",
+    "MLFLOW_TRACKING_TOKEN",
+)
 
 # Keys whose values are secrets: passwords, OAuth client secrets and tokens, inline keys.
 _SECRET_KEY = re.compile(r"password|secret|token|jaas|oauthbearer\.config|key\.pem|credential")
@@ -316,6 +332,9 @@ def preflight(config: KafkaClientConfig, timeout: float = 15) -> None:
         timeout: Seconds to wait for a broker to answer at all.
 
     Raises:
+        ConfigError: (exit 2) librdkafka refused the properties before connecting: a
+            client key it cannot decrypt (a wrong ``ssl.key.password``), a certificate or
+            key that is not PEM, an unknown property or a bad value.
         StreamError: (exit 4) The login was refused, the TLS handshake failed, or no broker
             answered in time. The message names the listener, the protocol and the SASL
             mechanism, and which properties to check; secret values are masked.
@@ -324,15 +343,24 @@ def preflight(config: KafkaClientConfig, timeout: float = 15) -> None:
     from scoring.stream.clients import admin as new_admin
 
     seen: list[KafkaError] = []
-    # Errors are reported by the exception below; librdkafka's own log would repeat them.
-    admin = new_admin(
-        config.bootstrap, config.properties, defaults={"log_level": 0, "error_cb": seen.append}
-    )
+    mask = SecretsFilter(config.secrets()).mask
+    source = f" in {config.source}" if config.source else ""
+    try:
+        # Errors are reported by the exceptions below; librdkafka's own log would repeat them.
+        admin = new_admin(
+            config.bootstrap, config.properties, defaults={"log_level": 0, "error_cb": seen.append}
+        )
+    except KafkaException as exc:
+        detail = exc.args[0].str() if exc.args and isinstance(exc.args[0], KafkaError) else exc
+        raise ConfigError(
+            f"The Kafka client for {config.describe()} could not be made: {mask(str(detail))}. "
+            f"Nothing was read or written; check the client properties{source} (a wrong "
+            "ssl.key.password, or an ssl.*.location that is not a PEM file, is the usual "
+            "cause)."
+        ) from None
     fatal = {KafkaError._AUTHENTICATION: "login", KafkaError._SSL: "TLS handshake"}
     deadline = time.monotonic() + timeout
     last = "no answer"
-    mask = SecretsFilter(config.secrets()).mask
-    source = f" in {config.source}" if config.source else ""
     while True:
         try:
             admin.list_topics(timeout=min(1.0, max(0.1, deadline - time.monotonic())))
@@ -443,25 +471,29 @@ def faust_settings(config: KafkaClientConfig) -> dict[str, Any]:
     return {"broker": brokers, "broker_credentials": credentials}
 
 
-def mask_in_logs(config: KafkaClientConfig) -> None:
-    """Mask ``config``'s secrets in every line the root logger's handlers write from now on."""
-    secrets = SecretsFilter(config.secrets())
-    for handler in logging.getLogger().handlers:
-        handler.addFilter(secrets)
-
-
 class SecretsFilter(logging.Filter):
     """Masks known secret values in every log record that passes through a handler.
 
     The clients never log a password on purpose; this catches the accidental case (an
     exception that quotes its configuration). Attach it to handlers, not loggers, so that
-    records of child loggers are filtered too.
+    records of child loggers are filtered too. A secret is masked as written and as
+    ``repr()`` or JSON quote it (a quoted configuration doubles its backslashes).
     """
 
-    def __init__(self, secrets: Iterable[str]) -> None:
+    def __init__(self, secrets: Iterable[str] = ()) -> None:
         super().__init__()
-        # Very short values would mask ordinary words; no real secret is that short.
-        self._secrets = sorted({s for s in secrets if len(s) >= 4}, key=len, reverse=True)
+        self._secrets: list[str] = []
+        self.add(secrets)
+
+    def add(self, secrets: Iterable[str]) -> None:
+        """Mask ``secrets`` too, from now on."""
+        known = set(self._secrets)
+        for secret in secrets:
+            # Very short values would mask ordinary words; no real secret is that short.
+            if len(secret) >= 4:
+                known.update((secret, repr(secret)[1:-1], json.dumps(secret)[1:-1]))
+        # Longest first: a secret that contains another is masked whole.
+        self._secrets = sorted(known, key=len, reverse=True)
 
     def filter(self, record: logging.LogRecord) -> bool:
         if not self._secrets:
@@ -472,6 +504,8 @@ class SecretsFilter(logging.Filter):
             record.exc_text = logging.Formatter().formatException(record.exc_info)
         if record.exc_text:
             record.exc_text = self.mask(record.exc_text)
+        if record.stack_info:
+            record.stack_info = self.mask(record.stack_info)
         if masked != message:
             record.msg, record.args = masked, None
         return True
@@ -481,6 +515,39 @@ class SecretsFilter(logging.Filter):
         for secret in self._secrets:
             text = text.replace(secret, MASK)
         return text
+
+
+# The process's one filter: every secret it was told of, on every root handler.
+_SECRETS = SecretsFilter()
+
+
+def mask_in_logs(config: KafkaClientConfig | None = None) -> None:
+    """Mask the process's secrets in every line the root logger's handlers write from now on.
+
+    The secrets are ``config``'s (added to those of earlier calls) and the values of
+    :data:`SECRET_VARIABLES` in the environment; :func:`masked` masks the same ones. Lines
+    logged while the root logger has no handler (Python's last resort) are masked too.
+    """
+    _SECRETS.add(_environment_secrets())
+    if config is not None:
+        _SECRETS.add(config.secrets())
+    for handler in (*logging.getLogger().handlers, logging.lastResort):
+        if handler is not None:
+            handler.addFilter(_SECRETS)
+
+
+def masked(text: str) -> str:
+    """``text`` with every secret of the process masked, for what is printed, not logged.
+
+    The secrets are those :func:`mask_in_logs` was given and the current values of
+    :data:`SECRET_VARIABLES`.
+    """
+    _SECRETS.add(_environment_secrets())
+    return _SECRETS.mask(text)
+
+
+def _environment_secrets() -> list[str]:
+    return [os.environ[name] for name in SECRET_VARIABLES if os.environ.get(name)]
 
 
 def _substitute(value: str, env: Mapping[str, str], path: Path, line: int, key: str) -> str:

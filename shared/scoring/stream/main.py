@@ -7,7 +7,10 @@ or through the CLI with the same options: ``scoring stream run ...``. Runs until
 or Ctrl-C, which finish and commit the current micro-batch; the last line printed is a
 JSON summary of what was processed. Exit codes: 0 stopped cleanly, 2 bad arguments or
 settings, 4 Kafka problem (no broker, login or TLS handshake refused, missing input topic,
-fenced worker), 1 other. A secured cluster: ``--kafka-config FILE`` (README, "Secured Kafka").
+fenced worker), 1 other (an unexpected error: its traceback is logged). Every error path,
+the summary and the log mask the Kafka client's secrets and the secret environment
+variables (``scoring.stream.kafka_config.SECRET_VARIABLES``) as ``***``.
+A secured cluster: ``--kafka-config FILE`` (README, "Secured Kafka").
 A challenger in the model's shadow: ``--shadow models:/fraud@challenger --shadow-topic T``
 (README, "Shadow scoring").
 """
@@ -19,12 +22,20 @@ import json
 import logging
 import os
 import sys
-from collections.abc import Mapping, Sequence
+import threading
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 
 from scoring.errors import ConfigError, ScoringError
 from scoring.settings import ENV, load
-from scoring.stream.kafka_config import KafkaClientConfig, mask_in_logs, preflight, resolve
+from scoring.stream.kafka_config import (
+    KafkaClientConfig,
+    mask_in_logs,
+    masked,
+    preflight,
+    resolve,
+)
 from scoring.stream.processor import Processor, StreamConfig
 
 log = logging.getLogger(__name__)
@@ -178,7 +189,11 @@ def kafka_properties(pairs: Sequence[str]) -> dict[str, str]:
     for pair in pairs:
         name, sep, value = pair.partition("=")
         if not sep or not name.strip():
-            raise ConfigError(f"Kafka property {pair!r} is not KEY=VALUE (e.g. -X linger.ms=5)")
+            # Not quoted: a mistyped secret (-X sasl.password:...) would be printed whole.
+            raise ConfigError(
+                "a -X/--kafka-property has no '=' or no key (not shown: it may hold a "
+                "secret); each takes KEY=VALUE, e.g. -X linger.ms=5"
+            )
         properties[name.strip()] = value
     return properties
 
@@ -221,18 +236,42 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     for noisy in ("mlflow", "alembic"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
+    mask_in_logs()  # the environment's secrets, before anything can fail
     try:
-        client = client_from(args)
-        mask_in_logs(client)
-        log.info("Kafka: %s", client.describe())
-        config = config_from(args, client)  # bad settings fail before any connection
-        preflight(client)  # the processor checks again; this one can name the file
-        summary = Processor(config).run()
+        with _thread_errors_logged():
+            client = client_from(args)
+            mask_in_logs(client)
+            log.info("Kafka: %s", client.describe())
+            config = config_from(args, client)  # bad settings fail before any connection
+            preflight(client)  # the processor checks again; this one can name the file
+            summary = Processor(config).run()
     except ScoringError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        print(masked(f"error: {exc}"), file=sys.stderr)
         return exc.exit_code
-    print(json.dumps({"status": "stopped", **summary}))
+    except Exception as exc:  # a bug, or a failure nobody foresaw: its traceback, masked
+        log.error("unexpected error", exc_info=exc)
+        what = f"unexpected {type(exc).__name__}: {exc} (the traceback is in the log above)"
+        print(masked(f"error: {what}"), file=sys.stderr)
+        return 1
+    print(masked(json.dumps({"status": "stopped", **summary})))
     return 0
+
+
+@contextmanager
+def _thread_errors_logged() -> Iterator[None]:
+    """A thread's uncaught error goes to the log, where secrets are masked, not to stderr."""
+
+    def log_it(failed: threading.ExceptHookArgs) -> None:
+        if failed.exc_type is SystemExit:  # as Python's own hook: a thread's quiet exit
+            return
+        name = failed.thread.name if failed.thread is not None else "?"
+        log.error("uncaught error in thread %s", name, exc_info=failed.exc_value)
+
+    before, threading.excepthook = threading.excepthook, log_it
+    try:
+        yield
+    finally:
+        threading.excepthook = before
 
 
 if __name__ == "__main__":

@@ -2,13 +2,19 @@
 
 The processor gets nothing but ``--kafka-config FILE``; its outputs are checked key by key
 with kafka-python (an independent client) reading ``read_committed`` through the same
-file. The password is known to the test, which greps everything the run left behind for it.
+file. The password is known to the test, which greps everything the run left behind for it,
+also when the run fails: a refused login, a client key that its password does not open.
 """
 
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 import time
+import urllib.error
+import urllib.request
 import uuid
 from pathlib import Path
 
@@ -126,13 +132,27 @@ def test_processor_exactly_once_over_a_secured_listener_and_no_secret_leaks(
         assert secret not in text, f"the secret appears in the processor's {where}"
 
 
+def served(port: int) -> list[str]:
+    """What ``/health`` and ``/metrics`` answer on ``port`` now (503 bodies included)."""
+    bodies = []
+    for path in ("/health", "/metrics"):
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=0.5) as reply:
+                bodies.append(reply.read().decode())
+        except urllib.error.HTTPError as refused:
+            bodies.append(refused.read().decode())
+        except OSError:
+            pass  # not serving (yet, or any more)
+    return bodies
+
+
 def test_a_wrong_password_makes_the_processor_exit_4_at_once(
     secure_kafka: SecureListeners,
     artifact_dir: Path,
     tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    path, _ = secret_file(secure_kafka, "sasl_ssl", tmp_path)
+    path, secret = secret_file(secure_kafka, "sasl_ssl", tmp_path)
     wrong = "Wrong-" + uuid.uuid4().hex
     monkeypatch.setenv(PASSWORD_VARIABLE, wrong)
     topics = Topics("never.in", "never.out", "never.dlq")
@@ -140,8 +160,13 @@ def test_a_wrong_password_makes_the_processor_exit_4_at_once(
     processor = ProcessorProcess(
         "", artifact_dir, topics, tmp_path, extra=("--kafka-config", str(path))
     )
+    # Whatever it serves before it exits (it checks the login before it serves anything).
+    answers: list[str] = []
     try:
-        code = processor.wait(timeout=60)
+        while processor.process.poll() is None and time.monotonic() - began < 60:
+            answers += served(processor.metrics_port)
+            time.sleep(0.05)
+        code = processor.wait(timeout=5)
     finally:
         processor.stop()
     elapsed = time.monotonic() - began
@@ -151,7 +176,32 @@ def test_a_wrong_password_makes_the_processor_exit_4_at_once(
     assert elapsed < 30, f"exited after {elapsed:.0f}s:\n{log}"
     assert f"Kafka refused the login at {secure_kafka.sasl_ssl_bootstrap}" in log
     assert "SASL_SSL" in log and "SCRAM-SHA-512" in log and str(path) in log
-    assert wrong not in log
+    assert log.rstrip().splitlines()[-1].startswith("error: Kafka refused the login")
+    for text in (log, *answers):
+        assert wrong not in text and secret not in text
+
+
+def test_a_client_key_its_password_does_not_open_fails_at_once_and_says_so(
+    secure_kafka: SecureListeners, artifact_dir: Path, tmp_path: Path
+) -> None:
+    """Mutual TLS through ``scoring stream run``: stdout and stderr are read apart."""
+    path, secret = secret_file(secure_kafka, "mtls", tmp_path)
+    wrong = "Wrong-key-" + uuid.uuid4().hex
+    topics = [f"--{kind}-topic=never.{kind}" for kind in ("input", "output", "dlq")]
+    result = subprocess.run(
+        [str(Path(sys.executable).with_name("scoring")), "stream", "run", "--model",
+         str(artifact_dir), *topics, "--kafka-config", str(path)],
+        env={**os.environ, PASSWORD_VARIABLE: wrong}, capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert result.returncode == 2, result.stderr[-3000:]
+    error = result.stderr.rstrip().splitlines()[-1]
+    assert error.startswith(
+        f"error: The Kafka client for {secure_kafka.ssl_bootstrap} (SSL, client certificate)"
+    )
+    assert "ssl.key.password" in error and str(path) in error
+    assert result.stdout == ""
+    for text in (result.stdout, result.stderr):
+        assert wrong not in text and secret not in text
 
 
 def test_parity_gate_over_sasl_ssl(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 from pathlib import Path
 
@@ -9,9 +10,13 @@ import pytest
 from scoring.errors import ConfigError
 from scoring.stream.kafka_config import (
     MASK,
+    SECRET_VARIABLES,
     KafkaClientConfig,
     KafkaConfigError,
     SecretsFilter,
+    mask_in_logs,
+    masked,
+    preflight,
     read_properties,
     resolve,
 )
@@ -163,6 +168,69 @@ def test_secrets_filter_masks_messages_args_and_tracebacks(
     assert SECRET not in caplog.text
     assert f"password={MASK}" in caplog.text
     assert "ab stays" in caplog.text  # too short to be a secret, not masked
+
+
+def test_secrets_filter_masks_a_secret_as_repr_and_json_quote_it(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    quoted = 'it\'s "a" back\\slash'  # a quote of each kind and a backslash
+    secrets = SecretsFilter([quoted])
+    secrets.add(["ab", SECRET])  # later secrets too; "ab" is too short to mask
+    properties = {"sasl.password": quoted}
+    for shown in (quoted, repr(properties), json.dumps(properties), f"ab {SECRET}"):
+        assert secrets.mask(shown).count(MASK) == 1, shown
+    assert secrets.mask("ab") == "ab"
+    caplog.handler.addFilter(secrets)
+    try:
+        logging.getLogger("test.kafka_config").error("config %r", properties)
+    finally:
+        caplog.handler.filters.clear()
+    assert quoted not in caplog.text and repr(quoted)[1:-1] not in caplog.text
+
+
+def test_masked_knows_every_client_given_and_the_secret_environment_variables(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from scoring.stream import kafka_config
+
+    fresh = SecretsFilter()
+    monkeypatch.setattr(kafka_config, "_SECRETS", fresh)
+    monkeypatch.setattr(logging, "lastResort", logging.StreamHandler())  # stderr, as Python's
+    for name in SECRET_VARIABLES:
+        monkeypatch.setenv(name, f"{name.lower()}-value")
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "AKIA-not-a-secret")
+    mask_in_logs(KafkaClientConfig("b:1", {"sasl.password": SECRET}))
+    mask_in_logs(KafkaClientConfig("b:1", {"ssl.key.password": "key-pass"}))
+    text = " ".join([SECRET, "key-pass", *(f"{n.lower()}-value" for n in SECRET_VARIABLES)])
+    assert masked(text) == " ".join([MASK] * (2 + len(SECRET_VARIABLES)))
+    assert masked("AKIA-not-a-secret") == "AKIA-not-a-secret"
+    # A process whose root logger has no handler: Python's last resort masks them too.
+    handlers = logging.getLogger().handlers
+    monkeypatch.setattr(logging.getLogger(), "handlers", [])
+    mask_in_logs()
+    logging.getLogger("test.kafka_config").error("refused: %s", text)
+    monkeypatch.setattr(logging.getLogger(), "handlers", handlers)
+    assert "refused: ***" in capsys.readouterr().err
+    assert fresh in logging.lastResort.filters
+
+
+def test_a_client_key_it_cannot_decrypt_fails_before_connecting(tmp_path: Path) -> None:
+    from scoring.dev import kafka_security
+
+    material = kafka_security.ensure_material(tmp_path)
+    _, mtls_file = kafka_security.write_client_files(
+        material, tmp_path, "127.0.0.1:1", "127.0.0.1:2"
+    )
+    good = KafkaClientConfig.from_file(mtls_file)
+    wrong = KafkaClientConfig(
+        good.bootstrap, {**good.properties, "ssl.key.password": "Wrong-key-Pa55"}, good.source
+    )
+    with pytest.raises(ConfigError) as caught:
+        preflight(wrong, timeout=1)
+    message = str(caught.value)
+    assert caught.value.exit_code == 2
+    assert "ssl.key.password" in message and str(mtls_file.resolve()) in message
+    assert "Wrong-key-Pa55" not in message and material.client_key_password not in message
 
 
 def test_resolve_precedence(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
