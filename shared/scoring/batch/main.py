@@ -11,7 +11,8 @@ cluster, spark-submit it (the jars and Delta settings come from scoring.batch.sp
 The last line printed is a JSON summary (rows read/scored/rejected, versions, engine and
 why, seconds, rows/s), also written to ``--summary-file`` when given (a scheduler reads it
 from there: spark-submit's own output is a log). Exit codes: 0 ok, 2 bad arguments or
-settings, 3 source/schema problem, 1 other failures.
+settings, 3 source/schema problem, 1 other failures (an unexpected error: its traceback is
+logged). Secrets from the environment (AWS, MLflow) are masked in every line it writes.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from typing import TYPE_CHECKING, Any
 
 from scoring.batch.spec import ENGINES, BatchJob, choose_engine
 from scoring.errors import ScoringError
+from scoring.masking import mask_in_logs, masked
 
 if TYPE_CHECKING:
     from pyspark.sql import SparkSession
@@ -109,7 +111,7 @@ def run_job(
 
 
 def _emit(summary: dict[str, Any], path: Path | None) -> None:
-    line = json.dumps(summary)
+    line = masked(json.dumps(summary))
     if path is not None:
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(line + "\n")
@@ -125,6 +127,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         format="%(asctime)s %(levelname)s %(name)s %(message)s",
     )
     logging.getLogger("py4j").setLevel(logging.WARNING)
+    mask_in_logs()
     try:
         job = BatchJob(
             model=args.model,
@@ -140,10 +143,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
         summary = run_job(job, master=args.master, threads=args.threads)
     except ScoringError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        print(masked(f"error: {exc}"), file=sys.stderr)
         failed = {"status": "failed", "error": type(exc).__name__, "message": str(exc)}
         _emit(failed, args.summary_file)
         return exc.exit_code
+    except Exception as exc:  # a bug, or a failure nobody foresaw: its traceback, masked
+        log.error("unexpected error", exc_info=exc)
+        print(masked(f"error: unexpected {type(exc).__name__}: {exc}"), file=sys.stderr)
+        failed = {"status": "failed", "error": type(exc).__name__, "message": str(exc)}
+        _emit(failed, args.summary_file)
+        return 1
     _emit({"status": "ok", **summary}, args.summary_file)
     return 0
 

@@ -14,7 +14,7 @@ from rich.console import Console
 from rich.markup import escape
 
 from scoring.errors import ScoringError
-from scoring.stream.kafka_config import mask_in_logs, masked
+from scoring.masking import mask_in_logs, masked
 
 __all__ = [
     "FORWARD_ALL",

@@ -199,10 +199,11 @@ def parity(
 ) -> None:
     """Score golden rows through a batch engine and a stream processor; all must be equal."""
     from scoring.lifecycle.rollout import parity as run_parity
-    from scoring.stream.kafka_config import mask_in_logs, preflight, resolve
+    from scoring.masking import mask_in_logs
+    from scoring.stream.kafka_config import preflight, resolve
 
     client = resolve(bootstrap, kafka_config)
-    mask_in_logs(client)
+    mask_in_logs(client.secrets())
     preflight(client)  # a refused login fails now, not after the batch half of the gate
     spark = _gate_session(engine, source, "scoring-parity")
     print_report(
@@ -365,11 +366,12 @@ def model_compare(
         }
     else:
         assert output_topic and shadow_topic and since
-        from scoring.stream.kafka_config import mask_in_logs, resolve
+        from scoring.masking import mask_in_logs
+        from scoring.stream.kafka_config import resolve
 
         since_ms, until_ms = parse_time(since), None if until is None else parse_time(until)
         client = resolve(bootstrap, kafka_config)
-        mask_in_logs(client)
+        mask_in_logs(client.secrets())
         pairs, window = read_stream(
             output_topic,
             shadow_topic,

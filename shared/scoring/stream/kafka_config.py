@@ -39,45 +39,28 @@ it to what an entry point prints outside logging (its ``error:`` line, its summa
 
 from __future__ import annotations
 
-import json
-import logging
 import os
 import re
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from scoring.errors import ConfigError, StreamError
+from scoring.masking import MASK, SecretsFilter
 
 __all__ = [
-    "MASK",
-    "SECRET_VARIABLES",
     "KafkaClientConfig",
     "KafkaConfigError",
-    "SecretsFilter",
     "faust_settings",
     "is_secret",
-    "mask_in_logs",
-    "masked",
     "preflight",
     "read_properties",
     "redact",
     "resolve",
 ]
 
-MASK = "***"
-
-# Environment variables holding secrets that libraries read for themselves (the AWS SDKs
-# in S3A and delta-rs, MLflow's client): their errors could quote them, so they are masked
-# like the Kafka client's secrets. The project reads their values for nothing else.
-SECRET_VARIABLES = (
-    "AWS_SECRET_ACCESS_KEY",
-    "AWS_SESSION_TOKEN",
-    "MLFLOW_TRACKING_PASSWORD",
-    "MLFLOW_TRACKING_TOKEN",
-)
 
 # Keys whose values are secrets: passwords, OAuth client secrets and tokens, inline keys.
 _SECRET_KEY = re.compile(r"password|secret|token|jaas|oauthbearer\.config|key\.pem|credential")
@@ -469,85 +452,6 @@ def faust_settings(config: KafkaClientConfig) -> dict[str, Any]:
         mechanism=mechanism.upper(),
     )
     return {"broker": brokers, "broker_credentials": credentials}
-
-
-class SecretsFilter(logging.Filter):
-    """Masks known secret values in every log record that passes through a handler.
-
-    The clients never log a password on purpose; this catches the accidental case (an
-    exception that quotes its configuration). Attach it to handlers, not loggers, so that
-    records of child loggers are filtered too. A secret is masked as written and as
-    ``repr()`` or JSON quote it (a quoted configuration doubles its backslashes).
-    """
-
-    def __init__(self, secrets: Iterable[str] = ()) -> None:
-        super().__init__()
-        self._secrets: list[str] = []
-        self.add(secrets)
-
-    def add(self, secrets: Iterable[str]) -> None:
-        """Mask ``secrets`` too, from now on."""
-        known = set(self._secrets)
-        for secret in secrets:
-            # Very short values would mask ordinary words; no real secret is that short.
-            if len(secret) >= 4:
-                known.update((secret, repr(secret)[1:-1], json.dumps(secret)[1:-1]))
-        # Longest first: a secret that contains another is masked whole.
-        self._secrets = sorted(known, key=len, reverse=True)
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        if not self._secrets:
-            return True
-        message = record.getMessage()
-        masked = self.mask(message)
-        if record.exc_info and record.exc_text is None:
-            record.exc_text = logging.Formatter().formatException(record.exc_info)
-        if record.exc_text:
-            record.exc_text = self.mask(record.exc_text)
-        if record.stack_info:
-            record.stack_info = self.mask(record.stack_info)
-        if masked != message:
-            record.msg, record.args = masked, None
-        return True
-
-    def mask(self, text: str) -> str:
-        """``text`` with every secret replaced by :data:`MASK`."""
-        for secret in self._secrets:
-            text = text.replace(secret, MASK)
-        return text
-
-
-# The process's one filter: every secret it was told of, on every root handler.
-_SECRETS = SecretsFilter()
-
-
-def mask_in_logs(config: KafkaClientConfig | None = None) -> None:
-    """Mask the process's secrets in every line the root logger's handlers write from now on.
-
-    The secrets are ``config``'s (added to those of earlier calls) and the values of
-    :data:`SECRET_VARIABLES` in the environment; :func:`masked` masks the same ones. Lines
-    logged while the root logger has no handler (Python's last resort) are masked too.
-    """
-    _SECRETS.add(_environment_secrets())
-    if config is not None:
-        _SECRETS.add(config.secrets())
-    for handler in (*logging.getLogger().handlers, logging.lastResort):
-        if handler is not None:
-            handler.addFilter(_SECRETS)
-
-
-def masked(text: str) -> str:
-    """``text`` with every secret of the process masked, for what is printed, not logged.
-
-    The secrets are those :func:`mask_in_logs` was given and the current values of
-    :data:`SECRET_VARIABLES`.
-    """
-    _SECRETS.add(_environment_secrets())
-    return _SECRETS.mask(text)
-
-
-def _environment_secrets() -> list[str]:
-    return [os.environ[name] for name in SECRET_VARIABLES if os.environ.get(name)]
 
 
 def _substitute(value: str, env: Mapping[str, str], path: Path, line: int, key: str) -> str:

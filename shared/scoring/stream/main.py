@@ -9,7 +9,7 @@ JSON summary of what was processed. Exit codes: 0 stopped cleanly, 2 bad argumen
 settings, 4 Kafka problem (no broker, login or TLS handshake refused, missing input topic,
 fenced worker), 1 other (an unexpected error: its traceback is logged). Every error path,
 the summary and the log mask the Kafka client's secrets and the secret environment
-variables (``scoring.stream.kafka_config.SECRET_VARIABLES``) as ``***``.
+variables (``scoring.masking.SECRET_VARIABLES``) as ``***``.
 A secured cluster: ``--kafka-config FILE`` (README, "Secured Kafka").
 A challenger in the model's shadow: ``--shadow models:/fraud@challenger --shadow-topic T``
 (README, "Shadow scoring").
@@ -28,14 +28,9 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from scoring.errors import ConfigError, ScoringError
+from scoring.masking import mask_in_logs, masked
 from scoring.settings import ENV, load
-from scoring.stream.kafka_config import (
-    KafkaClientConfig,
-    mask_in_logs,
-    masked,
-    preflight,
-    resolve,
-)
+from scoring.stream.kafka_config import KafkaClientConfig, preflight, resolve
 from scoring.stream.processor import Processor, StreamConfig
 
 log = logging.getLogger(__name__)
@@ -240,7 +235,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         with _thread_errors_logged():
             client = client_from(args)
-            mask_in_logs(client)
+            mask_in_logs(client.secrets())
             log.info("Kafka: %s", client.describe())
             config = config_from(args, client)  # bad settings fail before any connection
             preflight(client)  # the processor checks again; this one can name the file

@@ -48,6 +48,7 @@ from confluent_kafka import Consumer, TopicPartition
 
 from scoring.errors import ConfigError, StreamError
 from scoring.lifecycle.loading import ModelFollower, follows_alias, load_artifact
+from scoring.masking import masked
 from scoring.model.live import LiveModel
 from scoring.stream import clients, topics
 from scoring.stream.delivery import Delivery, Sending, StuckCommit
@@ -461,7 +462,7 @@ class Processor:
         self.metrics.aborts.inc()
         self.metrics.degraded.set(1)
         stalled = now - self._failing_since
-        self.problem = f"micro-batches fail to commit for {stalled:.0f} s: {failure}"
+        self.problem = masked(f"micro-batches fail to commit for {stalled:.0f} s: {failure}")
         if stalled > self.config.max_stall_s:
             raise StreamError(
                 f"no micro-batch committed for {stalled:.0f} s (limit {self.config.max_stall_s:.0f}"

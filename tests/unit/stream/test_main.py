@@ -17,10 +17,11 @@ from typing import Any
 
 import pytest
 import typer
+from scoring import masking
 from scoring.errors import ConfigError, StreamError
+from scoring.masking import MASK, SecretsFilter
 from scoring.stream import kafka_config
 from scoring.stream import main as stream_main
-from scoring.stream.kafka_config import MASK, SecretsFilter
 from scoring.stream.processor import Processor
 from typer.testing import CliRunner
 
@@ -35,7 +36,7 @@ QUOTING = f"{{'sasl.password': '{PASSWORD}', 'ssl.key.password': '{KEY_PASSWORD}
 def _own_secrets(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     """A fresh process-wide filter per test, taken off the handlers afterwards."""
     fresh = SecretsFilter()
-    monkeypatch.setattr(kafka_config, "_SECRETS", fresh)
+    monkeypatch.setattr(masking, "_SECRETS", fresh)
     for name in ("KAFKA_BOOTSTRAP_SERVERS", "SCORING_KAFKA_CONFIG", "SCORING_CONFIG"):
         monkeypatch.delenv(name, raising=False)
     monkeypatch.setenv("KAFKA_PASSWORD", PASSWORD)
@@ -250,7 +251,7 @@ def test_a_command_masks_the_secrets_of_the_kafka_clients_it_made(
     @user_errors
     def command(error: Exception) -> None:
         client = kafka_config.KafkaClientConfig("b:9096", {"sasl.password": "Parity-Pa55word"})
-        kafka_config.mask_in_logs(client)
+        masking.mask_in_logs(client.secrets())
         raise error
 
     caplog.set_level(logging.DEBUG)
