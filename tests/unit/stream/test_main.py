@@ -9,6 +9,7 @@ or returns what the test needs.
 
 from __future__ import annotations
 
+import json
 import logging
 import threading
 from collections.abc import Iterator
@@ -234,6 +235,30 @@ def test_the_batch_run_command_masks_an_unexpected_error(
     assert "error: unexpected OSError: Generic S3 error" in result.stderr
     assert "Traceback" in caplog.text and "OSError" in caplog.text
     assert_no_secret(stdout=result.stdout, stderr=result.stderr, log=caplog.text)
+
+
+def test_the_batch_job_writes_a_failed_summary_without_the_secret(
+    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """``jobs/batch/score.py`` under spark-submit: no CLI around it catches anything."""
+    from scoring.batch import main as batch_main
+
+    def fail(*args: Any, **kwargs: Any) -> dict[str, Any]:
+        raise OSError(f"Generic S3 error: signing with {AWS_SECRET} was refused")
+
+    monkeypatch.setattr(batch_main, "run_job", fail)
+    caplog.set_level(logging.DEBUG)
+    summary = tmp_path / "summary.json"
+    args = ["--model", "m", "--source", "s3://lake/t", "--target", "s3://lake/s"]
+    assert batch_main.main([*args, "--summary-file", str(summary)]) == 1
+    out, err = capsys.readouterr()
+    written = json.loads(summary.read_text())
+    assert written["status"] == "failed" and written["error"] == "OSError", written
+    assert "Traceback" in caplog.text
+    assert_no_secret(stdout=out, stderr=err, log=caplog.text, summary=summary.read_text())
 
 
 def test_a_command_masks_the_secrets_of_the_kafka_clients_it_made(
