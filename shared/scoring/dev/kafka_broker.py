@@ -12,9 +12,15 @@ With ``secure=True`` (``scoring dev up --secure``) it also has a SASL_SSL listen
 (:mod:`scoring.dev.kafka_security`). The plaintext listener stays, on loopback: the
 broker talks to itself and answers the readiness probe there.
 
+With ``proxied_port=P`` (tests of network faults) it also has a plaintext listener
+``PROXIED`` on a port of its own, which advertises ``127.0.0.1:P``: a client bootstrapped
+at P, where the test's proxy listens and forwards to that listener, keeps all its
+traffic on the proxy (Kafka clients connect to the advertised addresses, so a proxy in
+front of the plain listener would only see the first request).
+
 Everything lives in one state directory::
 
-    broker.json         cluster id, the ports and whether the last start was secure
+    broker.json         cluster id, the ports, whether the last start was secure or proxied
     broker.pid          pid of the running JVM (absent when stopped)
     server.properties   the broker config, rewritten on every start
     log4j2.properties   logging config for the JVM
@@ -52,6 +58,7 @@ from scoring.errors import BrokerError
 __all__ = [
     "HOST",
     "Broker",
+    "ProxiedListener",
     "SecureListeners",
     "free_port",
     "is_running",
@@ -89,6 +96,20 @@ class SecureListeners:
 
 
 @dataclass(frozen=True)
+class ProxiedListener:
+    """The PROXIED listener of a broker started with ``proxied_port``.
+
+    Attributes:
+        bootstrap: ``host:port`` it advertises: where the proxy listens, and what its
+            clients are given as ``bootstrap_servers``.
+        upstream: ``host:port`` it binds: where the proxy forwards to.
+    """
+
+    bootstrap: str
+    upstream: str
+
+
+@dataclass(frozen=True)
 class Broker:
     """A running broker started by :func:`start`.
 
@@ -101,6 +122,7 @@ class Broker:
         state_dir: The broker's state directory (config, data, log, pid).
         log_file: The JVM's log file inside ``state_dir``.
         secure: The secure listeners, when started with ``secure=True``.
+        proxied: The PROXIED listener, when started with ``proxied_port``.
     """
 
     bootstrap: str
@@ -111,6 +133,7 @@ class Broker:
     state_dir: Path
     log_file: Path
     secure: SecureListeners | None = None
+    proxied: ProxiedListener | None = None
 
 
 def start(
@@ -120,6 +143,7 @@ def start(
     jars_dir: Path | None = None,
     timeout: float = 60,
     secure: bool = False,
+    proxied_port: int | None = None,
 ) -> Broker:
     """Start the broker of ``state_dir`` and wait until it answers metadata requests.
 
@@ -141,6 +165,8 @@ def start(
         jars_dir: Folder with the Kafka jars (default: the setting ``kafka_jars_dir``).
         timeout: Seconds to wait for the broker to answer.
         secure: Add the SASL_SSL and mutual-TLS listeners.
+        proxied_port: Add a PROXIED plaintext listener on a port of its own (picked on
+            the first proxied start), advertised as ``127.0.0.1:proxied_port``.
 
     Returns:
         The running broker.
@@ -149,7 +175,7 @@ def start(
         BrokerError: The jars or Java are missing, a port differs from the saved one or is
             taken, formatting failed, the broker died or did not answer in time (the
             message ends with the tail of its log), or it is already running without the
-            secure listeners that were asked for.
+            secure or proxied listeners that were asked for.
     """
     state_dir = Path(state_dir).resolve()
     state_dir.mkdir(parents=True, exist_ok=True)
@@ -160,6 +186,12 @@ def start(
             raise BrokerError(
                 f"The Kafka broker of {state_dir} is running without its secure listeners. "
                 "Stop it with `scoring dev down`, then start it with `scoring dev up --secure`."
+            )
+        advertised = running.proxied.bootstrap if running.proxied is not None else None
+        if proxied_port is not None and advertised != f"{HOST}:{proxied_port}":
+            raise BrokerError(
+                f"The Kafka broker of {state_dir} is running without a listener advertised "
+                f"at {HOST}:{proxied_port}. Stop it, then start it with that proxied_port."
             )
         log.info("Kafka broker of %s is already running (pid %d)", state_dir, running.pid)
         return running
@@ -199,10 +231,19 @@ def start(
             f"{HOST}:{sasl_port}", f"{HOST}:{ssl_port}", sasl_file, mtls_file
         )
     state["secure"] = int(secure)
+    proxied_ports: tuple[int, int] | None = None  # (bound, advertised)
+    state.pop("proxied_port", None)
+    if proxied_port is not None:
+        if "proxied_listen_port" not in state:
+            state["proxied_listen_port"] = free_port(exclude={port_, cport, proxied_port})
+        state["proxied_port"] = proxied_port
+        proxied_ports = (int(state["proxied_listen_port"]), proxied_port)
     _save_state(state_dir, state)
     ports = [port_, cport]
     if listeners is not None:
         ports += [int(state["sasl_ssl_port"]), int(state["ssl_port"])]
+    if proxied_ports is not None:
+        ports.append(proxied_ports[0])
     for p in ports:
         if not _port_is_free(p):
             raise BrokerError(
@@ -213,7 +254,7 @@ def start(
     data_dir = state_dir / _DATA_DIR
     props_file = state_dir / _PROPERTIES_FILE
     log4j_file = state_dir / _LOG4J_FILE
-    props = kafka_server.server_properties(data_dir, port_, cport, secure_props)
+    props = kafka_server.server_properties(data_dir, port_, cport, secure_props, proxied_ports)
     kafka_server.write_config(props_file, log4j_file, props)
 
     if not (data_dir / "meta.properties").exists():
@@ -232,6 +273,7 @@ def start(
         state_dir=state_dir,
         log_file=log_file,
         secure=listeners,
+        proxied=_proxied_listener(state),
     )
     try:
         _wait_ready(broker, began + timeout)
@@ -302,7 +344,8 @@ def restart(
 ) -> Broker:
     """Stop the broker (if running) and start it again on the same directory and ports.
 
-    A broker last started with ``secure=True`` comes back with its secure listeners.
+    A broker last started with ``secure=True`` comes back with its secure listeners, one
+    started with ``proxied_port`` with its PROXIED listener (same ports).
 
     Args:
         broker_or_state_dir: The broker, or its state directory.
@@ -315,8 +358,11 @@ def restart(
     state_dir = _state_dir_of(broker_or_state_dir)
     state = _load_state(state_dir)
     secure = bool(state and state.get("secure"))
+    proxied_port = int(state["proxied_port"]) if state and "proxied_port" in state else None
     stop(state_dir, timeout=timeout)
-    return start(state_dir, jars_dir=jars_dir, timeout=timeout, secure=secure)
+    return start(
+        state_dir, jars_dir=jars_dir, timeout=timeout, secure=secure, proxied_port=proxied_port
+    )
 
 
 def is_running(state_dir: Path) -> bool:
@@ -353,6 +399,14 @@ def _port_is_free(port: int) -> bool:
     return True
 
 
+def _proxied_listener(state: dict[str, str | int]) -> ProxiedListener | None:
+    if "proxied_port" not in state:
+        return None
+    return ProxiedListener(
+        f"{HOST}:{state['proxied_port']}", f"{HOST}:{state['proxied_listen_port']}"
+    )
+
+
 def _load_state(state_dir: Path) -> dict[str, str | int] | None:
     path = state_dir / _STATE_FILE
     if not path.exists():
@@ -364,7 +418,13 @@ def _load_state(state_dir: Path) -> dict[str, str | int] | None:
             "port": int(raw["port"]),
             "controller_port": int(raw["controller_port"]),
         }
-        for optional in ("sasl_ssl_port", "ssl_port", "secure"):
+        for optional in (
+            "sasl_ssl_port",
+            "ssl_port",
+            "secure",
+            "proxied_port",
+            "proxied_listen_port",
+        ):
             if optional in raw:
                 state[optional] = int(raw[optional])
     except (ValueError, KeyError, TypeError) as exc:
@@ -500,4 +560,5 @@ def _running_broker(state_dir: Path) -> Broker | None:
         state_dir=state_dir,
         log_file=state_dir / _LOG_FILE,
         secure=secure,
+        proxied=_proxied_listener(state),
     )

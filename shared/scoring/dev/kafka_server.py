@@ -5,6 +5,10 @@ says what it starts: the Java and the jars it finds, the ``server.properties`` o
 combined broker and controller on loopback (with the secure listeners' settings of
 :mod:`scoring.dev.kafka_security` appended when asked), the log4j2 config, the JVM's
 command line, and the one-time formatting of the storage with a new cluster id.
+
+A test can put a proxy between a client and the broker (to cut or slow their network):
+clients connect to the addresses the broker advertises, so the broker then gets one
+more listener, ``PROXIED``, which advertises the proxy's address instead of its own.
 """
 
 from __future__ import annotations
@@ -72,7 +76,11 @@ _LISTS = ("listeners", "advertised.listeners", "listener.security.protocol.map")
 
 
 def server_properties(
-    data_dir: Path, port: int, controller_port: int, secure: dict[str, str] | None = None
+    data_dir: Path,
+    port: int,
+    controller_port: int,
+    secure: dict[str, str] | None = None,
+    proxied: tuple[int, int] | None = None,
 ) -> dict[str, str]:
     """The broker config: one combined broker+controller node on loopback.
 
@@ -82,13 +90,18 @@ def server_properties(
         controller_port: CONTROLLER (KRaft quorum) port.
         secure: The secure listeners' settings
             (:func:`scoring.dev.kafka_security.broker_properties`), if any.
+        proxied: ``(port, advertised_port)`` of a PROXIED plaintext listener, if any: it
+            binds ``port`` and tells clients to connect at ``advertised_port``, where a
+            proxy forwards to ``port``.
 
     Returns:
         The ``server.properties`` entries, in file order.
     """
     props = _plain_properties(data_dir, port, controller_port)
-    for key, value in (secure or {}).items():
-        props[key] = f"{props[key]},{value}" if key in _LISTS else value
+    extra = _proxied_properties(*proxied) if proxied is not None else {}
+    for settings in (secure or {}, extra):
+        for key, value in settings.items():
+            props[key] = f"{props[key]},{value}" if key in _LISTS else value
     return props
 
 
@@ -195,6 +208,14 @@ def new_cluster_id() -> str:
 
 def _log4j_opt(log4j_file: Path) -> str:
     return f"-Dlog4j2.configurationFile={log4j_file}"
+
+
+def _proxied_properties(port: int, advertised_port: int) -> dict[str, str]:
+    return {
+        "listeners": f"PROXIED://{HOST}:{port}",
+        "advertised.listeners": f"PROXIED://{HOST}:{advertised_port}",
+        "listener.security.protocol.map": "PROXIED:PLAINTEXT",
+    }
 
 
 def _plain_properties(data_dir: Path, port: int, controller_port: int) -> dict[str, str]:
