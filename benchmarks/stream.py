@@ -13,10 +13,25 @@ run, against one local broker started for the purpose, for each delivery guarant
     and each batch's transaction also carries the challenger's predictions. Its
     throughput is also shown as a share of (b)'s.
 
-Throughput: ``--events`` events are loaded into a fresh input topic, then a worker is
-started and timed from its first committed batch to its last (events/s at saturation).
-One warm-up run of each worker is discarded; then (a), (b) and (c) alternate ``--rounds``
-times and the median is kept, so none always runs on a colder broker.
+Throughput: a backlog is loaded into a fresh input topic, then a worker is started, and
+an independent client (kafka-python's admin client) polls the input offsets the worker's
+group has committed, every 20 ms. The rate is the events committed between the first
+commit seen and the last one before the backlog's end, over the time between them (the
+final commit is left out: at least once, a batch's offsets are committed after the next
+gathering returns, which at the end of a backlog first waits 0.5 s for events); the cold
+start (process start to the first commit seen) is reported on its own. One warm-up run
+of each worker, on ``--events`` events, is discarded and sizes the backlogs: each
+measured run drains for at least ``--drain-seconds`` (a run that drained faster is run
+again on a larger backlog). Then (a), (b) and (c) alternate ``--rounds`` times and the
+median is kept, so none always runs on a colder broker.
+
+Memory (``--memory-events``, before the rest): the model worker drains a backlog of small
+(demo) events, one of events of exactly ``--max-message-bytes`` (valid, padded with a
+field the contract ignores, so each is decoded and scored), and one of events a byte
+over it (each dead-lettered whole), and the worker's peak resident memory (``VmHWM``) is
+read before it stops; both large kinds once more with the consumer's prefetch queue
+capped (``--prefetch-kbytes``, with ``fetch.queue.backoff.ms`` at 10 ms, passed as ``-X``
+client properties). ``-X KEY=VALUE`` passes a client property to every worker.
 
 Latency: a worker runs while events are produced at a steady rate, first 1,000 events/s,
 then half the model's measured maximum; readers note when each event's output (its
@@ -47,18 +62,21 @@ import threading
 import time
 import urllib.request
 from collections import Counter
-from collections.abc import Sequence
-from datetime import date
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from datetime import date, timedelta
 from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from scoring.dev.demo.data import KEY, generate_day  # noqa: E402
 from scoring.dev.kafka_broker import free_port  # noqa: E402
 from scoring.stream import clients  # noqa: E402
 from scoring.stream import main as stream_job  # noqa: E402
 from scoring.stream import topics as topics_io  # noqa: E402
+from scoring.stream.events import to_events  # noqa: E402
 from scoring.stream.metrics import fetch_health  # noqa: E402
 from scoring.stream.processor import StreamConfig  # noqa: E402
 
@@ -69,6 +87,15 @@ LATENCY_MODES = (FLOOR, *MODES)
 GUARANTEES = ("exactly-once", "at-least-once")
 TARGETS = {"exactly-once": (40_000, 50.0), "at-least-once": (60_000, 15.0)}
 SHADOW_TARGET = 0.55  # (c) at least this share of (b)'s throughput
+# How often the group's committed offsets are read during a throughput run, and how long
+# a run may go without a commit before it fails.
+POLL_S = 0.02
+STALL_S = 120.0
+# The last memory runs' consumer prefetch (librdkafka's default: 65,536 KiB), and how soon
+# a partition is fetched again once its queue is below that (librdkafka's default, 1 s,
+# leaves a small queue empty most of the time).
+PREFETCH_KBYTES = 16_384
+PREFETCH_BACKOFF_MS = 10
 
 
 def main(argv: Sequence[str] | None = None) -> None:
@@ -76,21 +103,62 @@ def main(argv: Sequence[str] | None = None) -> None:
     if argv[:1] == ["pass-through-worker"]:  # internal: a worker process started below
         sys.exit(_pass_through_worker(argv[1:]))
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--events", type=int, default=60_000, help="events per throughput run")
     parser.add_argument(
-        "--rounds", type=int, default=3, help="alternated runs, median kept (0: profile only)"
+        "--events",
+        type=int,
+        default=100_000,
+        help="events of each warm-up throughput run, whose rate sizes the measured backlogs",
+    )
+    parser.add_argument(
+        "--drain-seconds",
+        type=float,
+        default=10.0,
+        help="the least time each measured throughput run drains its backlog for",
+    )
+    parser.add_argument(
+        "--rounds",
+        type=int,
+        default=3,
+        help="alternated runs, median kept (0: only the memory runs and --profile)",
     )
     parser.add_argument("--seconds", type=int, default=10, help="length of each latency run")
     parser.add_argument(
         "--latency-rounds",
         type=int,
         default=2,
-        help="alternated latency runs per worker and rate; every event of every run counts",
+        help="alternated latency runs per worker and rate; every event of every run counts "
+        "(0: none)",
     )
     defaults = StreamConfig("", "", "", "", "")  # the processor's own defaults
     parser.add_argument("--batch-size", type=int, default=defaults.batch_size)
     parser.add_argument("--batch-wait-ms", type=int, default=defaults.batch_wait_ms)
     parser.add_argument("--guarantee", choices=(*GUARANTEES, "both"), default="both")
+    parser.add_argument(
+        "--memory-events",
+        type=int,
+        default=20_000,
+        help="events of each memory run (0: none)",
+    )
+    parser.add_argument(
+        "--max-message-bytes",
+        type=int,
+        default=defaults.max_message_bytes,
+        help="the workers' limit, and the size of the memory runs' large events",
+    )
+    parser.add_argument(
+        "--prefetch-kbytes",
+        type=int,
+        default=PREFETCH_KBYTES,
+        help="the consumer's prefetch queue (queued.max.messages.kbytes) in the last memory runs",
+    )
+    parser.add_argument(
+        "-X",
+        dest="properties",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="a librdkafka property for every worker (-X of scoring.stream.main); repeatable",
+    )
     parser.add_argument(
         "--profile",
         action="store_true",
@@ -137,10 +205,8 @@ def _pass_through_worker(argv: list[str]) -> int:
 def _benchmark(args: argparse.Namespace) -> None:
     from rich.console import Console
     from scoring.dev import kafka_broker
-    from scoring.dev.demo.data import KEY, generate_day
     from scoring.dev.demo.train import train
     from scoring.lifecycle.packaging import build, write_artifact
-    from scoring.stream.events import to_events
 
     console = Console()
     work = Path(tempfile.mkdtemp(prefix="scoring-stream-bench-"))
@@ -157,29 +223,23 @@ def _benchmark(args: argparse.Namespace) -> None:
         )
         challenger = work / "challenger"
         write_artifact(build(second.model_file, second.sample_file, spec=spec), challenger)
-    with console.status("generating events"):
-        saturate = list(to_events(generate_day(date(2026, 11, 2), args.events, seed=3), KEY, names))
+    pool = EventPool(names)
     broker = kafka_broker.start(work / "kafka")
     console.print(f"broker {broker.bootstrap}; work dir {work}")
     guarantees = GUARANTEES if args.guarantee == "both" else (args.guarantee,)
     results: dict[tuple[str, str], dict[str, Any]] = {}
+    memory: list[Memory] = []
     try:
+        if args.memory_events:
+            run = Run(broker.bootstrap, model, "model", guarantees[0], args, work)
+            memory = _memory(console, run, pool, args)
         for guarantee in guarantees if args.rounds else ():
             runs = {
                 mode: Run(broker.bootstrap, model, mode, guarantee, args, work, challenger)
                 for mode in LATENCY_MODES
             }
-            rates: dict[str, list[float]] = {mode: [] for mode in MODES}
-            for round_ in range(args.rounds + 1):
-                for mode in MODES if round_ % 2 else reversed(MODES):
-                    with console.status(f"{guarantee}, {mode}: throughput run {round_}"):
-                        rate = runs[mode].throughput(saturate)
-                    if round_:  # round 0 warms the broker and the page cache up
-                        rates[mode].append(rate)
-                    console.print(
-                        f"{guarantee:>13} {mode:>12} run {round_}: {rate:>9,.0f} events/s"
-                        + ("" if round_ else " (warm-up, discarded)")
-                    )
+            drained = _throughput(console, runs, pool, guarantee, args)
+            rates = {mode: [d.rate for d in runs_] for mode, runs_ in drained.items()}
             half = int(statistics.median(rates["model"]) / 2)
             paced = {
                 rate: list(
@@ -187,7 +247,7 @@ def _benchmark(args: argparse.Namespace) -> None:
                         generate_day(date(2026, 11, 3), rate * args.seconds, seed=5), KEY, names
                     )
                 )
-                for rate in (1000, half)
+                for rate in ((1000, half) if args.latency_rounds else ())
             }
             # Every event of every measured run counts; the first run after the
             # throughput runs meets a broker still busy with them, so it is discarded.
@@ -197,7 +257,7 @@ def _benchmark(args: argparse.Namespace) -> None:
             worked: dict[tuple[str, int], Counter[str]] = {
                 (mode, rate): Counter() for mode in runs for rate in paced
             }
-            for round_ in range(args.latency_rounds + 1):
+            for round_ in range(args.latency_rounds + 1) if args.latency_rounds else ():
                 order = LATENCY_MODES if round_ % 2 else tuple(reversed(LATENCY_MODES))
                 for mode in order if round_ else ("model",):
                     for rate, events in paced.items() if round_ else [(1000, paced[1000])]:
@@ -212,9 +272,19 @@ def _benchmark(args: argparse.Namespace) -> None:
                             + ("" if round_ else " (warm-up, discarded)")
                         )
             for mode in LATENCY_MODES:
+                measured = drained.get(mode)
                 results[(mode, guarantee)] = {
-                    "rate": statistics.median(rates[mode]) if mode in rates else None,
-                    "latency": {rate: _percentiles(millis[(mode, rate)]) for rate in paced},
+                    "rate": statistics.median(rates[mode]) if measured else None,
+                    "drain_s": statistics.median(d.drain_s for d in measured) if measured else None,
+                    "cold_start_s": (
+                        statistics.median(d.cold_start_s for d in measured) if measured else None
+                    ),
+                    "backlog": max(d.events for d in measured) if measured else None,
+                    "latency": {
+                        rate: _percentiles(millis[(mode, rate)])
+                        for rate in paced
+                        if millis[(mode, rate)]
+                    },
                     "worked": {rate: worked[(mode, rate)] for rate in paced},
                 }
         if args.profile:
@@ -222,12 +292,204 @@ def _benchmark(args: argparse.Namespace) -> None:
                 run = Run(broker.bootstrap, model, "model", guarantee, args, work)
                 run.profile = work / f"profile-{guarantee}.out"
                 with console.status(f"{guarantee}: a model run under cProfile"):
-                    rate = run.throughput(saturate)
-                console.print(f"{guarantee}, under cProfile: {rate:,.0f} events/s")
+                    done = run.throughput(pool.take(args.events))
+                console.print(f"{guarantee}, under cProfile: {done.rate:,.0f} events/s")
                 _print_profile(console, run.profile)
     finally:
         kafka_broker.stop(broker)
-    _report(console, results, args)
+    if memory:
+        _report_memory(console, memory, args)
+    if results:
+        _report(console, results, args)
+
+
+def _throughput(
+    console: Any, runs: dict[str, Run], pool: EventPool, guarantee: str, args: argparse.Namespace
+) -> dict[str, list[Drained]]:
+    """Each worker's measured throughput runs: a warm-up, then ``--rounds`` alternated.
+
+    The warm-up's rate sizes the worker's backlog so that a run drains for at least
+    ``--drain-seconds``; a run that still drained faster is run again on a larger one.
+    """
+    backlog: dict[str, int] = {}
+    drained: dict[str, list[Drained]] = {mode: [] for mode in MODES}
+    for round_ in range(args.rounds + 1):
+        for mode in MODES if round_ % 2 else reversed(MODES):
+            size = backlog.get(mode, args.events)
+            while True:
+                with console.status(
+                    f"{guarantee}, {mode}: throughput run {round_} ({size:,} events)"
+                ):
+                    done = runs[mode].throughput(pool.take(size))
+                # The backlog a drain of at least --drain-seconds needs, with a margin.
+                needed = _round_up(done.rate * args.drain_seconds * 1.25, 10_000)
+                short = round_ > 0 and done.drain_s < args.drain_seconds
+                console.print(
+                    f"{guarantee:>13} {mode:>12} run {round_}: {done.rate:>9,.0f} events/s "
+                    f"over {done.drain_s:.1f} s of {size:,} events, cold start "
+                    f"{done.cold_start_s:.1f} s"
+                    + (" (warm-up, discarded)" if not round_ else "")
+                    + (" (shorter than --drain-seconds: again, on more)" if short else "")
+                )
+                if not round_:
+                    backlog[mode] = max(args.events, needed)
+                    break
+                if not short:
+                    drained[mode].append(done)
+                    break
+                size = backlog[mode] = max(size + 10_000, needed)
+    return drained
+
+
+def _memory(console: Any, run: Run, pool: EventPool, args: argparse.Namespace) -> list[Memory]:
+    """The model worker's peak memory over backlogs of small, largest and too large events."""
+    n, limit = args.memory_events, args.max_message_bytes
+    small = pool.take(n)
+    largest, over = _padded(small, limit), _padded(small, limit + 1)
+    prefetch = {
+        "queued.max.messages.kbytes": str(args.prefetch_kbytes),
+        "fetch.queue.backoff.ms": str(PREFETCH_BACKOFF_MS),
+    }
+    cases: list[tuple[str, list[tuple[bytes, bytes]], dict[str, str]]] = [
+        ("demo events", small, {}),
+        ("at --max-message-bytes", largest, {}),
+        ("1 byte over: dead letters", over, {}),
+        ("at --max-message-bytes", largest, prefetch),
+        ("1 byte over: dead letters", over, prefetch),
+    ]
+    measured = []
+    for label, events, kafka in cases:
+        with console.status(f"memory: {n:,} events, {label}"):
+            done = run.throughput(events, kafka=kafka)
+        size = statistics.mean(len(value) for _, value in events)
+        measured.append(Memory(label, len(events), size, kafka, done))
+        settings = "".join(f" {k}={v}" for k, v in kafka.items())
+        console.print(
+            f"memory: {label:>26}, {size:>8,.0f} B each{settings}: "
+            f"peak RSS {done.peak_rss_mb:,.0f} MB, {done.rate:,.0f} events/s"
+        )
+    return measured
+
+
+def _padded(events: list[tuple[bytes, bytes]], size: int) -> list[tuple[bytes, bytes]]:
+    """``events`` each grown to exactly ``size`` bytes by a field no contract reads."""
+    padded = []
+    for key, value in events:
+        room = size - len(value) - len(b',"padding":""')
+        if room < 0:
+            raise SystemExit(f"an event of {len(value)} bytes does not fit in {size}")
+        padded.append((key, value[:-1] + b',"padding":"' + b"x" * room + b'"}'))
+    return padded
+
+
+def _round_up(value: float, step: int) -> int:
+    return math.ceil(value / step) * step
+
+
+class EventPool:
+    """Demo events, generated as needed (a day's worth per 100,000, each day its own keys)."""
+
+    CHUNK = 100_000
+
+    def __init__(self, names: Sequence[str]) -> None:
+        self.names = names
+        self.events: list[tuple[bytes, bytes]] = []
+
+    def take(self, n: int) -> list[tuple[bytes, bytes]]:
+        """The first ``n`` events."""
+        while len(self.events) < n:
+            chunk = len(self.events) // self.CHUNK
+            day = date(2026, 11, 2) + timedelta(days=chunk)
+            table = generate_day(day, self.CHUNK, seed=3 + chunk)
+            self.events += to_events(table, KEY, self.names)
+        return self.events[:n]
+
+
+@dataclass(frozen=True)
+class Drained:
+    """One throughput run, as the group's committed input offsets tell it.
+
+    ``steps``: (seconds since the process started, events committed), at each change seen;
+    ``peak_rss_mb``: the worker's peak resident memory; ``batches``: its micro-batches.
+    """
+
+    events: int
+    steps: list[tuple[float, int]]
+    peak_rss_mb: float
+    batches: int
+
+    @property
+    def cold_start_s(self) -> float:
+        """From the worker's start to its first commit seen."""
+        return self.steps[0][0]
+
+    @property
+    def drain_s(self) -> float:
+        """From the first commit seen to the backlog's end committed."""
+        return self.steps[-1][0] - self.steps[0][0]
+
+    @property
+    def rate(self) -> float:
+        """Events/s between the first commit seen and the last one before the final commit.
+
+        At least once, the final batch's offsets wait for the next gathering, which first
+        waits 0.5 s for events that never come; with fewer than three commits seen, the
+        final one is kept.
+        """
+        first, last = self.steps[0], self.steps[-2] if len(self.steps) > 2 else self.steps[-1]
+        return (last[1] - first[1]) / (last[0] - first[0])
+
+
+@dataclass(frozen=True)
+class Memory:
+    """One memory run: its events, their mean size, the worker's extra client properties."""
+
+    label: str
+    events: int
+    size: float
+    kafka: Mapping[str, str]
+    done: Drained
+
+
+class Committed:
+    """The input offsets a group has committed, read with kafka-python's admin client: a
+    client of its own, independent of the worker's (librdkafka)."""
+
+    def __init__(self, bootstrap: str, group: str, topic: str) -> None:
+        from kafka import KafkaAdminClient
+
+        self.bootstrap, self.group, self.topic = bootstrap, group, topic
+        self._admin = KafkaAdminClient(bootstrap_servers=bootstrap, client_id="bench-progress")
+        self._total = 0
+
+    def backlog(self) -> int:
+        """The events the topic holds: the sum of its partitions' end offsets."""
+        from kafka import KafkaConsumer, TopicPartition
+
+        reader = KafkaConsumer(bootstrap_servers=self.bootstrap)
+        try:
+            partitions = [TopicPartition(self.topic, p) for p in range(PARTITIONS)]
+            return sum(reader.end_offsets(partitions).values())
+        finally:
+            reader.close()
+
+    def total(self) -> int:
+        """The sum over the topic's partitions (the last answer, while the broker says none)."""
+        from kafka.errors import KafkaError
+
+        try:
+            groups = self._admin.list_group_offsets(self.group)
+        except KafkaError:  # the group's coordinator is loading or moving: ask again
+            return self._total
+        offsets = groups.get(self.group, {})
+        self._total = max(
+            self._total,
+            sum(o.offset for tp, o in offsets.items() if tp.topic == self.topic and o.offset > 0),
+        )
+        return self._total
+
+    def close(self) -> None:
+        self._admin.close()
 
 
 # Where a worker's main thread spends its time, by stage (cumulative seconds of these
@@ -268,24 +530,33 @@ def _report(console: Any, results: dict[tuple[str, str], dict[str, Any]], args: 
     from rich.table import Table
 
     table = Table(
-        title=f"Stream: {args.events:,} events at saturation (median of {args.rounds}); "
-        f"latency over every event of {args.latency_rounds} runs"
+        title=f"Stream: backlogs drained for at least {args.drain_seconds:.0f} s (median of "
+        f"{args.rounds}, rates from the group's committed offsets); latency over every event "
+        f"of {args.latency_rounds} runs"
+        + (f"; workers with -X {' -X '.join(args.properties)}" if args.properties else "")
     )
-    for column in ("guarantee", "worker", "events/s", "vs pass-through", "at rate"):
+    columns = ("guarantee", "worker", "events/s", "vs pass-through", "backlog", "drain s")
+    for column in (*columns, "cold start s", "at rate"):
         table.add_column(column, justify="right")
     for column in ("p50 ms", "p95 ms", "p99 ms", "max ms"):
         table.add_column(column, justify="right")
     for (mode, guarantee), r in results.items():
         ceiling = results[("pass-through", guarantee)]["rate"]
-        for i, (rate, lat) in enumerate(r["latency"].items()):
+        if r["rate"] is None and not r["latency"]:
+            continue  # no-worker, with no latency runs
+        rows = list(r["latency"].items()) or [(None, None)]  # --latency-rounds 0
+        for i, (rate, lat) in enumerate(rows):
             measured = i == 0 and r["rate"] is not None
             table.add_row(
                 guarantee if i == 0 else "",
                 mode if i == 0 else "",
                 f"{r['rate']:,.0f}" if measured else "",
                 f"{r['rate'] / ceiling:.0%}" if measured else "",
-                f"{rate:,}/s",
-                *(f"{lat[k]:.1f}" for k in ("p50", "p95", "p99", "max")),
+                f"{r['backlog']:,}" if measured else "",
+                f"{r['drain_s']:.1f}" if measured else "",
+                f"{r['cold_start_s']:.1f}" if measured else "",
+                f"{rate:,}/s" if rate else "",
+                *(f"{lat[k]:.1f}" if lat else "" for k in ("p50", "p95", "p99", "max")),
             )
     console.print(table)
     _report_batches(console, results)
@@ -294,14 +565,19 @@ def _report(console: Any, results: dict[tuple[str, str], dict[str, Any]], args: 
             continue
         r = results[("model", guarantee)]
         ratio = r["rate"] / results[("pass-through", guarantee)]["rate"]
-        at_1000 = r["latency"][1000]["p99"]
-        no_worker = results[(FLOOR, guarantee)]["latency"][1000]["p99"]
+        latency = ""
+        if 1000 in r["latency"]:
+            at_1000 = r["latency"][1000]["p99"]
+            no_worker = results[(FLOOR, guarantee)]["latency"][1000]["p99"]
+            latency = (
+                f"; p99 {at_1000:.1f} ms at 1,000/s (target {p99:.0f} ms: "
+                f"{'met' if at_1000 <= p99 else 'MISSED'}; with no worker at all "
+                f"{no_worker:.1f} ms)"
+            )
         console.print(
             f"{guarantee}: {r['rate']:,.0f} events/s (target {floor:,}: "
             f"{'met' if r['rate'] >= floor else 'MISSED'}); model {ratio:.0%} of pass-through "
-            f"(target 80%: {'met' if ratio >= 0.8 else 'MISSED'}); p99 {at_1000:.1f} ms at "
-            f"1,000/s (target {p99:.0f} ms: {'met' if at_1000 <= p99 else 'MISSED'}; "
-            f"with no worker at all {no_worker:.1f} ms)"
+            f"(target 80%: {'met' if ratio >= 0.8 else 'MISSED'}){latency}"
         )
         if ("shadow", guarantee) in results:
             shadow = results[("shadow", guarantee)]["rate"]
@@ -311,6 +587,32 @@ def _report(console: Any, results: dict[tuple[str, str], dict[str, Any]], args: 
                 f"single-model run (target {SHADOW_TARGET:.0%}: "
                 f"{'met' if share >= SHADOW_TARGET else 'MISSED'})"
             )
+
+
+def _report_memory(console: Any, memory: list[Memory], args: Any) -> None:
+    """The worker's peak resident memory per backlog, and above the small events' run."""
+    from rich.table import Table
+
+    table = Table(
+        title=f"Memory: the model worker's peak RSS draining {args.memory_events:,} events "
+        f"(batches of up to {args.batch_size:,} events)"
+    )
+    columns = ("events", "bytes each", "backlog MB", "client properties", "events/s")
+    for column in (*columns, "MB per batch", "peak RSS MB", "over demo events MB"):
+        table.add_column(column, justify="right")
+    base = memory[0].done.peak_rss_mb
+    for m in memory:
+        table.add_row(
+            m.label,
+            f"{m.size:,.0f}",
+            f"{m.events * m.size / 1e6:,.0f}",
+            " ".join(f"{k}={v}" for k, v in m.kafka.items()) or "defaults",
+            f"{m.done.rate:,.0f}",
+            f"{m.events * m.size / m.done.batches / 1e6:,.1f}",
+            f"{m.done.peak_rss_mb:,.0f}",
+            f"{m.done.peak_rss_mb - base:+,.0f}",
+        )
+    console.print(table)
 
 
 def _report_batches(console: Any, results: dict[tuple[str, str], dict[str, Any]]) -> None:
@@ -336,7 +638,8 @@ def _report_batches(console: Any, results: dict[tuple[str, str], dict[str, Any]]
                 f"{worked['commit_s'] / batches * 1000:.1f}",
                 f"{worked['score_s'] / batches * 1000:.1f}" if worked["score_s"] else "",
             )
-    console.print(table)
+    if table.row_count:
+        console.print(table)
 
 
 class Run:
@@ -364,56 +667,89 @@ class Run:
         topics_io.create(self.bootstrap, names, PARTITIONS)
         return names
 
-    def _start(self, topics: tuple[str, str, str]) -> tuple[subprocess.Popen[bytes], int]:
+    def _start(
+        self,
+        topics: tuple[str, str, str],
+        ready: bool = True,
+        kafka: Mapping[str, str] | None = None,
+    ) -> tuple[subprocess.Popen[bytes], int]:
+        """A worker on ``topics``; with ``ready``, once it holds its partitions."""
         port = free_port()
         options = [
-            "--group", f"bench-{topics[0]}",
+            "--group", self._group(topics),
             "--guarantee", self.guarantee,
             "--batch-size", str(self.args.batch_size),
             "--batch-wait-ms", str(self.args.batch_wait_ms),
+            "--max-message-bytes", str(self.args.max_message_bytes),
             "--metrics-port", str(port),
             "--ort-threads", "1",
         ]  # fmt: skip
         if self.mode == "shadow":
             assert self.challenger is not None
             options += ["--shadow", str(self.challenger), "--shadow-topic", f"{topics[0]}.shadow"]
-        command = stream_job.command(str(self.model), topics, self.bootstrap, *options)
+        properties = dict(p.split("=", 1) for p in self.args.properties) | dict(kafka or {})
+        command = stream_job.command(
+            str(self.model), topics, self.bootstrap, *options, kafka=properties
+        )
         if self.mode == "pass-through":
             command[1:3] = [__file__, "pass-through-worker"]
         if self.profile is not None:
             command[1:1] = ["-m", "cProfile", "-o", str(self.profile)]
         log = (self.work / f"{topics[0]}.log").open("wb")
         process = subprocess.Popen(command, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
-        _wait(lambda: (_health(port) or {}).get("assigned"), process, 90)
+        if ready:
+            _wait(lambda: (_health(port) or {}).get("assigned"), process, 90)
         return process, port
 
-    def throughput(self, events: list[tuple[bytes, bytes]]) -> float:
+    @staticmethod
+    def _group(topics: tuple[str, str, str]) -> str:
+        return f"bench-{topics[0]}"
+
+    def throughput(
+        self, events: list[tuple[bytes, bytes]], kafka: Mapping[str, str] | None = None
+    ) -> Drained:
+        """A worker started on a backlog of ``events``, until the group has committed them all.
+
+        ``kafka``: extra client properties for the worker (``-X``).
+        """
         topics = self._topics()
         topics_io.produce(
             self.bootstrap, topics[0], events, properties={"linger.ms": 20, "batch.size": 262_144}
         )
-        process, port = self._start(topics)
+        committed = Committed(self.bootstrap, self._group(topics), topics[0])
+        # What the topic holds: the run waits for that, not for what was sent.
+        backlog = committed.backlog()
+        if backlog != len(events):
+            print(f"{topics[0]}: the topic holds {backlog:,} of the {len(events):,} events sent")
+        started = time.perf_counter()
+        process, port = self._start(topics, ready=False, kafka=kafka)
+        steps: list[tuple[float, int]] = []
         try:
-            first = None
-            while True:
-                health = _health(port) or {}
-                done, now = health.get("events_in", 0), time.perf_counter()
-                if done and first is None:
-                    first = (now, done)
-                if done >= len(events):
-                    assert first is not None
-                    if done == first[1]:
-                        # The rate is taken between two readings; one is not a rate.
-                        raise SystemExit(
-                            f"all {done} events were scored before a second reading of the"
-                            " worker's progress; raise --events to measure a rate"
-                        )
-                    return (done - first[1]) / (now - first[0])
+            while not steps or steps[-1][1] < backlog:
+                done, now = committed.total(), time.perf_counter() - started
+                if done and (not steps or done > steps[-1][1]):
+                    steps.append((now, done))
                 if process.poll() is not None:
                     raise SystemExit(f"worker exited; see {self.work}")
-                time.sleep(0.05)
+                if now - (steps[-1][0] if steps else 0.0) > STALL_S:
+                    raise SystemExit(
+                        f"no commit for {STALL_S:.0f} s at {done:,} of {backlog:,} events; "
+                        f"see {self.work}"
+                    )
+                time.sleep(POLL_S)
+            peak = _peak_rss_mb(process.pid)
+            batches = _worked(port)["batches"]
         finally:
             _stop(process)
+            committed.close()
+            topics_io.delete(self.bootstrap, [*topics, f"{topics[0]}.shadow"])
+        if len(steps) < 2:
+            # The rate is taken between two commits; one is not a rate.
+            raise SystemExit(
+                f"all {len(events):,} events were committed at once; raise --events to "
+                "measure a rate"
+            )
+        return Drained(backlog, steps, peak, int(batches))
 
     def latency(
         self, events: list[tuple[bytes, bytes]], rate: int
@@ -503,6 +839,14 @@ def _worked(port: int) -> Counter[str]:
         if not sample.labels
     }
     return Counter({label: samples.get(name, 0.0) for label, name in WORKED.items()})
+
+
+def _peak_rss_mb(pid: int) -> float:
+    """A live process's peak resident memory so far (Linux's ``VmHWM``), in MB."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) * 1024 / 1e6
+    raise SystemExit(f"no VmHWM in /proc/{pid}/status: the memory runs need Linux")
 
 
 def _health(port: int) -> dict[str, Any] | None:
