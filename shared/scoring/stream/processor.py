@@ -339,6 +339,11 @@ class Processor:
                 "heartbeat.interval.ms": max(1000, config.session_timeout_ms // 4),
                 # Hand a fetched event over at once; the broker answers as data arrives.
                 "fetch.wait.max.ms": 100,
+                # At most 16 MiB fetched ahead (librdkafka's default is 64 MiB), fetched
+                # again 10 ms after the queue has room rather than 1 s: a flood of large
+                # events peaks 50 MB lower and drains faster (benchmarks/stream.py).
+                "queued.max.messages.kbytes": 16_384,
+                "fetch.queue.backoff.ms": 10,
                 # At-least-once offsets are committed asynchronously: failures are logged.
                 "on_commit": _log_failed_commit,
             },
