@@ -51,8 +51,8 @@ DROP_S = 15  # longer than the transaction timeout: the broker aborts what was o
 LATENCY_MS = 200
 LATENCY_S = 10
 RESETS = 3
-# Batches of 500: the backlog is forty transactions, so every fault lands mid-drain.
-OPTIONS = ("--transaction-timeout-ms", str(TRANSACTION_TIMEOUT_MS), "--batch-size", "500")
+# Batches of 200: the backlog is a hundred micro-batches, so every fault lands mid-drain.
+OPTIONS = ("--transaction-timeout-ms", str(TRANSACTION_TIMEOUT_MS), "--batch-size", "200")
 GUARANTEES = ("exactly-once", "at-least-once")
 
 Backlog = tuple[list[tuple[bytes, bytes]], dict[bytes, float], set[bytes]]
@@ -274,8 +274,13 @@ def start_mid_drain(
     options = [*OPTIONS, "--guarantee", guarantee]
     worker = ProcessorProcess(proxy.address, artifact_dir, topics, log_dir, extra=options)
     try:
-        worker.wait_until(lambda h: h["events_in"] >= 1000, timeout=90, what="1,000 events in")
-        assert events_in(worker) < BACKLOG // 2, "the backlog drained before the fault"
+        # Polled often: at least once, the worker drains thousands of events a second.
+        deadline = time.monotonic() + 90
+        while (health := worker.health()) is None or health["events_in"] < 1000:
+            assert worker.process.poll() is None, f"worker exited:\n{worker.log()}"
+            assert time.monotonic() < deadline, f"no 1,000 events in:\n{worker.log()}"
+            time.sleep(0.02)
+        assert health["events_in"] < BACKLOG // 2, "the backlog drained before the fault"
     except BaseException:
         worker.stop()
         raise
@@ -303,7 +308,7 @@ def wait_for(check: Callable[[], bool], what: str, timeout: float = 30) -> None:
 
 def events_in(worker: ProcessorProcess) -> int:
     health = worker.health()
-    assert health is not None, worker.log()
+    assert health is not None, f"no /health (exit code {worker.process.poll()}):\n{worker.log()}"
     return int(health["events_in"])
 
 
@@ -322,25 +327,36 @@ def metric(text: str, name: str) -> float:
     raise AssertionError(f"no metric {name} in:\n{text}")
 
 
-def drained(bootstrap: str, topics: Topics) -> bool:
-    """Whether the group has committed the offsets of the whole input topic."""
+def progress(bootstrap: str, topics: Topics) -> tuple[list[int], list[int]]:
+    """The group's committed offsets of the input topic (-1: none), and the topic's ends."""
     admin = KafkaAdminClient(bootstrap_servers=bootstrap)
     consumer = KafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
     try:
         parts = [TopicPartition(topics.input, p) for p in range(PARTITIONS)]
         committed = admin.list_group_offsets({topics.group: parts})[topics.group]
         ends = consumer.end_offsets(parts)
-        return all(tp in committed and committed[tp].offset == ends[tp] for tp in parts)
+        return [committed[tp].offset if tp in committed else -1 for tp in parts], [
+            ends[tp] for tp in parts
+        ]
     finally:
         consumer.close()
         admin.close()
+
+
+def drained(bootstrap: str, topics: Topics) -> bool:
+    """Whether the group has committed the offsets of the whole input topic."""
+    committed, ends = progress(bootstrap, topics)
+    return committed == ends
 
 
 def wait_drained(bootstrap: str, topics: Topics, worker: ProcessorProcess, timeout: float) -> None:
     deadline = time.monotonic() + timeout
     while not drained(bootstrap, topics):
         assert worker.process.poll() is None, f"worker exited:\n{worker.log()}"
-        assert time.monotonic() < deadline, f"not drained in {timeout} s:\n{worker.log()}"
+        assert time.monotonic() < deadline, (
+            f"not drained in {timeout} s (committed offsets, ends: "
+            f"{progress(bootstrap, topics)}; health: {worker.health()}):\n{worker.log()}"
+        )
         time.sleep(0.5)
 
 
