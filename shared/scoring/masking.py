@@ -14,7 +14,7 @@ import logging
 import os
 from collections.abc import Iterable
 
-__all__ = ["MASK", "SECRET_VARIABLES", "SecretsFilter", "mask_in_logs", "masked"]
+__all__ = ["MASK", "SECRET_VARIABLES", "SecretsFilter", "mask_in_logs", "masked", "unexpected"]
 
 MASK = "***"
 
@@ -106,3 +106,10 @@ def masked(text: str) -> str:
 
 def _environment_secrets() -> list[str]:
     return [os.environ[name] for name in SECRET_VARIABLES if os.environ.get(name)]
+
+
+def unexpected(exc: BaseException, log: logging.Logger) -> str:
+    """Log the traceback of an error nobody foresaw (masked); the masked line to print."""
+    mask_in_logs()
+    log.error("unexpected error", exc_info=exc)
+    return masked(f"unexpected {type(exc).__name__}: {exc} (the traceback is in the log above)")

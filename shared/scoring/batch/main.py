@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING, Any
 
 from scoring.batch.spec import ENGINES, BatchJob, choose_engine
 from scoring.errors import ScoringError
-from scoring.masking import mask_in_logs, masked
+from scoring.masking import mask_in_logs, masked, unexpected
 
 if TYPE_CHECKING:
     from pyspark.sql import SparkSession
@@ -148,8 +148,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         _emit(failed, args.summary_file)
         return exc.exit_code
     except Exception as exc:  # a bug, or a failure nobody foresaw: its traceback, masked
-        log.error("unexpected error", exc_info=exc)
-        print(masked(f"error: unexpected {type(exc).__name__}: {exc}"), file=sys.stderr)
+        print(f"error: {unexpected(exc, log)}", file=sys.stderr)
         failed = {"status": "failed", "error": type(exc).__name__, "message": str(exc)}
         _emit(failed, args.summary_file)
         return 1

@@ -14,7 +14,7 @@ from rich.console import Console
 from rich.markup import escape
 
 from scoring.errors import ScoringError
-from scoring.masking import mask_in_logs, masked
+from scoring.masking import masked, unexpected
 
 __all__ = [
     "FORWARD_ALL",
@@ -42,8 +42,8 @@ def user_errors(func: F) -> F:
 
     Any other exception is a bug or a failure nobody foresaw: its traceback is logged and
     the command exits 1. Either way every secret the process knows is masked
-    (``scoring.stream.kafka_config``: the Kafka clients' and the secret environment
-    variables'), in the printed line and in the traceback.
+    (``scoring.masking``: the Kafka clients' and the secret environment variables'), in
+    the printed line and in the traceback.
     """
 
     @functools.wraps(func)
@@ -56,10 +56,7 @@ def user_errors(func: F) -> F:
             _print_error(masked(str(exc)))
             raise typer.Exit(exc.exit_code) from exc
         except Exception as exc:
-            mask_in_logs()
-            log.error("unexpected error", exc_info=exc)
-            what = f"unexpected {type(exc).__name__}: {exc} (the traceback is in the log above)"
-            _print_error(masked(what))
+            _print_error(unexpected(exc, log))
             raise typer.Exit(1) from exc
 
     return wrapper  # type: ignore[return-value]

@@ -31,7 +31,7 @@ from collections.abc import Callable, Mapping
 from concurrent.futures import Future
 from concurrent.futures import TimeoutError as FutureTimeout
 from contextlib import suppress
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import partial
 from typing import Any, TypeVar
 
@@ -68,7 +68,7 @@ class Sending:
     ``deadline`` (``time.monotonic()``): when the commit is given up as stuck.
     ``outcome``: once known, ``None`` for a commit that succeeded, else its error.
     ``offsets_committed``: at-least-once, whether the main thread has committed the
-    batch's offsets after the flush.
+    batch's offsets after the flush. ``sent``: when it was handed to the commit thread.
     """
 
     batch: Batch
@@ -76,6 +76,7 @@ class Sending:
     future: Future[None]
     deadline: float
     outcome: BaseException | _Pending | None = _PENDING
+    sent: float = field(default_factory=lambda: time.monotonic())  # when it was handed over
     offsets_committed: bool = False
 
     def running(self) -> bool:

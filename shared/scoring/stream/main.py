@@ -28,7 +28,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from scoring.errors import ConfigError, ScoringError
-from scoring.masking import mask_in_logs, masked
+from scoring.masking import mask_in_logs, masked, unexpected
 from scoring.settings import ENV, load
 from scoring.stream.kafka_config import KafkaClientConfig, preflight, resolve
 from scoring.stream.processor import Processor, StreamConfig
@@ -244,9 +244,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(masked(f"error: {exc}"), file=sys.stderr)
         return exc.exit_code
     except Exception as exc:  # a bug, or a failure nobody foresaw: its traceback, masked
-        log.error("unexpected error", exc_info=exc)
-        what = f"unexpected {type(exc).__name__}: {exc} (the traceback is in the log above)"
-        print(masked(f"error: {what}"), file=sys.stderr)
+        print(f"error: {unexpected(exc, log)}", file=sys.stderr)
         return 1
     print(masked(json.dumps({"status": "stopped", **summary})))
     return 0

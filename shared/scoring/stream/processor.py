@@ -6,22 +6,15 @@ offsets it consumed are committed together (``send_offsets_to_transaction`` with
 consumer's group metadata, KIP-447), so a crash anywhere leaves either all of a batch's
 output visible to ``read_committed`` readers and its offsets committed, or none of it.
 
-The records and offsets leave the worker through :mod:`scoring.stream.delivery` (its
-producers, their transactions and the commit thread, which sends a batch while the next
-one is gathered and scored); see docs/adr/0003-stream-processor-core.md for the client
-(confluent-kafka, librdkafka) and why not faust's agents.
-
 The work of a batch is in stages (:mod:`scoring.stream.stages`: gather, decode and
-validate, score, route); this module wires them to the clients, which it gets from
-:mod:`scoring.stream.clients`, and decides what a failed transaction means for the
-partitions (read again from where the group stands). With ``exactly_once=False`` the
-batch is flushed and then its offsets committed (at-least-once: a crash between the two
-repeats the batch).
-
-Only the main thread touches the consumer: confluent-kafka serialises calls on one
-consumer across threads, so an offset commit made from the commit thread would wait for
-the main thread's ``consume()`` to return. At-least-once offsets are therefore committed
-by the main thread, once the commit thread has flushed the batch.
+validate, score, route); its records and offsets leave through
+:mod:`scoring.stream.delivery` (producers, transactions, and the commit thread, which
+sends a batch while the next one is gathered and scored). This module wires them together
+and decides what a failed commit means: read the batch again from where the group stands,
+and, while commits fail, report the worker degraded (:mod:`scoring.stream.progress`).
+With ``exactly_once=False`` the batch is flushed and then its offsets committed, by the
+main thread: the only one that touches the consumer, since confluent-kafka serialises
+calls on one consumer across threads. docs/adr/0003-stream-processor-core.md has why.
 
 A new model version is loaded in a background thread when the registry alias moves, and
 takes over between two micro-batches; every prediction carries the version that made it.
@@ -48,12 +41,12 @@ from confluent_kafka import Consumer, TopicPartition
 
 from scoring.errors import ConfigError, StreamError
 from scoring.lifecycle.loading import ModelFollower, follows_alias, load_artifact
-from scoring.masking import masked
 from scoring.model.live import LiveModel
 from scoring.stream import clients, topics
 from scoring.stream.delivery import Delivery, Sending, StuckCommit
 from scoring.stream.kafka_config import KafkaClientConfig, preflight
 from scoring.stream.metrics import StreamMetrics, serve, version_number
+from scoring.stream.progress import Progress
 from scoring.stream.shadow import Shadow, no_shadow_health
 from scoring.stream.stages import (
     Assignment,
@@ -161,9 +154,7 @@ class Processor:
             else None
         )
         self.status = "starting"
-        # Why micro-batches fail to commit, while they do, and since when (monotonic).
-        self.problem: str | None = None
-        self._failing_since: float | None = None
+        self._idle_commit_due = False  # at least once: positions to commit once idle
         self.assignment = Assignment()
         self.counts = {"events_in": 0, "predictions": 0, "dead_letters": 0, "batches": 0}
         self._stop = threading.Event()
@@ -179,6 +170,12 @@ class Processor:
             commit_seconds=self.metrics.commit_seconds,
         )
         self._sending: Sending | None = None  # the batch on the commit thread, if any
+        self._progress = Progress(
+            config.max_stall_s,
+            self._delivery.call_timeout,
+            self.metrics.degraded,
+            self.metrics.aborts,
+        )
         self._last_lag_check = 0.0
 
     def stop(self) -> None:
@@ -187,7 +184,7 @@ class Processor:
 
     def health(self) -> dict[str, Any]:
         model = self.model
-        problem = self.problem
+        problem = self._progress.problem(self._sending)
         return {
             "status": "degraded" if problem and self.status == "ok" else self.status,
             "problem": problem,
@@ -263,6 +260,8 @@ class Processor:
                 self._rewind,
                 busy=self._committing,
             )
+            if not len(batch) and self._idle_commit_due and self._sending is None:
+                self._commit_when_idle()
             # While the previous batch commits, this one is decoded and scored.
             out = self.outgoing(batch) if len(batch) else None
             if self._sending is not None:
@@ -281,12 +280,9 @@ class Processor:
     def _shut_down(
         self, consumer: Consumer, follower: ModelFollower | None, ended_by_error: bool
     ) -> None:
-        """Settle the last batch, then release everything, whatever fails on the way.
-
-        After an error the last batch is not waited for and an open transaction is
-        aborted; in every case the consumer leaves the group at once, so its partitions
-        move to the other workers now rather than after the session timeout.
-        """
+        """Settle the last batch (on a clean stop), then release everything, whatever fails:
+        an open transaction is aborted after an error, and the consumer leaves the group at
+        once, so its partitions move now rather than after the session timeout."""
         sending, self._sending = self._sending, None
         try:
             if sending is not None and not ended_by_error:
@@ -442,7 +438,7 @@ class Processor:
                 raise self._delivery.fenced() from failure
             if not isinstance(failure, clients.KafkaException | StuckCommit):
                 raise failure
-            self._failed(len(batch), failure)
+            self._failed(sending, failure)
             if not isinstance(failure, StuckCommit):  # a stuck one's producer is replaced
                 self._delivery.abort(error)
             if self.shadow is not None and sending.out.shadow is not None:
@@ -455,34 +451,42 @@ class Processor:
             return False
         if not self.config.exactly_once:
             self._delivery.commit_offsets(consumer, sending, asynchronous=not final)
+            self._idle_commit_due = True
         self._recovered()
         self._count(batch, sending.out)
         return True
 
-    def _failed(self, events: int, failure: BaseException) -> None:
+    def _failed(self, sending: Sending, failure: BaseException) -> None:
         """A batch failed to commit: degraded, and past the stall limit, give up."""
-        now = time.monotonic()
-        if self._failing_since is None:
-            self._failing_since = now
-        self.metrics.aborts.inc()
-        self.metrics.degraded.set(1)
-        stalled = now - self._failing_since
-        self.problem = masked(f"micro-batches fail to commit for {stalled:.0f} s: {failure}")
-        if stalled > self.config.max_stall_s:
-            raise StreamError(
-                f"no micro-batch committed for {stalled:.0f} s (limit {self.config.max_stall_s:.0f}"
-                f" s, --max-stall-seconds); the last failure: {failure}"
-            ) from failure
         # Replacing producers and reading offsets stop trying when the limit runs out.
-        self._delivery.give_up_at = self._failing_since + self.config.max_stall_s
-        log.warning("micro-batch of %d events aborted (%s); reading it again", events, failure)
+        self._delivery.give_up_at = self._progress.failed(sending, failure)
+        log.warning(
+            "micro-batch of %d events aborted (%s); reading it again", len(sending.batch), failure
+        )
 
     def _recovered(self) -> None:
-        if self._failing_since is None:
-            return
-        log.info("micro-batches commit again after %.0f s", time.monotonic() - self._failing_since)
-        self._failing_since = self.problem = self._delivery.give_up_at = None
-        self.metrics.degraded.set(0)
+        failed_for = self._progress.committed()
+        if failed_for is not None:
+            log.info("micro-batches commit again after %.0f s", failed_for)
+            self._delivery.give_up_at = None
+
+    def _commit_when_idle(self) -> None:
+        """At least once, once idle: commit where every held partition stands, synchronously.
+
+        An asynchronous commit whose request was lost (a connection reset under it) is never
+        answered; under traffic the next one makes it good, but an idle worker would leave
+        its group's offsets behind for good (lag, events read again after a restart).
+        """
+        consumer = self._consumer
+        assert consumer is not None
+        self._idle_commit_due = False
+        held = [TopicPartition(t, p) for t, p in self.assignment.snapshot()]
+        try:
+            positions = [tp for tp in consumer.position(held) if tp.offset >= 0]
+            if positions:
+                consumer.commit(offsets=positions, asynchronous=False)
+        except clients.KafkaException as exc:
+            log.warning("offsets not committed while idle (%s); trying at the next batch", exc)
 
     def _rewind(self, first: dict[Partition, int]) -> None:
         """Put partitions back to ``first`` offsets, those this worker still holds."""

@@ -152,12 +152,17 @@ def test_failing_commits_make_the_worker_degraded_then_give_up_past_the_stall_li
     clock = [1000.0]
     monkeypatch.setattr(time, "monotonic", lambda: clock[0])
     monkeypatch.setattr(time, "sleep", lambda s: None)
-    assert processor._settle(_failing(KafkaError._MSG_TIMED_OUT), None) is False
+    # Handed over at 1000 s, failed at 1010 s: the stall counts from the hand-over.
+    failing = _failing(KafkaError._MSG_TIMED_OUT)
+    clock[0] += 10
+    assert processor._settle(failing, None) is False
     health = processor.health()
     assert health["status"] == "degraded"
-    assert "fail to commit" in health["problem"]
+    assert health["problem"].startswith("micro-batches fail to commit for 10 s: ")
     assert processor.metrics.degraded._value.get() == 1
     assert processor._delivery.give_up_at == 1030.0
+    clock[0] += 5  # the reason says for how long, whenever it is asked
+    assert processor.health()["problem"].startswith("micro-batches fail to commit for 15 s")
     # A commit that succeeds ends it.
     done = CommitThread().submit(lambda: None)
     good = Sending(Batch.of([FakeMessage(5)]), Outgoing([], []), done, time.monotonic() + 5)
@@ -170,6 +175,55 @@ def test_failing_commits_make_the_worker_degraded_then_give_up_past_the_stall_li
     clock[0] += 31
     with pytest.raises(StreamError, match=r"no micro-batch committed for 31 s.*--max-stall"):
         processor._settle(_failing(KafkaError._MSG_TIMED_OUT), None)
+
+
+def test_a_commit_that_runs_long_is_reported_before_it_fails(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    processor, _ = _processor(StreamConfig("model", "in", "out", "dlq", "x"), monkeypatch)
+    processor.status = "ok"
+    release = threading.Event()
+    future = CommitThread().submit(release.wait)
+    batch = Batch.of([FakeMessage(5)])
+    processor._sending = Sending(batch, Outgoing([], []), future, time.monotonic() + 60)
+    try:
+        assert processor.health()["status"] == "ok"
+        processor._sending.sent -= processor._delivery.call_timeout + 1
+        health = processor.health()
+        assert health["status"] == "degraded"
+        assert health["problem"].startswith("a micro-batch's commit has run for ")
+    finally:
+        release.set()
+    future.result(5)
+    assert processor.health()["status"] == "ok"
+
+
+def test_at_least_once_an_idle_worker_commits_where_it_stands_once(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    processor, _ = _processor(
+        StreamConfig("model", "in", "out", "dlq", "x", exactly_once=False), monkeypatch
+    )
+    commits: list[tuple[list[tuple[str, int, int]], bool]] = []
+
+    class Consumer(FakeConsumer):
+        def position(self, partitions: list[TopicPartition]) -> list[TopicPartition]:
+            # Partition 1 has fetched nothing yet: no position to commit.
+            return [TopicPartition("in", 0, 12), TopicPartition("in", 1, -1001)]
+
+        def commit(self, offsets: list[TopicPartition], asynchronous: bool) -> None:
+            commits.append(([(tp.topic, tp.partition, tp.offset) for tp in offsets], asynchronous))
+
+    processor._consumer = Consumer({})  # type: ignore[assignment]
+    done = CommitThread().submit(lambda: None)
+    done.result(5)
+    batch = Batch.of([FakeMessage(10), FakeMessage(11)])
+    assert processor._settle(Sending(batch, Outgoing([], []), done, time.monotonic() + 5), None)
+    assert commits == [([("in", 0, 12)], True)]  # after the delivery, asynchronously
+    assert processor._idle_commit_due
+    processor._commit_when_idle()
+    assert commits[1:] == [([("in", 0, 12)], False)]  # once idle, again and synchronously
+    assert not processor._idle_commit_due
 
 
 def test_a_fenced_worker_still_closes_its_consumer_and_aborts_its_transaction(
