@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import time
+from datetime import date
 from pathlib import Path
 
 import pyarrow as pa
@@ -17,7 +18,7 @@ from pyspark.sql import SparkSession
 from pyspark.sql import functions as F
 from scoring.batch.main import run_job
 from scoring.batch.spec import ENGINES, BatchJob
-from scoring.dev.demo.data import KEY
+from scoring.dev.demo.data import KEY, generate_day
 from scoring.dev.kafka_broker import Broker
 from scoring.lifecycle.loading import load_artifact
 from scoring.stream.events import to_events
@@ -51,6 +52,17 @@ def expected_scores(model: Path | str, table: pa.Table) -> tuple[dict[bytes, flo
 def events_of(artifact_dir: Path, table: pa.Table) -> list[tuple[bytes, bytes]]:
     contract = load_artifact(str(artifact_dir)).contract
     return list(to_events(table, contract.key, contract.feature_names))
+
+
+# A backlog: its events, the expected score of each valid one by key, the refused keys.
+Backlog = tuple[list[tuple[bytes, bytes]], dict[bytes, float], set[bytes]]
+
+
+def backlog_of(artifact_dir: Path, day: date, rows: int, seed: int) -> Backlog:
+    """``rows`` demo events of ``day`` with their expected scores and refused keys."""
+    table = generate_day(day, rows, seed=seed)
+    valid, refused = expected_scores(artifact_dir, table)
+    return events_of(artifact_dir, table), valid, refused
 
 
 def test_every_valid_event_gets_exactly_one_prediction(

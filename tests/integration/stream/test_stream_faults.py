@@ -26,7 +26,6 @@ from confluent_kafka.admin import (
     ResourcePatternType,
     ResourceType,
 )
-from scoring.dev.demo.data import generate_day
 from scoring.dev.kafka_broker import Broker, SecureListeners
 from scoring.stream import clients
 from scoring.stream import topics as shared_topics
@@ -41,21 +40,17 @@ from tests.integration.kafka_helpers import (
     produce,
     read_all,
 )
-from tests.integration.stream.test_stream import events_of, expected_scores
+from tests.integration.stream.test_stream import Backlog, backlog_of
 from tests.integration.stream.test_stream_recovery import assert_exactly_once
 
 pytestmark = pytest.mark.integration
 
 BACKLOG = 20_000
-Backlog = tuple[list[tuple[bytes, bytes]], dict[bytes, float], set[bytes]]
 
 
 @pytest.fixture(scope="module")
 def backlog(artifact_dir: Path) -> Backlog:
-    """20,000 events with their expected scores and refused keys."""
-    table = generate_day(date(2026, 11, 8), BACKLOG, seed=23)
-    valid, refused = expected_scores(artifact_dir, table)
-    return events_of(artifact_dir, table), valid, refused
+    return backlog_of(artifact_dir, date(2026, 11, 8), BACKLOG, seed=23)
 
 
 def _transactional_ids(topics: Topics, worker: str) -> tuple[str, str]:

@@ -28,7 +28,6 @@ from typing import Any
 import pytest
 from kafka import KafkaAdminClient, KafkaConsumer, TopicPartition
 from scoring.dev import kafka_broker
-from scoring.dev.demo.data import generate_day
 from scoring.dev.kafka_broker import Broker, free_port
 
 from tests.integration.fault_proxy import FaultProxy
@@ -41,7 +40,7 @@ from tests.integration.kafka_helpers import (
     produce,
     read_all,
 )
-from tests.integration.stream.test_stream import events_of, expected_scores
+from tests.integration.stream.test_stream import Backlog, backlog_of
 
 pytestmark = pytest.mark.integration
 
@@ -55,15 +54,10 @@ RESETS = 3
 OPTIONS = ("--transaction-timeout-ms", str(TRANSACTION_TIMEOUT_MS), "--batch-size", "200")
 GUARANTEES = ("exactly-once", "at-least-once")
 
-Backlog = tuple[list[tuple[bytes, bytes]], dict[bytes, float], set[bytes]]
-
 
 @pytest.fixture(scope="module")
 def backlog(artifact_dir: Path) -> Backlog:
-    """20,000 events with their expected scores and refused keys."""
-    table = generate_day(date(2026, 11, 5), BACKLOG, seed=17)
-    valid, refused = expected_scores(artifact_dir, table)
-    return events_of(artifact_dir, table), valid, refused
+    return backlog_of(artifact_dir, date(2026, 11, 5), BACKLOG, seed=17)
 
 
 @pytest.fixture(scope="module")

@@ -38,7 +38,12 @@ from tests.integration.kafka_helpers import (
     produce,
     read_all,
 )
-from tests.integration.stream.test_stream import events_of, expected_scores
+from tests.integration.stream.test_stream import (
+    Backlog,
+    backlog_of,
+    events_of,
+    expected_scores,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -54,13 +59,8 @@ def stream_table() -> pa.Table:
 
 
 @pytest.fixture(scope="module")
-def backlog(
-    artifact_dir: Path,
-) -> tuple[list[tuple[bytes, bytes]], dict[bytes, float], set[bytes]]:
-    """60,000 events with their expected scores and refused keys."""
-    table = generate_day(date(2026, 11, 4), BACKLOG, seed=13)
-    valid, refused = expected_scores(artifact_dir, table)
-    return events_of(artifact_dir, table), valid, refused
+def backlog(artifact_dir: Path) -> Backlog:
+    return backlog_of(artifact_dir, date(2026, 11, 4), BACKLOG, seed=13)
 
 
 class Feeder(threading.Thread):
