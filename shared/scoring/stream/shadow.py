@@ -112,7 +112,7 @@ class Shadow:
             self._follower.stop()
 
     def health(self) -> dict[str, Any]:
-        return dict(self.counts)
+        return {**self.counts, "shadow_suspended": self.suspended}
 
     def refresh(self) -> None:
         """Between two micro-batches: take up what the alias names now (or nothing)."""
@@ -193,7 +193,7 @@ class Shadow:
             )
         else:
             self._log_limited("suspended", "shadow still suspended: %s", reason)
-        self.suspended = self.counts["shadow_suspended"] = reason
+        self.suspended = reason
         self._checked_at = time.monotonic()
 
     def resume(self) -> None:
@@ -202,7 +202,7 @@ class Shadow:
             return
         log.info("shadow resumed: topic %r takes writes again", self.topic)
         self.metrics.shadow_suspended.set(0)
-        self.suspended = self.counts["shadow_suspended"] = None
+        self.suspended = None
 
     def due(self) -> bool:
         """Whether a suspended shadow's topic should be checked again now."""
