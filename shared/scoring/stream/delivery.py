@@ -469,7 +469,10 @@ class Delivery:
 
     def _check_give_up(self, exc: Exception) -> None:
         if self.give_up_at is not None and time.monotonic() > self.give_up_at:
-            raise StreamError(f"no progress and no way back to the cluster: {exc}") from exc
+            raise StreamError(
+                "no micro-batch committed for longer than the stall limit "
+                f"(--max-stall-seconds), and no way back to the cluster: {exc}"
+            ) from exc
 
     def _producer_error(self, error: clients.KafkaError) -> None:
         clients.log_error(error)
