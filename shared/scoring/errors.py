@@ -46,11 +46,13 @@ class ConfigError(ScoringError):
 
 
 class ModelNotFoundError(ScoringError):
-    def __init__(self, uri: str, detail: str) -> None:
-        super().__init__(
-            f"Model {uri!r} could not be resolved: {detail}. "
-            "Check the name, version or alias with `scoring model list NAME`."
-        )
+    """A registry has no such model name, version or alias (or the URI names none)."""
+
+    def __init__(self, uri: str, detail: str, registry: str | None = None) -> None:
+        # registry: which registry was asked and how to ask another; a user who ran the
+        # command from the wrong folder or environment sees where the answer came from.
+        message = f"Model {uri!r} could not be resolved: {detail.rstrip('.')}."
+        super().__init__(f"{message} {registry}" if registry else message)
 
 
 class ArtifactIncompleteError(ScoringError):
