@@ -64,6 +64,7 @@ __all__ = [
     "is_running",
     "kill",
     "restart",
+    "running",
     "start",
     "stop",
 ]
@@ -179,22 +180,22 @@ def start(
     """
     state_dir = Path(state_dir).resolve()
     state_dir.mkdir(parents=True, exist_ok=True)
-    running = _running_broker(state_dir)
-    if running is not None:
-        _check_ports(state_dir, running.port, running.controller_port, port, controller_port)
-        if secure and running.secure is None:
+    current = running(state_dir)
+    if current is not None:
+        _check_ports(state_dir, current.port, current.controller_port, port, controller_port)
+        if secure and current.secure is None:
             raise BrokerError(
                 f"The Kafka broker of {state_dir} is running without its secure listeners. "
                 "Stop it with `scoring dev down`, then start it with `scoring dev up --secure`."
             )
-        advertised = running.proxied.bootstrap if running.proxied is not None else None
+        advertised = current.proxied.bootstrap if current.proxied is not None else None
         if proxied_port is not None and advertised != f"{HOST}:{proxied_port}":
             raise BrokerError(
                 f"The Kafka broker of {state_dir} is running without a listener advertised "
                 f"at {HOST}:{proxied_port}. Stop it, then start it with that proxied_port."
             )
-        log.info("Kafka broker of %s is already running (pid %d)", state_dir, running.pid)
-        return running
+        log.info("Kafka broker of %s is already running (pid %d)", state_dir, current.pid)
+        return current
 
     java = kafka_server.find_java()
     classpath = kafka_server.jars_classpath(jars_dir)
@@ -370,6 +371,34 @@ def is_running(state_dir: Path) -> bool:
     return _live_pid(Path(state_dir).resolve()) is not None
 
 
+def running(state_dir: Path) -> Broker | None:
+    """The broker of ``state_dir`` if it is running (it may still be starting), else None."""
+    state_dir = Path(state_dir).resolve()
+    pid = _live_pid(state_dir)
+    state = _load_state(state_dir) if pid is not None else None
+    if pid is None or state is None:
+        return None
+    port = int(state["port"])
+    secure = None
+    if state.get("secure"):
+        secure = SecureListeners(
+            f"{HOST}:{state['sasl_ssl_port']}",
+            f"{HOST}:{state['ssl_port']}",
+            *kafka_security.client_files(state_dir),
+        )
+    return Broker(
+        bootstrap=f"{HOST}:{port}",
+        pid=pid,
+        port=port,
+        controller_port=int(state["controller_port"]),
+        cluster_id=str(state["cluster_id"]),
+        state_dir=state_dir,
+        log_file=state_dir / _LOG_FILE,
+        secure=secure,
+        proxied=_proxied_listener(state),
+    )
+
+
 # --- internals -------------------------------------------------------------------------
 
 
@@ -536,29 +565,3 @@ def _live_pid(state_dir: Path) -> int | None:
     except OSError:
         return None
     return pid if str(state_dir / _PROPERTIES_FILE).encode() in args else None
-
-
-def _running_broker(state_dir: Path) -> Broker | None:
-    pid = _live_pid(state_dir)
-    state = _load_state(state_dir) if pid is not None else None
-    if pid is None or state is None:
-        return None
-    port = int(state["port"])
-    secure = None
-    if state.get("secure"):
-        secure = SecureListeners(
-            f"{HOST}:{state['sasl_ssl_port']}",
-            f"{HOST}:{state['ssl_port']}",
-            *kafka_security.client_files(state_dir),
-        )
-    return Broker(
-        bootstrap=f"{HOST}:{port}",
-        pid=pid,
-        port=port,
-        controller_port=int(state["controller_port"]),
-        cluster_id=str(state["cluster_id"]),
-        state_dir=state_dir,
-        log_file=state_dir / _LOG_FILE,
-        secure=secure,
-        proxied=_proxied_listener(state),
-    )

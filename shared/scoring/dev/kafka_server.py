@@ -27,6 +27,7 @@ from scoring.settings import ENV, load
 
 __all__ = [
     "HOST",
+    "PARTITIONS",
     "broker_command",
     "find_java",
     "format_storage",
@@ -39,6 +40,9 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 HOST = "127.0.0.1"
+# Partitions of a topic the broker makes by itself, and of `scoring dev topic create`'s:
+# room for up to three workers of one group.
+PARTITIONS = 3
 
 _MAIN_CLASS = "kafka.Kafka"
 _JVM_OPTS = (
@@ -229,7 +233,7 @@ def _plain_properties(data_dir: Path, port: int, controller_port: int) -> dict[s
         "inter.broker.listener.name": "PLAINTEXT",
         "listener.security.protocol.map": "PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT",
         "log.dirs": str(data_dir),
-        "num.partitions": "3",
+        "num.partitions": str(PARTITIONS),
         "default.replication.factor": "1",
         "min.insync.replicas": "1",
         # Internal topics: one replica (one broker) and, unlike the default 50, one

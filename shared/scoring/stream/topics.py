@@ -1,8 +1,8 @@
 """Kafka chores around the processor: topics, producing events, reading results.
 
-The processor, the demo, the rollout's parity gate and the stream benchmark create
-topics, produce JSON events and read what a processor committed; they do it here, one
-way, with clients from :mod:`scoring.stream.clients` (so the same extra client properties
+The processor, the demo, the rollout's parity gate, the stream benchmark and ``scoring dev
+topic`` create topics, produce JSON events and read what a processor committed; they do it
+here, one way, with clients from :mod:`scoring.stream.clients` (so the same extra client properties
 reach them). Results are always read ``read_committed`` from the beginning: an aborted
 micro-batch must never be counted.
 """
@@ -21,12 +21,23 @@ from confluent_kafka import (
     TopicCollection,
     TopicPartition,
 )
-from confluent_kafka.admin import AclOperation, NewTopic
+from confluent_kafka.admin import AclOperation, ClusterMetadata, NewTopic
 
 from scoring.errors import StreamError
 from scoring.stream import clients
 
-__all__ = ["ReadRecord", "Reader", "create", "delete", "ensure", "produce", "reader", "refusal"]
+__all__ = [
+    "ReadRecord",
+    "Reader",
+    "create",
+    "create_missing",
+    "delete",
+    "ensure",
+    "existing",
+    "produce",
+    "reader",
+    "refusal",
+]
 
 log = logging.getLogger(__name__)
 
@@ -70,6 +81,40 @@ def delete(bootstrap: str, names: Sequence[str], kafka: Mapping[str, str] | None
                 log.warning("could not delete topic %s: %s", name, exc)
 
 
+def existing(bootstrap: str, kafka: Mapping[str, str] | None = None) -> dict[str, int]:
+    """Every topic on the cluster (internal ones too) and its number of partitions.
+
+    Raises:
+        StreamError: no broker answers.
+    """
+    metadata = _metadata(bootstrap, kafka)
+    return {name: len(t.partitions) for name, t in metadata.topics.items() if t.error is None}
+
+
+def create_missing(
+    bootstrap: str,
+    names: Sequence[str],
+    partitions: int,
+    kafka: Mapping[str, str] | None = None,
+) -> dict[str, int | None]:
+    """Create those of ``names`` that do not exist, with ``partitions`` partitions each.
+
+    A topic that exists is left as it is, whatever its number of partitions.
+
+    Returns:
+        Each name and its number of partitions before the call (``None``: created now).
+
+    Raises:
+        StreamError: no broker answers, or a topic cannot be made.
+    """
+    found = existing(bootstrap, kafka)
+    before = {name: found.get(name) for name in names}
+    new = [name for name, count in before.items() if count is None]
+    if new:
+        create(bootstrap, new, partitions, kafka)
+    return before
+
+
 def ensure(
     bootstrap: str,
     input_topic: str,
@@ -81,14 +126,17 @@ def ensure(
     Raises:
         StreamError: no broker answers, or the input topic does not exist.
     """
-    admin = clients.admin(bootstrap, kafka)
-    try:
-        metadata = admin.list_topics(timeout=15)
-    except KafkaException as exc:
-        raise StreamError(f"no Kafka broker answers at {bootstrap}: {exc}") from exc
+    metadata = _metadata(bootstrap, kafka)
     found = {name: t for name, t in metadata.topics.items() if t.error is None}
     if input_topic not in found:
-        raise StreamError(f"input topic {input_topic!r} does not exist on {bootstrap}")
+        # Never made here: only its owner knows how many partitions (workers) it needs.
+        raise StreamError(
+            f"input topic {input_topic!r} does not exist on {bootstrap}. Create it with a "
+            f"partition for each worker you will run: `scoring dev topic create {input_topic} "
+            "--partitions 3` on the dev broker (`scoring dev up`), `kafka-topics.sh "
+            f"--bootstrap-server {bootstrap} --create --topic {input_topic} --partitions 3` "
+            "on another cluster."
+        )
     missing = sorted({t for t in outputs if t not in found})
     if not missing:
         return
@@ -96,6 +144,13 @@ def ensure(
     partitions = len(found[input_topic].partitions)
     create(bootstrap, missing, partitions, kafka, replicas, exist_ok=True)
     log.info("created topics %s", missing)
+
+
+def _metadata(bootstrap: str, kafka: Mapping[str, str] | None) -> ClusterMetadata:
+    try:
+        return clients.admin(bootstrap, kafka).list_topics(timeout=15)
+    except KafkaException as exc:
+        raise StreamError(f"no Kafka broker answers at {bootstrap}: {exc}") from exc
 
 
 def refusal(
