@@ -5,8 +5,12 @@ from __future__ import annotations
 import contextlib
 import os
 import re
+import shlex
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -14,6 +18,7 @@ from kafka import KafkaAdminClient, KafkaProducer
 from kafka.admin import NewTopic
 from scoring.dev import kafka_broker
 from scoring.errors import BrokerError
+from scoring.settings import PROJECT_ROOT
 from scoring.stream import topics
 
 pytestmark = pytest.mark.integration
@@ -156,22 +161,137 @@ def test_missing_jars_is_a_clear_error(tmp_path: Path) -> None:
         kafka_broker.start(tmp_path / "kafka", jars_dir=tmp_path / "no-jars")
 
 
-def test_dev_up_and_down(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from scoring.cli import app
-    from typer.testing import CliRunner
+# --- `scoring dev`: the broker and its topics, driven from a shell as a user would -------
 
-    monkeypatch.setenv("SCORING_HOME", str(tmp_path / "home"))
-    runner = CliRunner()
+
+@dataclass(frozen=True)
+class DevShell:
+    """A shell's environment with a data dir of its own, and the `scoring` on its PATH."""
+
+    home: Path
+    env: dict[str, str]
+
+    def run(self, script: str) -> subprocess.CompletedProcess[str]:
+        """``script`` in bash (``set -euo pipefail``), from the checkout."""
+        return subprocess.run(
+            ["bash", "-c", f"set -euo pipefail\n{script}"],
+            env=self.env, cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=180,
+        )  # fmt: skip
+
+    def scoring(self, *args: str) -> subprocess.CompletedProcess[str]:
+        return self.run(shlex.join(["scoring", *args]))
+
+    def up(self) -> str:
+        """`eval "$(scoring dev up)"` (at once if it runs already): KAFKA_BOOTSTRAP_SERVERS."""
+        done = self.run('eval "$(scoring dev up)"; echo "$KAFKA_BOOTSTRAP_SERVERS"')
+        assert done.returncode == 0, done.stderr
+        return done.stdout.strip()
+
+
+@pytest.fixture(scope="module")
+def dev(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DevShell]:
+    """One shell's data dir for this module's `scoring dev` tests: one broker start for all."""
+    home = tmp_path_factory.mktemp("dev") / "home"
+    env = {
+        k: v for k, v in os.environ.items() if not k.startswith(("SCORING_", "KAFKA_", "MLFLOW_"))
+    }
+    env["SCORING_HOME"] = str(home)
+    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
+    shell = DevShell(home, env)
     try:
-        up = runner.invoke(app, ["dev", "up"])
-        assert up.exit_code == 0, up.output
-        bootstrap = up.stdout.strip().splitlines()[-1]
-        assert re.fullmatch(r"127\.0\.0\.1:\d+", bootstrap)
-        admin = KafkaAdminClient(bootstrap_servers=bootstrap)
-        admin.list_topics()
-        admin.close()
-        assert runner.invoke(app, ["dev", "up"]).stdout.strip().splitlines()[-1] == bootstrap
+        yield shell
     finally:
-        down = runner.invoke(app, ["dev", "down"])
-    assert down.exit_code == 0 and "stopped" in down.stdout
-    assert not kafka_broker.is_running(tmp_path / "home" / "kafka")
+        down = shell.scoring("dev", "down")
+        kafka_broker.stop(home / "kafka")  # never leave a JVM behind
+    assert down.returncode == 0 and "Kafka broker stopped" in down.stdout, down.stderr
+    assert not kafka_broker.is_running(home / "kafka")
+
+
+def _partitions(bootstrap: str, names: list[str]) -> dict[str, int]:
+    """Partitions per topic, as kafka-python (not the project's client) sees them."""
+    admin = KafkaAdminClient(bootstrap_servers=bootstrap)
+    try:
+        return {t["name"]: len(t["partitions"]) for t in admin.describe_topics(names)}
+    finally:
+        admin.close()
+
+
+def test_eval_dev_up_points_the_next_commands_at_the_broker(
+    dev: DevShell, artifact_dir: Path
+) -> None:
+    topic = "loan_applications"
+    done = dev.run(
+        f"""
+        eval "$(scoring dev up)"
+        echo "printed=$(scoring dev up 2>/dev/null)"
+        echo "bootstrap=$KAFKA_BOOTSTRAP_SERVERS"
+        # No --bootstrap: the processor finds the broker through the exported variable.
+        scoring stream run --model {artifact_dir} --input-topic {topic} \
+            --output-topic {topic}.out --dlq-topic {topic}.dlq || echo "stream=$?"
+        """
+    )
+    assert done.returncode == 0, done.stderr
+    said = dict(line.split("=", 1) for line in done.stdout.splitlines() if "=" in line)
+    broker = kafka_broker.running(dev.home / "kafka")
+    assert broker is not None and said["bootstrap"] == broker.bootstrap
+    assert re.fullmatch(r"127\.0\.0\.1:\d+", said["bootstrap"])
+    # stdout is only the line for eval; the words for people are on stderr.
+    assert said["printed"] == f"export KAFKA_BOOTSTRAP_SERVERS={broker.bootstrap}"
+    assert "scoring dev topic create" in done.stderr and "scoring dev down" in done.stderr
+    admin = KafkaAdminClient(bootstrap_servers=said["bootstrap"])
+    assert topic not in admin.list_topics()
+    admin.close()
+
+    assert said["stream"] == "4"
+    assert (
+        f"error: input topic '{topic}' does not exist on {broker.bootstrap}. Create it with a "
+        f"partition for each worker you will run: `scoring dev topic create {topic} "
+        "--partitions 3` on the dev broker (`scoring dev up`), `kafka-topics.sh "
+        f"--bootstrap-server {broker.bootstrap} --create --topic {topic} --partitions 3` "
+        "on another cluster."
+    ) in done.stderr
+
+
+def test_dev_topic_create_makes_the_partitions_asked_for_once(dev: DevShell) -> None:
+    bootstrap = dev.up()
+    two, default = "dev-topic-two", "dev-topic-default"
+
+    made = dev.scoring("dev", "topic", "create", two, f"{two}.b", "--partitions", "2")
+    assert made.returncode == 0, made.stderr
+    assert made.stdout.splitlines() == [
+        f"created topic {two} (2 partitions) on {bootstrap}",
+        f"created topic {two}.b (2 partitions) on {bootstrap}",
+    ]
+    made = dev.scoring("dev", "topic", "create", default)
+    assert made.returncode == 0, made.stderr
+    assert made.stdout == f"created topic {default} (3 partitions) on {bootstrap}\n"
+    assert _partitions(bootstrap, [two, f"{two}.b", default]) == {
+        two: 2,
+        f"{two}.b": 2,
+        default: 3,
+    }
+
+    again = dev.scoring("dev", "topic", "create", two, "--partitions", "2")
+    assert again.returncode == 0, again.stderr
+    assert again.stdout == f"topic {two} exists already (2 partitions) on {bootstrap}\n"
+
+    listed = dev.scoring("dev", "topic", "list")
+    assert listed.returncode == 0, listed.stderr
+    lines = [line.split() for line in listed.stdout.splitlines()]
+    assert [two, "2", "partitions"] in lines and [default, "3", "partitions"] in lines
+    assert not any(words[0].startswith("__") for words in lines)  # internal topics
+
+
+def test_dev_topic_create_refuses_another_partition_count(dev: DevShell) -> None:
+    bootstrap = dev.up()
+    topic, new = "dev-topic-refused", "dev-topic-refused.new"
+    assert dev.scoring("dev", "topic", "create", topic, "--partitions", "1").returncode == 0
+
+    refused = dev.scoring("dev", "topic", "create", topic, new, "--partitions", "4")
+    assert refused.returncode == 4, refused.stderr
+    assert refused.stdout == f"created topic {new} (4 partitions) on {bootstrap}\n"
+    assert (
+        f"error: topic {topic} has 1 partition, not 4 (on {bootstrap}); nothing was changed. "
+        "Ask for the partitions it has with --partitions, or choose another name."
+    ) in refused.stderr
+    assert _partitions(bootstrap, [topic, new]) == {topic: 1, new: 4}

@@ -8,6 +8,7 @@ a transactional librdkafka producer writes, and both a librdkafka consumer and k
 from __future__ import annotations
 
 import os
+import shlex
 import subprocess
 import sys
 import time
@@ -184,7 +185,10 @@ def test_dev_up_secure_prints_the_listener_and_a_working_file(tmp_path: Path) ->
     try:
         up = cli("dev", "up", "--secure")
         assert up.returncode == 0, up.stderr
-        printed = dict(line.split("=", 1) for line in up.stdout.splitlines())
+        # `export NAME=VALUE` lines for eval, read as the shell reads them.
+        words = [shlex.split(line) for line in up.stdout.splitlines()]
+        assert all(len(w) == 2 and w[0] == "export" for w in words), up.stdout
+        printed = dict(w[1].split("=", 1) for w in words)
         assert set(printed) == {"KAFKA_BOOTSTRAP_SERVERS", "SCORING_KAFKA_CONFIG"}
         config_file = Path(printed["SCORING_KAFKA_CONFIG"])
         assert config_file.stat().st_mode & 0o077 == 0  # holds the password: owner only
