@@ -23,7 +23,7 @@ from mlflow.tracking import MlflowClient
 
 from scoring.errors import ModelNotFoundError, RollbackError, TrackingServerError
 from scoring.model.contract import Contract
-from scoring.settings import Settings, load
+from scoring.settings import ENV, Settings, load
 
 __all__ = [
     "EXPERIMENT",
@@ -46,6 +46,7 @@ EXPERIMENT = "scoring"
 SHA_TAG = "scoring.onnx_sha256"
 METRICS_TAG = "scoring.metrics"
 HISTORY_TAG = "scoring.alias_history.{alias}"
+_SHOWN_NAMES = 10  # registered names an error lists, at most
 _URI = re.compile(r"^models:/(?P<name>[^/@]+)(?:/(?P<version>\d+)|@(?P<alias>[\w-]+))$")
 
 
@@ -70,9 +71,39 @@ class _Store:
     tracking_uri: str
     registry_uri: str
     experiment_id: str
+    settings: Settings
+
+    @property
+    def embedded(self) -> bool:
+        """Whether the registry is the SQLite store under the data dir (nothing configured)."""
+        return self.settings.tracking_uri is None and self.settings.registry_uri is None
+
+    @property
+    def created(self) -> bool:
+        """Whether this process created the embedded store: it was empty then."""
+        return self.embedded and self.tracking_uri in _created
+
+    def where(self) -> str:
+        """Which registry answered and how to ask another, for errors about what it lacks."""
+        if self.embedded:
+            home = self.settings.home.resolve()
+            asked = (
+                f"Asked the embedded registry {home / 'mlflow.db'} ({self.settings.home_origin})"
+            )
+        else:
+            variable = ENV["registry_uri"] if self.settings.registry_uri else ENV["tracking_uri"]
+            asked = f"Asked the registry at {_without_credentials(self.registry_uri)} ({variable})"
+        if self.settings.registry_uri:
+            return f"{asked}. To ask another, set {ENV['registry_uri']}=URI."
+        return (
+            f"{asked}. To ask another, set {ENV['home']}=DIR (the data dir whose mlflow.db "
+            f"holds your models) or {ENV['tracking_uri']}=URI (a tracking server or database)."
+        )
 
 
 _experiments: dict[tuple[str, str], str] = {}
+# Embedded stores this process created: a registry that is empty because it is new says so.
+_created: set[str] = set()
 
 
 def _store(settings: Settings | None = None, experiment: str = EXPERIMENT) -> _Store:
@@ -85,11 +116,14 @@ def _store(settings: Settings | None = None, experiment: str = EXPERIMENT) -> _S
     settings = settings or load()
     uri = settings.mlflow_tracking_uri
     registry_uri = settings.registry_uri or uri
-    mlc = MlflowClient(tracking_uri=uri, registry_uri=registry_uri)
     key = (uri, experiment)
+    if key not in _experiments and settings.tracking_uri is None:
+        # Before the client: making one creates the SQLite file.
+        if not (settings.home / "mlflow.db").exists():
+            _created.add(uri)
+        settings.make_home()
+    mlc = MlflowClient(tracking_uri=uri, registry_uri=registry_uri)
     if key not in _experiments:
-        if uri.startswith("sqlite:///"):
-            settings.home.mkdir(parents=True, exist_ok=True)
         try:
             found = mlc.get_experiment_by_name(experiment)
             if found is None:
@@ -105,7 +139,7 @@ def _store(settings: Settings | None = None, experiment: str = EXPERIMENT) -> _S
             if problem is None:
                 raise
             raise problem from exc
-    return _Store(mlc, uri, registry_uri, _experiments[key])
+    return _Store(mlc, uri, registry_uri, _experiments[key], settings)
 
 
 def server_error(uri: str, exc: MlflowException) -> TrackingServerError | None:
@@ -169,19 +203,44 @@ def resolve(uri: str) -> ModelVersionInfo:
     match = _URI.match(uri)
     if not match:
         raise ModelNotFoundError(uri, "expected models:/NAME/VERSION or models:/NAME@ALIAS")
-    mlc = client()
+    store = _store()
     name = match["name"]
     try:
         if match["alias"]:
-            mv = mlc.get_model_version_by_alias(name, match["alias"])
+            mv = store.client.get_model_version_by_alias(name, match["alias"])
         else:
-            mv = mlc.get_model_version(name, match["version"])
+            mv = store.client.get_model_version(name, match["version"])
     except MlflowException as exc:
-        problem = server_error(_store().tracking_uri, exc)
+        problem = server_error(store.tracking_uri, exc)
         if problem is not None:
             raise problem from exc
-        raise ModelNotFoundError(uri, exc.message) from exc
+        raise _not_found(store, uri, name, exc) from exc
     return _info(mv)
+
+
+def _not_found(store: _Store, uri: str, name: str, exc: MlflowException) -> ModelNotFoundError:
+    """What the registry lacks: the name (and what it holds instead), or that version or alias."""
+    try:
+        store.client.get_registered_model(name)
+    except MlflowException as missing:
+        if missing.error_code == "RESOURCE_DOES_NOT_EXIST":
+            return ModelNotFoundError(uri, _holdings(store, name), store.where())
+    see = f"See its versions and aliases with `scoring model list {name}`"
+    return ModelNotFoundError(uri, f"{exc.message.rstrip('.')}. {see}", store.where())
+
+
+def _holdings(store: _Store, name: str) -> str:
+    """That the registry has no model ``name``, and the names it does have (the first few)."""
+    try:
+        found = store.client.search_registered_models(max_results=_SHOWN_NAMES)
+    except MlflowException:
+        return f"the registry has no model named {name!r}"
+    names = ", ".join(sorted(m.name for m in found))
+    if not names:
+        new = "; this command created it (there was no mlflow.db before)" if store.created else ""
+        return f"the registry has no model named {name!r}; it holds no models{new}"
+    more = ", among others" if found.token else ""
+    return f"the registry has no model named {name!r}; it holds {names}{more}"
 
 
 def download(info: ModelVersionInfo, destination: Path) -> Path:
@@ -296,11 +355,15 @@ def delete_alias(name: str, alias: str, if_version: str | None = None) -> str | 
 
 
 def list_versions(name: str) -> list[ModelVersionInfo]:
-    mlc = client()
+    store = _store()
+    mlc = store.client
     try:
         mlc.get_registered_model(name)
     except MlflowException as exc:
-        raise ModelNotFoundError(name, exc.message) from exc
+        problem = server_error(store.tracking_uri, exc)
+        if problem is not None:
+            raise problem from exc
+        raise ModelNotFoundError(name, _holdings(store, name), store.where()) from exc
     found = mlc.search_model_versions(f"name = '{name}'")
     # Search results carry no aliases; the per-version record does.
     versions = sorted(int(mv.version) for mv in found)
