@@ -86,7 +86,11 @@ def iso_date(text: str | None) -> str | None:
 
 DateColumn = Annotated[str, typer.Option(help="the tables' date column")]
 KafkaBootstrap = Annotated[
-    str | None, typer.Option(help="Kafka host:port (default KAFKA_BOOTSTRAP_SERVERS)")
+    str | None,
+    typer.Option(
+        help="Kafka host:port (default KAFKA_BOOTSTRAP_SERVERS, then the --kafka-config "
+        "file's bootstrap.servers)"
+    ),
 ]
 KafkaConfigFile = Annotated[
     Path | None,
