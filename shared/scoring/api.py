@@ -3,9 +3,10 @@
 This is what ``import scoring`` exports, for teams that embed the scorer in their own
 consumers or services. It is the code the jobs run: the artifact is loaded and verified by
 :func:`scoring.lifecycle.loading.load_artifact`, rows are checked and scored by
-:meth:`scoring.model.artifact.Scorer.score` (as in the batch job), and raw messages are
-decoded by :func:`scoring.model.decode.decode` (as in the stream processor), so a refused
-row gets the same reason and reason kind on every path.
+:meth:`scoring.model.artifact.Scorer.score` (as in the batch job), and raw messages and
+records are read by :mod:`scoring.model.decode` (as in the stream processor), so a refused
+row gets the same reason and reason kind on every path, and fields outside the contract are
+ignored on every path.
 
 Example:
     >>> import scoring
@@ -15,8 +16,6 @@ Example:
 
 from __future__ import annotations
 
-import json
-import sys
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from types import TracebackType
@@ -28,7 +27,7 @@ from scoring.errors import ConfigError
 from scoring.lifecycle.loading import ModelFollower, follows_alias, load_artifact
 from scoring.model.artifact import ScoredBatch
 from scoring.model.contract import Contract
-from scoring.model.decode import decode
+from scoring.model.decode import Decoded, decode, decode_records
 from scoring.model.live import LiveModel
 
 __all__ = ["DEFAULT_MAX_MESSAGE_BYTES", "Model", "Prediction", "load_model"]
@@ -115,27 +114,16 @@ class Model:
     def score_records(self, records: Sequence[Mapping[str, Any]]) -> list[Prediction]:
         """Score dicts holding the key and every feature (``None`` is a missing value).
 
-        Each record is checked exactly as a Kafka event is by the stream processor: a
-        missing key or feature, a wrong type, NaN, a value out of range or an unknown
-        category refuses the row with a reason; other fields are ignored.
+        Each record is checked exactly as the same event on Kafka is by the stream
+        processor: a missing key or feature, a wrong type, NaN, a value out of range or an
+        unknown category refuses the row with a reason. Fields other than the key and the
+        features are ignored whatever they hold (a date, a Decimal, a nested dict, ...);
+        numpy scalars are the numbers they hold. A key or feature holding a value JSON has
+        no type for (a date, a Decimal, bytes) is refused as ``wrong_type`` naming the
+        field. Never raises on input. The whole batch is scored by one model version.
         """
-        # Through the processor's own decoder, so a record and the same event on Kafka are
-        # refused for the same reason. The standard library writes NaN and infinities as
-        # tokens the decoder reads back, so they are refused as non-finite, not as nulls.
-        values: list[bytes | None] = []
-        unreadable: dict[int, str] = {}
-        for index, record in enumerate(records):
-            try:
-                values.append(json.dumps(record, default=_plain).encode())
-            except (TypeError, ValueError) as exc:
-                values.append(None)
-                unreadable[index] = f"not a JSON-like record: {exc}"
-        predictions = self.score_messages(values, max_bytes=sys.maxsize)
-        for index, reason in unreadable.items():
-            predictions[index] = Prediction(
-                None, None, None, reason, "wrong_type", self.name, self.version
-            )
-        return predictions
+        live = self._live
+        return _predictions(live, decode_records(records, live.scorer.contract))
 
     def score_messages(
         self, values: Sequence[bytes | None], max_bytes: int = DEFAULT_MAX_MESSAGE_BYTES
@@ -143,27 +131,11 @@ class Model:
         """Score raw JSON message values, as the stream processor does, one micro-batch.
 
         Never raises on input: an empty, oversized or unreadable message is refused with
-        its reason like any invalid row. The whole batch is scored by one model version.
+        its reason like any invalid row; fields outside the contract are ignored. The whole
+        batch is scored by one model version.
         """
         live = self._live
-        identity = (live.name, live.version)
-        decoded = decode(values, live.scorer.contract, max_bytes)
-        scored = live.scorer.score(decoded.batch)
-        out: list[Prediction | None] = [None] * len(values)
-        for refused in decoded.refused:
-            out[refused.index] = Prediction(
-                None, None, None, refused.reason, refused.kind, *identity
-            )
-        scores, labels = scored.score.to_pylist(), scored.label.to_pylist()
-        reasons = scored.reason.to_pylist()
-        for row, index in enumerate(decoded.rows):
-            key = decoded.keys[row]
-            if scored.valid[row]:
-                out[index] = Prediction(key, scores[row], labels[row], None, None, *identity)
-            else:
-                kind = scored.kinds[row] or "invalid"
-                out[index] = Prediction(key, None, None, reasons[row], kind, *identity)
-        return [prediction for prediction in out if prediction is not None]
+        return _predictions(live, decode(values, live.scorer.contract, max_bytes))
 
     def refresh(self) -> bool:
         """Switch to the version the alias names now; True if the version changed.
@@ -242,9 +214,22 @@ def load_model(uri: str, threads: int = 1) -> Model:
     return Model(uri, threads)
 
 
-def _plain(value: Any) -> Any:
-    """numpy scalars (from pandas or Arrow rows) as the Python numbers they hold."""
-    item = getattr(value, "item", None)
-    if callable(item):
-        return item()
-    raise TypeError(f"{type(value).__name__} is not a number, string or None")
+def _predictions(live: LiveModel, decoded: Decoded) -> list[Prediction]:
+    """One prediction per decoded input, in input order, all from ``live``'s version."""
+    identity = (live.name, live.version)
+    scored = live.scorer.score(decoded.batch)
+    out: list[Prediction | None] = [None] * (len(decoded.rows) + len(decoded.refused))
+    for refused in decoded.refused:
+        out[refused.index] = Prediction(
+            refused.key, None, None, refused.reason, refused.kind, *identity
+        )
+    scores, labels = scored.score.to_pylist(), scored.label.to_pylist()
+    reasons = scored.reason.to_pylist()
+    for row, index in enumerate(decoded.rows):
+        key = decoded.keys[row]
+        if scored.valid[row]:
+            out[index] = Prediction(key, scores[row], labels[row], None, None, *identity)
+        else:
+            kind = scored.kinds[row] or "invalid"
+            out[index] = Prediction(key, None, None, reasons[row], kind, *identity)
+    return [prediction for prediction in out if prediction is not None]

@@ -8,7 +8,8 @@ import shutil
 import subprocess
 import sys
 import time
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
@@ -113,6 +114,103 @@ def test_records_and_messages_give_the_processors_reasons(
     out = model.score_messages([message, b"", b"{oops", message * 10], max_bytes=len(message) + 1)
     assert [p.reason_kind for p in out] == [None, "empty", "not_json", "oversized"]
     assert out[0].score == model.score_records([good])[0].score
+
+
+def test_fields_outside_the_contract_are_ignored_whatever_they_hold(
+    artifact_dir: Path, demo_table: pa.Table
+) -> None:
+    import pandas as pd
+
+    model = scoring.load_model(str(artifact_dir))
+    table = demo_table.slice(0, 300)
+    rows = _rows(table, model.contract)
+    plain = model.score_records(rows)
+    assert {p.refused for p in plain} == {True, False}
+
+    # Whole demo rows, as the README passes them: a date column ("ds") and the label.
+    assert isinstance(table.column("ds")[0].as_py(), date)
+    assert model.score_records(table.to_pylist()) == plain
+    extras = {
+        "seen_at": datetime(2026, 11, 7, 10, 30, tzinfo=UTC),
+        "price": Decimal("12.10"),
+        "raw": b"\x00\xff",
+        "nested": {"a": [date(2026, 1, 1), {"b": Decimal(1)}], "c": None},
+        "tags": ("x", 1, None),
+        "count": np.int64(3),
+        "ratio": np.float32(0.5),
+        "when": np.datetime64("2026-11-07"),
+        "missing": pd.NA,
+        "anything": object(),
+    }
+    assert model.score_records([{**extras, **row} for row in rows]) == plain
+    # From pandas (which turns a None in a float column into NaN), with a timestamp column.
+    frame = pd.DataFrame(rows).assign(ts=pd.Timestamp("2026-11-07 10:30", tz="UTC"))
+    records = frame.to_dict("records")
+    assert isinstance(records[0]["ts"], pd.Timestamp)
+    without = frame.drop(columns="ts").to_dict("records")
+    assert model.score_records(records) == model.score_records(without)
+
+    # The same events on the wire, with JSON extras of every kind, score the same.
+    messages = [
+        json.dumps(
+            {
+                "day": "2026-11-07",
+                "at": "2026-11-07T10:30:00.123Z",
+                "meta": {"source": {"id": [1, 2, {"deep": None}]}, "n": 1e300},
+                "items": [1, "two", [3.5], {}],
+                "big": 10**40,
+                "note": None,
+                **row,
+            }
+        ).encode()
+        for row in rows
+    ]
+    assert model.score_messages(messages) == plain
+
+
+def test_a_key_or_feature_holding_what_json_cannot_is_refused_naming_it(
+    artifact_dir: Path, demo_table: pa.Table
+) -> None:
+    import pandas as pd
+
+    model = scoring.load_model(str(artifact_dir))
+    key = model.contract.key
+    rows = _rows(demo_table.slice(0, 50), model.contract)
+    good = next(
+        row for row, p in zip(rows, model.score_records(rows), strict=True) if not p.refused
+    )
+    day = date(2026, 11, 7)
+    out = model.score_records(
+        [
+            {**good, "amount": day},
+            {**good, key: day},
+            {**good, "channel": Decimal("1")},
+            {**good, "amount": pd.Timestamp("2026-11-07")},
+            {key: "t-x"},
+        ]
+    )
+    assert [(p.key, p.reason_kind, p.reason) for p in out] == [
+        (good[key], "wrong_type", "amount: expected a number, got datetime.date(2026, 11, 7)"),
+        (
+            None,
+            "wrong_type",
+            f"key field {key!r}: expected a string or an integer, got datetime.date(2026, 11, 7)",
+        ),
+        (good[key], "wrong_type", "channel: expected a string, got Decimal('1')"),
+        (
+            good[key],
+            "wrong_type",
+            "amount: expected a number, got Timestamp('2026-11-07 00:00:00')",
+        ),
+        ("t-x", "missing_field", f"{model.contract.feature_names[0]}: missing"),
+    ]
+    assert all(p.score is None and p.label is None for p in out)
+
+    # numpy scalars are the numbers and strings they hold: the same score, bit for bit.
+    numpy_types = {str: np.str_, int: np.int64, float: np.float64}
+    as_numpy = {name: numpy_types.get(type(v), lambda v: v)(v) for name, v in good.items()}
+    assert {type(v) for v in as_numpy.values()} >= {np.str_, np.int64, np.float64}
+    assert model.score_records([as_numpy]) == model.score_records([good])
 
 
 def test_arrow_batches_carry_reason_kinds(artifact_dir: Path, demo_table: pa.Table) -> None:

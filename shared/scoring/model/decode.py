@@ -1,12 +1,15 @@
 """Event values to Arrow rows: the decoder the stream, the faust agent and the API share.
 
-An input event is one JSON object holding the contract's key and features (other fields
-are ignored). :func:`decode` turns a micro-batch of raw values into one Arrow batch of the
-events that parse, plus a reason for every one that does not; range, category and
-finiteness checks are left to :func:`scoring.model.contract.validate`, exactly as on the
-batch path. A feature that is absent from an event is refused (a producer that drops a
-field is broken); an explicit ``null`` is a missing value, allowed where the feature is
-nullable. Numbers are carried as float64, which is what the graph is fed on both paths.
+An input event is one JSON object holding the contract's key and features; other fields
+are ignored whatever they hold (any JSON value in an event, any Python object in a
+record). :func:`decode` turns a micro-batch of raw values into one Arrow batch of the
+events that parse, plus a reason for every one that does not; :func:`decode_records` does
+the same for Python mappings (the API's records), taken as the decoded JSON they stand
+for. Range, category and finiteness checks are left to
+:func:`scoring.model.contract.validate`, exactly as on the batch path. A feature that is
+absent from an event is refused (a producer that drops a field is broken); an explicit
+``null`` is a missing value, allowed where the feature is nullable. Numbers are carried as
+float64, which is what the graph is fed on both paths.
 
 JSON has one number type, so a number is read by its value, not its spelling: an integral
 number (``17`` or ``17.0``, as pandas' ``to_json`` writes an integer column that held a
@@ -20,20 +23,22 @@ Nothing here knows Kafka: the stream's headers and prediction records are
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import operator
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import msgspec
+import numpy as np
 import orjson
 import pyarrow as pa
 
 from scoring.model.contract import Contract
 
-__all__ = ["PARSE_KINDS", "Decoded", "Refused", "decode"]
+__all__ = ["PARSE_KINDS", "Decoded", "Refused", "decode", "decode_records"]
 
 # Categories of events refused before the contract is checked (see contract.REASON_KINDS).
 PARSE_KINDS = (
@@ -49,11 +54,16 @@ PARSE_KINDS = (
 
 @dataclass(frozen=True)
 class Refused:
-    """Event ``index`` of the micro-batch, refused with a category and a reason."""
+    """Event ``index`` of the micro-batch, refused with a category and a reason.
+
+    ``key`` is the event's key when it was read before the refusal (a missing or
+    mistyped feature), None when the event was refused before or for its key.
+    """
 
     index: int
     kind: str
     reason: str
+    key: str | int | None = None
 
 
 @dataclass(frozen=True)
@@ -82,9 +92,34 @@ def decode(
     careful way are checked here, and an event holding a wrong type is refused. So a
     clean batch costs one parse per event plus one Arrow conversion per feature.
     """
+    reader = _reader(contract) if fast else None
+    return _decode(values, contract, reader, max_bytes, lambda v: _parse(v, contract, max_bytes))
+
+
+def decode_records(records: Sequence[object], contract: Contract) -> Decoded:
+    """Read Python mappings as :func:`decode` reads the JSON objects they stand for.
+
+    Only the key and the features are read, so any other field may hold anything (a
+    date, a Decimal, bytes, a nested structure). Their values are taken as JSON would
+    give them back: numpy scalars and subclasses of ``str``, ``int`` and ``float`` as the
+    plain values they hold; any other value (a date, a Decimal, a ``pandas.NA``) is
+    refused as ``wrong_type`` naming the field. A record that is not a mapping is refused
+    as ``not_object``. Never raises on any input.
+    """
+    fields = (contract.key, *contract.feature_names)
+    return _decode(records, contract, None, 0, lambda r: _read_record(r, contract, fields))
+
+
+def _decode(
+    values: Sequence[Any],
+    contract: Contract,
+    reader: _Reader | None,
+    max_bytes: int,
+    parse: Callable[[Any], Refused | tuple[str | int, Mapping[str, Any]]],
+) -> Decoded:
+    """Each value read by ``reader`` (raw bytes only) or else by ``parse``, the careful way."""
     names = contract.feature_names
     required = frozenset(names)
-    reader = _reader(contract) if fast else None
     picked: list[tuple[Any, ...]] = []
     careful: list[int] = []  # rows of `picked` read the careful way: types unchecked
     rows: list[int] = []
@@ -101,14 +136,14 @@ def decode(
                 keys.append(key)
                 picked.append(features)
                 continue
-        parsed = _parse(value, contract, max_bytes)
+        parsed = parse(value)
         if isinstance(parsed, Refused):
             refused[index] = Refused(index, parsed.kind, parsed.reason)
             continue
         key, event = parsed
         if not required <= event.keys():
             missing = next(n for n in names if n not in event)
-            refused[index] = Refused(index, "missing_field", f"{missing}: missing")
+            refused[index] = Refused(index, "missing_field", f"{missing}: missing", key)
             continue
         careful.append(len(picked))
         rows.append(index)
@@ -121,7 +156,7 @@ def decode(
     if wrong:
         keep = [row for row in range(len(picked)) if row not in wrong]
         refused.update(
-            {rows[row]: Refused(rows[row], r.kind, r.reason) for row, r in wrong.items()}
+            {rows[row]: Refused(rows[row], r.kind, r.reason, keys[row]) for row, r in wrong.items()}
         )
         columns = [[column[row] for row in keep] for column in columns]
         rows, keys = [rows[row] for row in keep], [keys[row] for row in keep]
@@ -234,7 +269,7 @@ def _to_float(value: int | float) -> float:
 
 def _parse(
     value: bytes | None, contract: Contract, max_bytes: int
-) -> Refused | tuple[str | int, dict[str, Any]]:
+) -> Refused | tuple[str | int, Mapping[str, Any]]:
     if not value:
         return Refused(-1, "empty", "empty message")
     if len(value) > max_bytes:
@@ -251,19 +286,72 @@ def _parse(
     if not isinstance(event, dict):
         return Refused(-1, "not_object", f"expected a JSON object, got {type(event).__name__}")
     key = event.get(contract.key)
+    if type(key) is float and abs(key) >= 2**63:
+        # orjson reads an integer beyond 64 bits as a float, which would change the key;
+        # the standard library keeps it whole (it read the same text, so it parses).
+        with contextlib.suppress(ValueError, RecursionError):
+            event = json.loads(value)
+    return _keyed(event, contract)
+
+
+def _read_record(
+    record: object, contract: Contract, fields: tuple[str, ...]
+) -> Refused | tuple[str | int, Mapping[str, Any]]:
+    if not isinstance(record, Mapping):
+        return Refused(-1, "not_object", f"expected a JSON object, got {type(record).__name__}")
+    # The key and the features only: no other field is looked at.
+    event = {name: _as_json(record[name]) for name in fields if name in record}
+    return _keyed(event, contract)
+
+
+def _keyed(
+    event: Mapping[str, Any], contract: Contract
+) -> Refused | tuple[str | int, Mapping[str, Any]]:
+    """The event's key, or the refusal of an event whose key is missing or mistyped."""
+    key = event.get(contract.key)
     if type(key) is float and key.is_integer():
         key = int(key)  # 17.0 is the integer 17: JSON has one number type
-    if key is None or key == "":
+    if key is None or (type(key) is str and not key):
         return Refused(-1, "missing_key", f"key field {contract.key!r} is missing or empty")
     if type(key) is not str and type(key) is not int:  # bool is its own type: refused
         return _wrong(f"key field {contract.key!r}", "a string or an integer", key)
     return key, event
 
 
+# What a JSON reader gives; a record's value of another type is converted or refused.
+_JSON_SCALARS = frozenset({str, int, float, bool, type(None)})
+# A subclass's value as its base type holds it (str(x) of a str-based Enum is its name).
+_BASES: tuple[tuple[type, Callable[[Any], Any]], ...] = (
+    (str, str.__str__),
+    (int, int.__int__),
+    (float, float.__float__),
+)
+
+
+def _as_json(value: Any) -> Any:
+    """A record's value as ``json.loads(json.dumps(value))`` gives it where it is a number
+    or a string; any other value as it is, for the type check to refuse."""
+    if type(value) in _JSON_SCALARS:
+        return value
+    if isinstance(value, np.integer | np.floating | np.bool_):
+        return value.item()  # np.bool_ becomes a bool, refused as JSON's true would be
+    for base, plain in _BASES:
+        if isinstance(value, base):
+            return plain(value)
+    return value
+
+
 def _wrong(name: str, expected: str, value: Any) -> Refused:
     try:
         shown = json.dumps(value)  # spells NaN and Infinity as sent
     except (TypeError, ValueError):
-        shown = repr(value)
+        shown = _repr(value)  # a record's value JSON has no type for: a date, a Decimal
     shown = shown if len(shown) <= 60 else shown[:57] + "..."
     return Refused(-1, "wrong_type", f"{name}: expected {expected}, got {shown}")
+
+
+def _repr(value: Any) -> str:
+    try:
+        return repr(value)
+    except Exception:  # a record may hold any object; refusing it must not raise
+        return f"a {type(value).__name__}"
