@@ -21,6 +21,7 @@ __all__ = [
     "DELTA_EXTENSION",
     "build_session",
     "jar_paths",
+    "log_conf",
     "properties_text",
     "s3a_conf",
     "session_conf",
@@ -65,6 +66,9 @@ def session_conf(settings: Settings) -> dict[str, str]:
         "spark.sql.warehouse.dir": str((settings.home / "warehouse").resolve()),
         # Plans of 20+ feature columns exceed the default and log a warning on every job.
         "spark.sql.debug.maxToStringFields": "200",
+        # Spark's own INFO lines (hundreds per run: every jar, task and block) would bury
+        # the job's progress; they come back with --verbose (log_conf).
+        "spark.log.level": "WARN",
         **s3a_conf(settings),
     }
 
@@ -130,6 +134,49 @@ _LOCAL = {
 }
 
 
+# Spark's default log4j2 profile at WARN, for a driver JVM this process launches.
+_LOG4J2 = """\
+# Written by scoring.batch.spark: Spark's own log at WARN from the driver JVM's first line.
+rootLogger.level = warn
+rootLogger.appenderRef.stderr.ref = console
+appender.console.type = Console
+appender.console.name = console
+appender.console.target = SYSTEM_ERR
+appender.console.layout.type = PatternLayout
+appender.console.layout.pattern = %d{yy/MM/dd HH:mm:ss} %p %c{1}: %m%n%ex
+# Said at every start on machines without Hadoop's native library, which Spark never needs.
+logger.native.name = org.apache.hadoop.util.NativeCodeLoader
+logger.native.level = error
+logger.jetty.name = org.sparkproject.jetty
+logger.jetty.level = warn
+logger.parquet.name = org.apache.parquet.CorruptStatistics
+logger.parquet.level = error
+"""
+
+
+def _log4j2_file(settings: Settings) -> Path:
+    """The WARN log4j2 config in the data dir, written when missing or out of date."""
+    path = settings.home.resolve() / "spark" / "log4j2.properties"
+    if not path.is_file() or path.read_text() != _LOG4J2:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        partial = path.with_name(f"{path.name}.{os.getpid()}")
+        partial.write_text(_LOG4J2)
+        partial.replace(path)  # atomic: jobs starting side by side never read half a file
+    return path
+
+
+def log_conf(settings: Settings, verbose: bool = False) -> dict[str, str]:
+    """Spark's own log level for a driver JVM this process launches: WARN, or INFO.
+
+    ``spark.log.level`` (in :func:`session_conf`) applies once the SparkContext starts;
+    the lines before that (Spark's version, the OS, the Java version) are INFO, so a
+    quiet driver also gets a log4j2 config at WARN from its first line.
+    """
+    if verbose:
+        return {"spark.log.level": "INFO"}
+    return {"spark.driver.extraJavaOptions": f"-Dlog4j2.configurationFile={_log4j2_file(settings)}"}
+
+
 def _launch_conf(master: str, settings: Settings) -> dict[str, str]:
     """Settings that only count when the driver JVM starts: its heap on a local master.
 
@@ -148,16 +195,18 @@ def submit_command(
     master: str | None = None,
     settings: Settings | None = None,
     conf: dict[str, str] | None = None,
+    verbose: bool = False,
 ) -> list[str]:
     """A ``spark-submit`` command line carrying :func:`session_conf`.
 
     spark-submit starts the driver JVM before any Python runs, so the jars must be on its
-    command line; setting them from the session builder would be too late.
+    command line; setting them from the session builder would be too late. So must
+    Spark's log level (:func:`log_conf`; INFO when ``verbose``).
     """
     settings = settings or load()
     master = master or settings.spark_master
     command = [str(Path(sys.executable).parent / "spark-submit"), "--master", master]
-    launch = _launch_conf(master, settings)
+    launch = {**_launch_conf(master, settings), **log_conf(settings, verbose)}
     for key, value in {**session_conf(settings), **launch, **(conf or {})}.items():
         command += ["--conf", f"{key}={value}"]
     return [*command, str(script), *args]
@@ -168,8 +217,14 @@ def build_session(
     master: str | None = None,
     settings: Settings | None = None,
     conf: dict[str, str] | None = None,
+    verbose: bool = False,
 ) -> SparkSession:
-    """Get or create the session every job and test uses."""
+    """Get or create the session every job and test uses.
+
+    Spark's own log is at WARN (:func:`log_conf`), at INFO when ``verbose``; under
+    spark-submit, unless ``verbose``, its command line says (``scoring batch submit`` and
+    ``spark-conf`` say WARN).
+    """
     settings = settings or load()
     builder = SparkSession.builder.appName(app_name)
     # spark-submit starts the JVM first and hands its gateway to Python: its --master wins.
@@ -179,7 +234,12 @@ def build_session(
         master = master or settings.spark_master
         builder = builder.master(master)
         launch = _launch_conf(master, settings)
-    for key, value in {**session_conf(settings), **launch, **(conf or {})}.items():
+    common = session_conf(settings)
+    if launched_by_submit:
+        del common["spark.log.level"]
+    if verbose or not launched_by_submit:
+        launch |= log_conf(settings, verbose)
+    for key, value in {**common, **launch, **(conf or {})}.items():
         builder = builder.config(key, value)
     spark = builder.getOrCreate()
     context = spark.sparkContext

@@ -81,3 +81,23 @@ def test_s3a_settings_come_from_the_aws_environment_without_secrets(
     monkeypatch.delenv("AWS_ENDPOINT_URL")
     plain = session_conf(load(jars_dir=tmp_path))
     assert "spark.hadoop.fs.s3a.endpoint" not in plain  # real S3: the SDK picks the endpoint
+
+
+def test_spark_logs_at_warn_from_the_first_line_and_at_info_when_verbose(tmp_path: Path) -> None:
+    (tmp_path / "delta-spark_2.13-4.4.0.jar").write_bytes(b"")
+    settings = load(jars_dir=tmp_path, home=tmp_path / "home")
+
+    def confs(verbose: bool) -> dict[str, str]:
+        command = submit_command(
+            Path("job.py"), [], master="local[1]", settings=settings, verbose=verbose
+        )
+        return dict(c.split("=", 1) for c in command[4:-1:2])
+
+    quiet = confs(verbose=False)
+    assert quiet["spark.log.level"] == "WARN"
+    option, config = quiet["spark.driver.extraJavaOptions"].split("=", 1)
+    assert option == "-Dlog4j2.configurationFile"
+    assert "rootLogger.level = warn" in Path(config).read_text().splitlines()
+    loud = confs(verbose=True)
+    assert loud["spark.log.level"] == "INFO"
+    assert "spark.driver.extraJavaOptions" not in loud  # Spark's own profile, at INFO
