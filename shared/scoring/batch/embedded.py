@@ -17,7 +17,6 @@ as it goes (ADR 0010).
 from __future__ import annotations
 
 import json
-import logging
 import os
 import tempfile
 import time
@@ -36,15 +35,21 @@ from deltalake import CommitProperties, DeltaTable, write_deltalake
 from deltalake.exceptions import TableNotFoundError
 
 from scoring.batch import lake, spec
-from scoring.batch.spec import FEATURES_JSON, REASON, BatchJob, Laps
+from scoring.batch.progress import (
+    Display,
+    Progress,
+    model_line,
+    plan_line,
+    rejects_line,
+    scored_line,
+)
+from scoring.batch.spec import FEATURES_JSON, REASON, BatchJob
 from scoring.batch.tables import for_delta_rs, is_catalog_name, raise_for_access
 from scoring.errors import ConfigError, TableFeatureError
 from scoring.lifecycle.loading import load_artifact
 from scoring.model.artifact import Artifact, Scorer
 
 __all__ = ["BATCH_ROWS", "check_readable", "check_writable", "open_source", "run"]
-
-log = logging.getLogger(__name__)
 
 # Rows per scored batch: large enough that a call's fixed cost vanishes, small enough that
 # 2 x threads of them in flight stay a few tens of MB for a 20-feature model.
@@ -255,11 +260,14 @@ def _score_and_write(
     job: BatchJob,
     tables: tuple[str, str],
     source_version: int,
-    lap: Callable[[str], None],
+    progress: Progress,
     threads: int,
     phase: str = "",
 ) -> tuple[dict[bool, int], datetime]:
-    """Score the pinned rows of ``table`` with ``artifact`` into (predictions, rejects)."""
+    """Score the pinned rows of ``table`` with ``artifact`` into (predictions, rejects).
+
+    ``progress`` is in this run's ``{phase}plan`` phase when this is called.
+    """
     contract = artifact.contract
     date_column = job.date_column if job.date else None
     keys = [contract.key] + ([date_column] if date_column else [])
@@ -277,7 +285,8 @@ def _score_and_write(
     # uses one intra-op thread, so the threads score different batches side by side.
     scorer: Scorer = artifact.scorer(1)
     metadata = spec.metadata(artifact, job, source_version)
-    lap(f"{phase}plan")
+    progress.done(plan_line(artifact, f"the arrow engine, {threads} threads", job))
+    progress.start(f"{phase}score_and_write_predictions")
 
     def step(batch: pa.RecordBatch) -> tuple[pa.RecordBatch, pa.RecordBatch]:
         return outputs.split(spec.score_batch(scorer, batch, keys))
@@ -290,7 +299,6 @@ def _score_and_write(
         fragment_readahead=1,
     )
     counts = {True: 0, False: 0}
-    started = time.monotonic()
     with tempfile.TemporaryDirectory(prefix="scoring-rejects-") as spill:
         spilled = Path(spill) / "rejects.parquet"
         with pq.ParquetWriter(spilled, outputs.rejects) as refused:
@@ -302,6 +310,7 @@ def _score_and_write(
                     counts[False] += bad.num_rows
                     if bad.num_rows:
                         refused.write_batch(bad)
+                    progress.rows(counts[True] + counts[False])
                     yield good
 
             _write(
@@ -311,19 +320,8 @@ def _score_and_write(
                 predicate,
                 metadata,
             )
-        lap(f"{phase}score_and_write_predictions")
-        rows = counts[True] + counts[False]
-        seconds = time.monotonic() - started
-        log.info(
-            "%s v%s scored %s rows (%s refused) in %.1f s (%.0f rows/s); wrote %s",
-            artifact.name,
-            artifact.version,
-            rows,
-            counts[False],
-            seconds,
-            rows / seconds if seconds else 0.0,
-            target,
-        )
+        progress.done(scored_line(counts, target))
+        progress.start(f"{phase}write_rejects")
         _write(
             rejects_table,
             pa.RecordBatchReader.from_batches(
@@ -336,8 +334,7 @@ def _score_and_write(
             predicate,
             metadata,
         )
-    lap(f"{phase}write_rejects")
-    log.info("wrote %s", rejects_table)
+    progress.done(rejects_line(counts, rejects_table))
     return counts, scored_at
 
 
@@ -349,15 +346,18 @@ def open_source(location: str) -> DeltaTable:
 
 
 def run(
-    job: BatchJob, artifact: Artifact | None = None, threads: int | None = None
+    job: BatchJob,
+    artifact: Artifact | None = None,
+    threads: int | None = None,
+    display: Display | None = None,
 ) -> dict[str, Any]:
     """Score ``job.source`` into ``job.target`` (+ rejects) in this process; returns the summary.
 
     ``threads``: scoring threads (default: the machine's cores). With ``job.shadow`` the
     challenger then scores the same pinned version of the source into its own tables.
+    ``display``: where each phase is shown as it ends (default: log lines).
     """
-    started = time.monotonic()
-    lap = Laps(started)
+    progress = Progress(display)
     job = job.on("arrow")
     catalog = [t for t in job.tables if is_catalog_name(t)]
     if catalog:
@@ -366,45 +366,43 @@ def run(
             "give the table's location (a path or s3:// URI), or run on Spark (--engine python)."
         )
     threads = max(1, threads or os.cpu_count() or 1)
+    progress.start("load_model")
     artifact = artifact or load_artifact(job.model)
-    lap("load_model")
+    progress.done(model_line(artifact))
+    progress.start("pin_source")
     table = open_source(job.source)
     source_version = table.version()
-    lap("pin_source")
+    progress.done(f"{job.source} version {source_version}")
+    progress.start("plan")
     date_column = job.date_column if job.date else None
     where = f"{job.source} (version {source_version})"
     schema = table.to_pyarrow_dataset().schema
     spec.check_arrow_schema(schema, artifact.contract, date_column, where)
-    log.info(
-        "scoring %s version %s with %s v%s (arrow engine, %d threads)",
-        job.source,
-        source_version,
-        artifact.name,
-        artifact.version,
-        threads,
-    )
-
-    def score(model: Artifact, tables: tuple[str, str], phase: str = "") -> dict[bool, int]:
-        counts, _ = _score_and_write(table, model, job, tables, source_version, lap, threads, phase)
-        return counts
-
     counts, scored_at = _score_and_write(
-        table, artifact, job, (job.target, job.rejects_table), source_version, lap, threads
+        table, artifact, job, (job.target, job.rejects_table), source_version, progress, threads
     )
 
     def score_shadow(challenger: Artifact, tables: tuple[str, str]) -> dict[bool, int]:
         # The same pinned version, read again: delta-rs reads only the date's files.
         spec.check_arrow_schema(schema, challenger.contract, date_column, where)
-        return score(challenger, tables, "shadow_")
+        shadow_counts, _ = _score_and_write(
+            table, challenger, job, tables, source_version, progress, threads, "shadow_"
+        )
+        return shadow_counts
 
-    shadow = spec.shadow(job, score_shadow) if job.shadow else None
+    shadow = None
+    if job.shadow:
+        progress.start("shadow_plan")  # loading the challenger is part of its plan
+        shadow = spec.shadow(job, score_shadow)
+        if shadow["status"] == "failed":
+            progress.failed(f"{shadow['error']}; the champion's output stands")
     return spec.summary(
         job,
         artifact,
         source_version,
         counts,
-        time.monotonic() - started,
+        time.monotonic() - progress.started,
         scored_at,
-        lap.timings,
+        progress.timings,
         shadow,
     )

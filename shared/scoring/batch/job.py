@@ -8,19 +8,28 @@ lives in :func:`read_source` and :func:`write_delta`; :func:`run` strings them t
 from __future__ import annotations
 
 import json
-import logging
+import threading
 import time
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime
 from typing import Any
 
 import pyarrow as pa
-from pyspark import StorageLevel, TaskContext
+from pyspark import Accumulator, StorageLevel, TaskContext
 from pyspark.sql import Column, DataFrame, SparkSession
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
 from scoring.batch import spec
+from scoring.batch.progress import (
+    Display,
+    Progress,
+    model_line,
+    plan_line,
+    rejects_line,
+    scored_line,
+)
 from scoring.batch.spec import (
     ENGINES,
     FEATURES_JSON,
@@ -29,7 +38,6 @@ from scoring.batch.spec import (
     SPARK_ENGINES,
     BatchJob,
     Engine,
-    Laps,
 )
 from scoring.batch.tables import for_spark, is_catalog_name, raise_for_access
 from scoring.errors import ConfigError, SchemaMismatchError, SourceNotFoundError
@@ -51,8 +59,6 @@ __all__ = [
     "score_frame",
     "write_delta",
 ]
-
-log = logging.getLogger(__name__)
 
 _NUMERIC = (
     T.ByteType,
@@ -118,7 +124,10 @@ def rows_for_date(frame: DataFrame, date_column: str, date: str) -> DataFrame:
 
 
 def _score_batches(
-    contract_json: str, graph: Callable[[], bytes], passthrough: list[str]
+    contract_json: str,
+    graph: Callable[[], bytes],
+    passthrough: list[str],
+    rows: Accumulator[int] | None,
 ) -> Callable[[Iterator[pa.RecordBatch]], Iterator[pa.RecordBatch]]:
     """The function each Python worker runs over its Arrow batches."""
 
@@ -129,19 +138,27 @@ def _score_batches(
         # Built once per Python worker process and reused by every later task there.
         scorer = cached_scorer(contract, graph, threads)
         for batch in batches:
+            if rows is not None:
+                rows.add(batch.num_rows)
             yield spec.score_batch(scorer, batch, passthrough)
 
     return score
 
 
 def score_frame(
-    frame: DataFrame, artifact: Artifact, date_column: str | None, engine: Engine = SPARK_DEFAULT
+    frame: DataFrame,
+    artifact: Artifact,
+    date_column: str | None,
+    engine: Engine = SPARK_DEFAULT,
+    rows: Accumulator[int] | None = None,
 ) -> DataFrame:
     """Score every row: key (+date), score, label, and a reason where a row was refused.
 
     The same columns, reasons and scores (bit for bit) as the arrow engine and the stream,
     vectorised through ``mapInArrow``; the ONNX bytes travel once per executor as a
     broadcast variable and are read only when a worker has no session for them yet.
+    ``rows``: counts the rows scored, for progress (the driver sees a task's count when
+    the task ends; a recomputed partition counts twice, so it is never a result).
     """
     contract = artifact.contract
     passthrough = [contract.key] + ([date_column] if date_column else [])
@@ -164,7 +181,7 @@ def score_frame(
         ]
     )
     return narrow.mapInArrow(
-        _score_batches(contract.to_json(), lambda: graph.value, passthrough), schema
+        _score_batches(contract.to_json(), lambda: graph.value, passthrough, rows), schema
     )
 
 
@@ -224,86 +241,102 @@ def write_delta(
         raise
 
 
+@contextmanager
+def _rows_while_running(progress: Progress, rows: Accumulator[int]) -> Iterator[None]:
+    """Report the rows scored by finished tasks every second while a Spark job runs."""
+    stop = threading.Event()
+
+    def report() -> None:
+        while not stop.wait(1.0):
+            progress.rows(rows.value)
+
+    reporter = threading.Thread(target=report, name="scoring-progress", daemon=True)
+    reporter.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        reporter.join()
+
+
 def _score_and_write(
     source: DataFrame,
     artifact: Artifact,
     job: BatchJob,
     tables: tuple[str, str],
     source_version: int,
-    lap: Callable[[str], None],
+    progress: Progress,
     phase: str = "",
 ) -> tuple[dict[bool, int], datetime]:
     """Score ``source`` with ``artifact`` into ``tables`` (predictions, rejects).
 
-    Returns the counts of scored (True) and refused (False) rows and the lineage time.
+    ``progress`` is in this run's ``{phase}plan`` phase when this is called. Returns the
+    counts of scored (True) and refused (False) rows and the lineage time.
     """
     date_column = job.date_column if job.date else None
+    spark = source.sparkSession
+    rows = spark.sparkContext.accumulator(0)
     # Cached as the predictions are written, then read back for the counts and the rejects:
     # each row is read, checked and scored once, by the write itself (no job runs over the
     # source only to fill the cache).
-    scored = score_frame(source, artifact, date_column, job.engine or SPARK_DEFAULT).persist(
+    scored = score_frame(source, artifact, date_column, job.engine or SPARK_DEFAULT, rows).persist(
         StorageLevel.MEMORY_AND_DISK
     )
-    lap(f"{phase}plan")
+    master = spark.sparkContext.master
+    progress.done(plan_line(artifact, f"Spark ({master}), the {job.engine} engine", job))
     try:
         scored_at = datetime.now(UTC)
         lineage = _lineage(artifact, source_version, job.run_id, scored_at)
         metadata = spec.metadata(artifact, job, source_version)
         target, rejects_table = tables
-        write_delta(
-            predictions(scored, lineage, date_column), target, date_column, job.date, metadata
-        )
-        lap(f"{phase}score_and_write_predictions")
+        progress.start(f"{phase}score_and_write_predictions")
+        with _rows_while_running(progress, rows):
+            write_delta(
+                predictions(scored, lineage, date_column), target, date_column, job.date, metadata
+            )
         totals = scored.groupBy(F.col(REASON).isNull().alias("ok")).count().collect()
         counts = {True: 0, False: 0} | {bool(r["ok"]): int(r["count"]) for r in totals}
-        log.info(
-            "%s v%s scored %s rows (%s refused); wrote %s",
-            artifact.name,
-            artifact.version,
-            counts[True] + counts[False],
-            counts[False],
-            target,
-        )
+        progress.done(scored_line(counts, target))
+        progress.start(f"{phase}write_rejects")
         write_delta(
             rejects(scored, lineage, date_column), rejects_table, date_column, job.date, metadata
         )
-        lap(f"{phase}write_rejects")
-        log.info("wrote %s", rejects_table)
+        progress.done(rejects_line(counts, rejects_table))
     finally:
         scored.unpersist()
     return counts, scored_at
 
 
-def run(spark: SparkSession, job: BatchJob, artifact: Artifact | None = None) -> dict[str, Any]:
+def run(
+    spark: SparkSession,
+    job: BatchJob,
+    artifact: Artifact | None = None,
+    display: Display | None = None,
+) -> dict[str, Any]:
     """Score ``job.source`` into ``job.target`` (+ rejects) on Spark; returns the run summary.
 
     With ``job.shadow`` the challenger then scores the same rows, read once at the same
     pinned version, into ``job.shadow_target`` (+ ``_rejects``) with the same columns and
-    lineage; the summary's ``shadow`` entry says how that went.
+    lineage; the summary's ``shadow`` entry says how that went. ``display``: where each
+    phase is shown as it ends (default: log lines).
     """
-    started = time.monotonic()
-    lap = Laps(started)
+    progress = Progress(display)
     job = job.on(job.engine or SPARK_DEFAULT)
     if job.engine not in SPARK_ENGINES:
         raise ConfigError(
             f"The {job.engine!r} engine runs without Spark: call scoring.batch.embedded.run, "
             f"or choose one of {', '.join(SPARK_ENGINES)}."
         )
+    progress.start("load_model")
     artifact = artifact or load_artifact(job.model)
-    lap("load_model")
+    progress.done(model_line(artifact))
+    progress.start("pin_source")
     source, source_version = read_source(spark, job.source)
-    lap("pin_source")
+    progress.done(f"{job.source} version {source_version}")
+    progress.start("plan")
     date_column = job.date_column if job.date else None
     where = f"{job.source} (version {source_version})"
     check_schema(source.schema, artifact.contract, date_column, where)
-    log.info(
-        "scoring %s version %s with %s v%s (%s engine)",
-        job.source,
-        source_version,
-        artifact.name,
-        artifact.version,
-        job.engine,
-    )
     if job.date:
         source = rows_for_date(source, job.date_column, job.date)
     if job.shadow:
@@ -313,15 +346,20 @@ def run(spark: SparkSession, job: BatchJob, artifact: Artifact | None = None) ->
     def score_shadow(challenger: Artifact, tables: tuple[str, str]) -> dict[bool, int]:
         check_schema(source.schema, challenger.contract, date_column, where)
         counts, _ = _score_and_write(
-            source, challenger, job, tables, source_version, lap, phase="shadow_"
+            source, challenger, job, tables, source_version, progress, phase="shadow_"
         )
         return counts
 
+    shadow = None
     try:
         counts, scored_at = _score_and_write(
-            source, artifact, job, (job.target, job.rejects_table), source_version, lap
+            source, artifact, job, (job.target, job.rejects_table), source_version, progress
         )
-        shadow = spec.shadow(job, score_shadow) if job.shadow else None
+        if job.shadow:
+            progress.start("shadow_plan")  # loading the challenger is part of its plan
+            shadow = spec.shadow(job, score_shadow)
+            if shadow["status"] == "failed":
+                progress.failed(f"{shadow['error']}; the champion's output stands")
     finally:
         if job.shadow:
             source.unpersist()
@@ -330,8 +368,8 @@ def run(spark: SparkSession, job: BatchJob, artifact: Artifact | None = None) ->
         artifact,
         source_version,
         counts,
-        time.monotonic() - started,
+        time.monotonic() - progress.started,
         scored_at,
-        lap.timings,
+        progress.timings,
         shadow,
     )

@@ -8,11 +8,14 @@ cluster, spark-submit it (the jars and Delta settings come from scoring.batch.sp
     spark-submit jobs/batch/score.py --model models:/fraud@champion \
         --source /lake/transactions --target /lake/fraud_scores --date 2026-11-20
 
-The last line printed is a JSON summary (rows read/scored/rejected, versions, engine and
-why, seconds, rows/s), also written to ``--summary-file`` when given (a scheduler reads it
-from there: spark-submit's own output is a log). Exit codes: 0 ok, 2 bad arguments or
-settings, 3 source/schema problem, 1 other failures (an unexpected error: its traceback is
-logged). Secrets from the environment (AWS, MLflow) are masked in every line it writes.
+While it runs it shows each phase on stderr with its seconds (scoring.batch.progress):
+live on a terminal, else one log line per phase. The only line on stdout is the JSON
+summary (rows read/scored/rejected, versions, engine and why, seconds, rows/s, seconds
+per phase), also written to ``--summary-file`` when given (a scheduler reads it from
+there: spark-submit's own output is a log, and spark-submit merges the job's stderr into
+it). Exit codes: 0 ok, 2 bad arguments or settings, 3 source/schema problem, 1 other
+failures (an unexpected error: its traceback is logged). Secrets from the environment
+(AWS, MLflow) are masked in every line it writes.
 """
 
 from __future__ import annotations
@@ -27,6 +30,8 @@ from datetime import date
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from scoring.batch import progress
+from scoring.batch.progress import Display, Progress
 from scoring.batch.spec import ENGINES, BatchJob, choose_engine
 from scoring.errors import ScoringError
 from scoring.masking import mask_in_logs, masked, unexpected
@@ -44,8 +49,16 @@ def _date(text: str) -> str:
         raise argparse.ArgumentTypeError(f"{text!r} is not a date like 2026-11-20") from exc
 
 
-def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="score", description=__doc__.splitlines()[0])
+_EPILOG = (
+    "While it runs, each phase (load_model, pin_source, plan, score_and_write_predictions, "
+    "write_rejects; shadow_... with --shadow) is shown on stderr with its seconds: live on a "
+    "terminal, else one log line per phase. stdout gets one line, the JSON summary. Exit "
+    "codes: 0 ok, 2 bad arguments or settings, 3 source or schema problem, 1 anything else."
+)
+
+
+def parse_args(argv: Sequence[str] | None = None, prog: str = "score") -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog=prog, description=__doc__.splitlines()[0], epilog=_EPILOG)
     parser.add_argument(
         "--model", required=True, help="models:/NAME@ALIAS, models:/NAME/VERSION or a local folder"
     )
@@ -81,6 +94,13 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--summary-file", type=Path, help="also write the JSON summary to this file"
     )
+    parser.add_argument(
+        "-v",
+        "--verbose",
+        action="store_true",
+        help="also log at INFO: the libraries' lines and Spark's own (default: the progress "
+        "lines, warnings and errors)",
+    )
     return parser.parse_args(argv)
 
 
@@ -89,24 +109,35 @@ def run_job(
     master: str | None = None,
     threads: int | None = None,
     spark: SparkSession | None = None,
+    display: Display | None = None,
+    verbose: bool = False,
 ) -> dict[str, Any]:
     """Run ``job`` on the engine it names, else the default of where it runs; the summary.
 
     The summary records the engine and why it was chosen (``engine_reason``). ``spark``:
-    a session to run a Spark engine in (default: one built here, on ``master``).
+    a session to run a Spark engine in (default: one built here, on ``master``, with
+    Spark's own log at INFO when ``verbose``). ``display``: where the run's phases are
+    shown (default: log lines).
     """
     engine, reason = choose_engine(job, master)
-    log.info("engine %s: %s", engine, reason)
+    display = display or progress.LogLines()
+    display.note(f"engine {engine}: {reason}")
     job = replace(job, engine=engine)
     if engine == "arrow":
         from scoring.batch import embedded
 
-        summary = embedded.run(job, threads=threads)
+        summary = embedded.run(job, threads=threads, display=display)
     else:
         from scoring.batch.job import run
         from scoring.batch.spark import build_session
 
-        summary = run(spark or build_session("scoring-batch", master=master), job)
+        if spark is None:
+            # Not a phase of the run's timings: a scheduler's Spark may already be up.
+            starting = Progress(display)
+            starting.start("start_spark")
+            spark = build_session("scoring-batch", master=master, verbose=verbose)
+            starting.done(f"master {spark.sparkContext.master}")
+        summary = run(spark, job, display=display)
     return {**summary, "engine_reason": reason}
 
 
@@ -118,15 +149,24 @@ def _emit(summary: dict[str, Any], path: Path | None) -> None:
     print(line)
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    args = parse_args(argv)
-    # Logs go to stderr: stdout carries only the JSON summary, read by Airflow.
+def _log_to_stderr(verbose: bool) -> None:
+    """Warnings and errors on stderr (INFO too when ``verbose``); stdout is the summary's.
+
+    Under the ``scoring`` CLI the root logger is set up already (its -v); ``--verbose``
+    on the job still lowers it.
+    """
+    level = logging.INFO if verbose else logging.WARNING
     logging.basicConfig(
-        level=logging.INFO,
-        stream=sys.stderr,
-        format="%(asctime)s %(levelname)s %(name)s %(message)s",
+        level=level, stream=sys.stderr, format="%(asctime)s %(levelname)s %(name)s %(message)s"
     )
+    if verbose:
+        logging.getLogger().setLevel(level)
     logging.getLogger("py4j").setLevel(logging.WARNING)
+
+
+def main(argv: Sequence[str] | None = None, prog: str = "score") -> int:
+    args = parse_args(argv, prog)
+    _log_to_stderr(args.verbose)
     mask_in_logs()
     try:
         job = BatchJob(
@@ -141,7 +181,14 @@ def main(argv: Sequence[str] | None = None) -> int:
             shadow_target=args.shadow_target,
             **({"run_id": args.run_id} if args.run_id else {}),
         )
-        summary = run_job(job, master=args.master, threads=args.threads)
+        with progress.on_stderr() as display:
+            summary = run_job(
+                job,
+                master=args.master,
+                threads=args.threads,
+                display=display,
+                verbose=args.verbose,
+            )
     except ScoringError as exc:
         print(masked(f"error: {exc}"), file=sys.stderr)
         failed = {"status": "failed", "error": type(exc).__name__, "message": str(exc)}
