@@ -199,6 +199,43 @@ def test_bad_events_go_to_the_dead_letter_topic_and_the_rest_is_scored(
         assert f'scoring_stream_dead_letters_total{{reason="{kind}"}}' in metrics
 
 
+# JSON values of every kind, in fields no contract reads.
+_EXTRAS = {
+    "ds": "2026-11-07",
+    "meta": {"source": {"ids": [1, 2, {"deep": None}]}, "note": None},
+    "tags": [1, "two", [3.5], {}],
+    "big": 10**40,
+    "seen_at": "2026-11-07T10:30:00.123+01:00",
+}
+
+
+def test_fields_outside_the_contract_are_ignored(
+    kafka: Broker, topics: Topics, artifact_dir: Path, demo_table: pa.Table, tmp_path: Path
+) -> None:
+    """Events with extra fields get the score the same rows get without them."""
+    table = demo_table.slice(0, 300)
+    valid, refused = expected_scores(artifact_dir, table)
+    assert valid and refused, "some of the rows break the contract"
+    events = [
+        (key, json.dumps({**_EXTRAS, **json.loads(value)}).encode())
+        for key, value in events_of(artifact_dir, table)
+    ]
+    processor = ProcessorProcess(kafka.bootstrap, artifact_dir, topics, tmp_path)
+    try:
+        processor.wait_ready()
+        produce(kafka.bootstrap, topics.input, events)
+        out = read_all(kafka.bootstrap, topics.output, len(valid))
+        dead = read_all(kafka.bootstrap, topics.dlq, len(refused))
+        assert processor.terminate() == 0, processor.log()
+    finally:
+        processor.stop()
+
+    assert {key: p["score"] for key, (p, *_) in outputs_by_key(out).items()} == valid
+    assert len(out) == len(valid)
+    assert {r.key for r in dead} == refused and len(dead) == len(refused)
+    assert "wrong_type" not in {headers(r)["reason_kind"] for r in dead}
+
+
 def _padded(value: bytes, size: int) -> bytes:
     """A JSON event grown to exactly ``size`` bytes by a field no contract reads."""
     room = size - len(value) - len(b',"padding":""')

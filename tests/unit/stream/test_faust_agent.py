@@ -98,3 +98,38 @@ def test_a_topic_that_does_not_deliver_bytes_is_a_clear_error(artifact_dir: Path
     model = scoring.load_model(str(artifact_dir))
     with pytest.raises(ConfigError, match='value_serializer="raw"'):
         _score(model, [_event({"a": 1})], 1024)  # type: ignore[arg-type]
+
+
+def test_fields_outside_the_contract_are_ignored(artifact_dir: Path, demo_table: Any) -> None:
+    model = scoring.load_model(str(artifact_dir))
+    contract = model.contract
+    rows = demo_table.slice(0, 50).select([contract.key, *contract.feature_names]).to_pylist()
+    rows += [{**rows[0], "amount": -5.0}, {**rows[0], "amount": None}]  # dead letters
+    extras = {
+        "ds": "2026-11-07",
+        "seen_at": "2026-11-07T10:30:00.123Z",
+        "meta": {"source": {"ids": [1, 2, {"deep": None}]}},
+        "items": [1, "two", [3.5], {}],
+        "big": 10**40,
+        "note": None,
+    }
+    plain = [_event(json.dumps(row).encode(), offset=i) for i, row in enumerate(rows)]
+    extended = [
+        _event(json.dumps({**extras, **row}).encode(), offset=i) for i, row in enumerate(rows)
+    ]
+
+    def sent(events: list[Any]) -> tuple[list[Any], list[Any]]:
+        predictions, dead = FakeTopic(), FakeTopic()
+
+        async def run() -> None:
+            for event, prediction in zip(events, _score(model, events, 65536), strict=True):
+                await (await _send(event, prediction, model, predictions, dead))
+
+        asyncio.run(run())
+        scores = [(r["key"], json.loads(r["value"])["score"]) for r in predictions.sent]
+        reasons = [dict(r["headers"])["reason"] for r in dead.sent]
+        return scores, reasons
+
+    scores, reasons = sent(extended)
+    assert (scores, reasons) == sent(plain)
+    assert len(scores) == len(rows) - 2 and len(reasons) == 2
