@@ -15,7 +15,10 @@ from scoring.cli.common import FORWARD_ALL, DateColumn, errors, iso_date, user_e
 
 __all__ = ["app"]
 
-app = typer.Typer(help="Nightly batch scoring on Spark + Delta.", no_args_is_help=True)
+app = typer.Typer(
+    help="Nightly batch scoring of Delta tables: in this process (no JVM) or on Spark.",
+    no_args_is_help=True,
+)
 
 # Options of the commands a scheduler runs around the batch job (has-data, check, report).
 Source = Annotated[str, typer.Option(help="source Delta table (path or URI)")]
@@ -49,10 +52,19 @@ LookbackDays = Annotated[
 )
 @user_errors  # the job prints its own errors; this one masks an unexpected traceback
 def batch_run(ctx: typer.Context) -> None:
-    """Score a Delta table in this process; same options as spark-submit's job (see --help)."""
+    """Score a Delta table from this process: arrow engine, or Spark (--master); see --help.
+
+    Each phase on stderr as it runs; stdout gets one line, the JSON summary.
+    """
     from scoring.batch.main import main as score_main
 
-    raise typer.Exit(score_main(ctx.args))
+    raise typer.Exit(score_main(_job_args(ctx), prog="scoring batch run"))
+
+
+def _job_args(ctx: typer.Context) -> list[str]:
+    """The job's options, with --verbose when the command line was given -v."""
+    verbose = ctx.find_root().params.get("verbose", False)
+    return [*ctx.args, "--verbose"] if verbose else ctx.args
 
 
 @app.command(
@@ -72,20 +84,53 @@ def batch_submit(
     ] = None,
     dry_run: Annotated[bool, typer.Option(help="print the command instead of running it")] = False,
 ) -> None:
-    """spark-submit the batch job with the jars and Delta settings; job options follow."""
+    """spark-submit the batch job with the jars and Delta settings; job options follow `--`.
+
+    Spark's own log is at WARN (`scoring -v batch submit`: INFO). The job's progress and
+    Spark's lines go to stderr, the job's JSON summary alone to stdout. Exits with the
+    job's exit code.
+    """
     import shlex
-    import subprocess
 
     from scoring.batch.pyenv import archive_conf
     from scoring.batch.spark import submit_command
     from scoring.entrypoints import batch_score
 
     conf = archive_conf(_archive(python_env)) if python_env else None
-    command = submit_command(Path(batch_score.__file__), ctx.args, master=master, conf=conf)
+    args = _job_args(ctx)
+    verbose = bool({"-v", "--verbose"} & set(args))
+    command = submit_command(
+        Path(batch_score.__file__), args, master=master, conf=conf, verbose=verbose
+    )
     if dry_run:
         print(shlex.join(command))
         return
-    raise typer.Exit(subprocess.run(command, check=False).returncode)
+    raise typer.Exit(_submit(command))
+
+
+def _submit(command: list[str]) -> int:
+    """Run spark-submit; its stdout (where it also puts the job's stderr) goes to stderr as
+    it comes, except the job's JSON summary, which is printed last on stdout."""
+    import json
+    import subprocess
+    import sys
+
+    summary = None
+    with subprocess.Popen(command, stdout=subprocess.PIPE, text=True, bufsize=1) as spark:
+        assert spark.stdout is not None
+        for line in spark.stdout:
+            if line.startswith('{"status": '):
+                try:
+                    json.loads(line)
+                    summary = line.rstrip("\n")
+                    continue
+                except ValueError:
+                    pass
+            sys.stderr.write(line)
+            sys.stderr.flush()
+    if summary is not None:
+        print(summary)
+    return spark.returncode
 
 
 def _archive(location: str) -> str:
@@ -115,7 +160,7 @@ def batch_pack_env(
 
     Pass it to `scoring batch submit --python-env` (or the nightly DAG's
     `scoring_python_env` Variable): executors then need only a plain Python of the same
-    version at the same path, not this project.
+    version at the same path, not this project. Prints the archive's path.
     """
     from scoring.batch.pyenv import pack
 
@@ -134,7 +179,7 @@ def batch_spark_conf(
         typer.Option(help="packed environment for the executors (see `batch submit --help`)"),
     ] = None,
 ) -> None:
-    """The Spark settings every scoring job needs (jars, Delta, Arrow, Python).
+    """The Spark settings every scoring job needs (jars, Delta, Arrow, Python, log level).
 
     As a properties file for `spark-submit --properties-file` (what Airflow's
     SparkSubmitOperator takes), or as JSON.
@@ -160,9 +205,10 @@ def batch_spark_conf(
 @app.command("has-data")
 @user_errors
 def batch_has_data(source: Source, date: Day, date_column: DateColumn = "ds") -> None:
-    """Exit 0 if SOURCE has rows for DATE, 4 if not yet (a sensor's poke); prints the count.
+    """Exit 0 if --source has rows for --date, 4 if not yet (a sensor's poke).
 
-    Reads the Delta log and that date's files only: no Spark, no JVM.
+    With rows, prints them as one JSON line (source, date, rows); a table that cannot be
+    read exits 3. Reads the Delta log and that date's files only: no Spark, no JVM.
     """
     import json
 
@@ -217,7 +263,8 @@ def batch_check(
 
     Predictions + rejects must equal the source rows of the date (at the source version
     the run recorded), the rejects ratio must be at most --max-rejects-ratio, and the
-    scores' PSI against the reference at most --max-psi. Prints the results as JSON.
+    scores' PSI against the reference at most --max-psi. Shows each check's result on
+    stderr and prints them all as one JSON line on stdout.
     """
     import json
 
@@ -249,13 +296,15 @@ def batch_report(
         Path | None, typer.Option(help="the batch job's --summary-file, logged with the report")
     ] = None,
     experiment: Annotated[
-        str | None, typer.Option(help="MLflow experiment to log the report to (none: skip)")
+        str | None, typer.Option(help="MLflow experiment to log the report to ('' to skip)")
     ] = "nightly_batch_scoring",
 ) -> None:
     """Write one date's run report (counts, checks, drift, score plot) and log it to MLflow.
 
     Reports failed checks without failing itself (`scoring batch check` is the gate), so
-    the numbers are recorded when they matter most. Prints the MLflow run id last.
+    the numbers are recorded when they matter most. Shows each check's result on stderr;
+    prints one JSON line on stdout: what `batch check` prints, plus `report` and `plot`
+    (the files' paths) and `mlflow_run_id` (null when not logged).
     """
     import json
 
