@@ -262,10 +262,13 @@ def wait_for_login(config_files: Sequence[Path], deadline: float) -> None:
         BrokerError: A listener still refused the login, or did not answer, at ``deadline``.
     """
     from scoring.stream import clients
-    from scoring.stream.kafka_config import resolve
+    from scoring.stream.kafka_config import read_properties, resolve
 
     for config_file in config_files:
-        client = resolve(config_file=config_file)
+        # The file's own listener: KAFKA_BOOTSTRAP_SERVERS of the shell (say, the plaintext
+        # listener from an earlier `eval "$(scoring dev up)"`) must not redirect the probe.
+        listener = read_properties(config_file)["bootstrap.servers"]
+        client = resolve(bootstrap=listener, config_file=config_file)
         last_error = "no answer"
         while True:
             probe = clients.admin(client.bootstrap, client.properties, {"log_level": 0})

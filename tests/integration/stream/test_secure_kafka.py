@@ -172,8 +172,11 @@ def test_a_wrong_password_fails_fast_naming_listener_and_mechanism(
 
 def test_dev_up_secure_prints_the_listener_and_a_working_file(tmp_path: Path) -> None:
     env = {**os.environ, "SCORING_HOME": str(tmp_path / "home")}
-    for name in ("KAFKA_BOOTSTRAP_SERVERS", "SCORING_KAFKA_CONFIG", "SCORING_CONFIG"):
+    for name in ("SCORING_KAFKA_CONFIG", "SCORING_CONFIG"):
         env.pop(name, None)
+    # A shell that ran `eval "$(scoring dev up)"` before has the plaintext listener here;
+    # the secure start must still check its own listeners (nothing answers on port 9).
+    env["KAFKA_BOOTSTRAP_SERVERS"] = "127.0.0.1:9"
     scoring = [str(Path(sys.executable).with_name("scoring"))]
 
     def cli(*args: str) -> subprocess.CompletedProcess[str]:
