@@ -16,6 +16,7 @@ __all__ = [
     "ChecksumMismatchError",
     "ConfigError",
     "ContractError",
+    "ConversionError",
     "ConversionMismatchError",
     "GateFailedError",
     "JarsMissingError",
@@ -80,6 +81,19 @@ class ContractError(ScoringError):
 
 class UnsupportedModelError(ScoringError):
     exit_code = 2
+
+
+class ConversionError(ScoringError):
+    """A converter refused the model: which step, the converter's reason, how to fix it."""
+
+    exit_code = 2
+
+    def __init__(self, converter: str, where: str, reason: str, advice: str) -> None:
+        self.where = where
+        super().__init__(
+            f"{converter} cannot convert {where} to ONNX: {reason.rstrip('.')}. {advice} "
+            "Nothing was registered."
+        )
 
 
 class ConversionMismatchError(ScoringError):

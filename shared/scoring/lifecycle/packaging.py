@@ -5,7 +5,8 @@ through the same :class:`~scoring.model.artifact.Scorer` the jobs use and compar
 native model on sample rows.
 
 Nullability fails closed: a feature is nullable only when the sample shows nulls in it,
-the graph imputes it (an ``Imputer`` node reads it), or the user's ``--contract`` says so.
+the graph was built for its missing values (an imputer reads it, or an encoder learned the
+missing string "" as a category), or the user's ``--contract`` says so.
 A model that never saw a missing value gets its nulls refused on both paths instead of
 scored. :attr:`Packaged.inferred` says, feature by feature, what was decided and why.
 """
@@ -27,20 +28,24 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from scoring.errors import ContractError, ConversionMismatchError, UnsupportedModelError
+from scoring.lifecycle import hints
+from scoring.lifecycle.convert import (
+    convert_booster,
+    convert_sklearn,
+    encoder_categories,
+    load_native,
+)
 from scoring.model.artifact import Scorer, read_artifact_dir, sha256_bytes
 from scoring.model.contract import CONTRACT_FILE, Contract, Feature, FeatureType, Output
 from scoring.model.features import model_frame
 
-__all__ = ["DEFAULT_TOLERANCE", "Packaged", "build", "package"]
+__all__ = ["DEFAULT_TOLERANCE", "Packaged", "build", "package", "prepare", "write_artifact"]
 
 log = logging.getLogger(__name__)
 
 # Graphs compute in float32; sklearn in float64. 1e-4 on a probability is far below any
 # decision threshold's resolution and far above float32 rounding noise.
 DEFAULT_TOLERANCE = 1e-4
-SKLEARN_SUFFIXES = {".joblib", ".pkl", ".pickle", ".skops"}
-LIGHTGBM_SUFFIXES = {".txt", ".lgb"}
-XGBOOST_SUFFIXES = {".json", ".ubj", ".xgb"}
 
 
 @dataclass(frozen=True)
@@ -86,104 +91,6 @@ def _git_commit() -> str | None:
     except (OSError, subprocess.SubprocessError):
         return None
     return out.stdout.strip() or None
-
-
-def _load_native(path: Path) -> tuple[str, Any]:
-    suffix = path.suffix.lower()
-    if suffix == ".onnx":
-        return "onnx", onnx.load(str(path))
-    if suffix == ".skops":
-        import skops.io
-
-        # The user vouches for their own file at packaging time; the registered artifact
-        # that jobs load later is ONNX only.
-        return "sklearn", skops.io.load(path, trusted=skops.io.get_untrusted_types(file=path))
-    if suffix in SKLEARN_SUFFIXES:
-        import joblib
-
-        model = joblib.load(path)
-        module = type(model).__module__
-        if module.startswith("lightgbm"):
-            return "lightgbm", model.booster_
-        if module.startswith("xgboost"):
-            return "xgboost", model.get_booster()
-        return "sklearn", model
-    if suffix in LIGHTGBM_SUFFIXES:
-        lightgbm = _boosters_module("lightgbm")
-        return "lightgbm", lightgbm.Booster(model_file=str(path))
-    if suffix in XGBOOST_SUFFIXES:
-        xgboost = _boosters_module("xgboost")
-        booster = xgboost.Booster()
-        booster.load_model(str(path))
-        return "xgboost", booster
-    raise UnsupportedModelError(
-        f"Cannot tell what kind of model {path} is from its suffix {suffix!r}. Use .onnx, "
-        ".joblib/.pkl/.skops (scikit-learn), .txt (LightGBM) or .json/.ubj (XGBoost)."
-    )
-
-
-def _encoder_categories(model: Any) -> dict[str, tuple[str, ...]]:
-    """Categories a fitted OneHotEncoder learned, by input column, found in a pipeline."""
-    from sklearn.compose import ColumnTransformer
-    from sklearn.pipeline import Pipeline
-    from sklearn.preprocessing import OneHotEncoder
-
-    found: dict[str, tuple[str, ...]] = {}
-
-    def visit(step: Any, columns: Sequence[str] | None) -> None:
-        if isinstance(step, Pipeline):
-            for _, sub in step.steps:
-                visit(sub, columns)
-        elif isinstance(step, ColumnTransformer):
-            for _, sub, cols in step.transformers_:
-                if isinstance(cols, list | tuple) and all(isinstance(c, str) for c in cols):
-                    visit(sub, cols)
-        elif isinstance(step, OneHotEncoder) and columns is not None:
-            for column, cats in zip(columns, step.categories_, strict=False):
-                if all(isinstance(c, str) for c in cats):
-                    found[column] = tuple(str(c) for c in cats)
-
-    visit(model, None)
-    return found
-
-
-def _convert_sklearn(model: Any, features: list[Feature]) -> onnx.ModelProto:
-    from skl2onnx import convert_sklearn
-    from skl2onnx.common.data_types import FloatTensorType, StringTensorType
-
-    types = [
-        (f.name, StringTensorType([None, 1]) if f.type == "string" else FloatTensorType([None, 1]))
-        for f in features
-    ]
-    options = {id(model): {"zipmap": False}} if hasattr(model, "predict_proba") else None
-    return convert_sklearn(model, initial_types=types, options=options)
-
-
-def _boosters_module(name: str) -> Any:
-    """A module of the optional ``boosters`` extra, or an error that says how to get it."""
-    import importlib
-
-    try:
-        return importlib.import_module(name)
-    except ImportError as exc:
-        raise UnsupportedModelError(
-            f"Packaging a LightGBM or XGBoost model needs {name}, which is not installed. "
-            "Install the extra: pip install 'scoring[boosters]'."
-        ) from exc
-
-
-def _convert_booster(flavor: str, booster: Any, width: int) -> onnx.ModelProto:
-    onnxmltools = _boosters_module("onnxmltools")
-    FloatTensorType = _boosters_module("onnxmltools.convert.common.data_types").FloatTensorType
-
-    types = [("input", FloatTensorType([None, width]))]
-    if flavor == "lightgbm":
-        return onnxmltools.convert_lightgbm(booster, initial_types=types, zipmap=False)
-    # The XGBoost converter only reads positional names (f0, f1, ...); the contract keeps
-    # the real ones and feeds columns in that order.
-    positional = booster.copy()
-    positional.feature_names = None
-    return onnxmltools.convert_xgboost(positional, initial_types=types)
 
 
 def _score_output(graph: onnx.ModelProto, classifier: bool) -> Output:
@@ -237,21 +144,41 @@ def _onnx_features(
     return features, None
 
 
-def _imputed_inputs(graph: onnx.ModelProto) -> set[str]:
-    """Graph inputs whose values reach an ``Imputer`` node (which replaces missing values)."""
+def _takes_missing(node: onnx.NodeProto) -> str | None:
+    """Why ``node`` shows that the graph was built for missing values, or None.
+
+    A missing number enters the graph as NaN, which an ``Imputer`` replaces. A missing
+    string enters as "" (``scoring.model.features``): skl2onnx writes a string
+    SimpleImputer as a ``LabelEncoder`` that tests for "" alone, and an encoder that
+    learned "" in training lists it among its categories.
+    """
+    if node.op_type == "Imputer":
+        return "the graph imputes it"
+    if node.op_type not in {"LabelEncoder", "OneHotEncoder", "CategoryMapper"}:
+        return None
+    string_keys = {"keys_strings", "cats_strings"}
+    keys = [k for a in node.attribute if a.name in string_keys for k in a.strings]
+    if node.op_type == "LabelEncoder" and keys == [b""]:
+        return 'the graph imputes it: its SimpleImputer replaces "", how a missing string enters'
+    if b"" in keys:
+        return 'the graph encodes it: "", how a missing string enters, is a category it learned'
+    return None
+
+
+def _imputed_inputs(graph: onnx.ModelProto) -> dict[str, str]:
+    """Graph inputs whose values reach a node built for missing values, and why."""
     consumers: dict[str, list[onnx.NodeProto]] = {}
     for node in graph.graph.node:
         for name in node.input:
             consumers.setdefault(name, []).append(node)
-    imputed = set()
+    imputed = {}
     for graph_input in graph.graph.input:
         seen, todo = set(), [graph_input.name]
-        while todo:
-            name = todo.pop()
-            for node in consumers.get(name, []):
-                if node.op_type == "Imputer":
-                    imputed.add(graph_input.name)
-                    todo = []
+        while todo and graph_input.name not in imputed:
+            for node in consumers.get(todo.pop(0), []):
+                why = _takes_missing(node)
+                if why is not None:
+                    imputed[graph_input.name] = why
                     break
                 for out in node.output:
                     if out not in seen:
@@ -283,7 +210,7 @@ def _nullability(
         elif nulls:
             nullable, why = True, f"the sample has {nulls} nulls in it"
         elif graph_input in imputed:
-            nullable, why = True, "the graph imputes it"
+            nullable, why = True, imputed[graph_input]
         else:
             nullable = False
             why = (
@@ -303,43 +230,17 @@ def _nullability(
     return decided, notes
 
 
-def _overlay(contract: dict[str, Any], spec: dict[str, Any]) -> dict[str, Any]:
-    """Apply a user's partial contract (ranges, nullability, key, threshold, lineage)."""
-    merged = {**contract, **{k: v for k, v in spec.items() if k not in {"features", "output"}}}
-    by_name = {f["name"]: dict(f) for f in contract["features"]}
-    for given in spec.get("features", []):
-        if given.get("name") not in by_name:
-            raise ContractError(
-                f"--contract names feature {given.get('name')!r}, which the model does not "
-                f"take (it takes {sorted(by_name)})."
-            )
-        by_name[given["name"]].update(given)
-    merged["features"] = list(by_name.values())
-    merged["output"] = {**contract["output"], **spec.get("output", {})}
-    return merged
-
-
-def build(
-    path: Path,
-    sample: Path | None = None,
-    feature_names: Sequence[str] | None = None,
-    key: str | None = None,
-    spec: dict[str, Any] | None = None,
-    tolerance: float = DEFAULT_TOLERANCE,
-) -> Packaged:
-    """Convert ``path`` to ONNX, write its contract, and check it against the native model."""
-    spec = spec or {}
-    key = key or spec.get("key")
-    if not key:
-        raise ContractError("Name the key column with --key (or 'key' in --contract).")
-    flavor, native = _load_native(path)
-    table = _read_sample(sample)
-    tensor_input: str | None = None
+def _features(
+    flavor: str,
+    native: Any,
+    table: pa.Table | None,
+    feature_names: Sequence[str] | None,
+    key: str,
+) -> tuple[list[Feature], str | None]:
+    """The model's input features and, for a one-tensor model, that tensor's name."""
     if flavor == "onnx":
-        graph = native
-        features, tensor_input = _onnx_features(graph, feature_names, table, key)
-        classifier = False
-    elif flavor == "sklearn":
+        return _onnx_features(native, feature_names, table, key)
+    if flavor == "sklearn":
         if table is None:
             raise ContractError(
                 "Packaging a scikit-learn model needs --sample FILE.parquet: "
@@ -352,25 +253,52 @@ def build(
         missing = [c for c in wanted if c not in table.column_names]
         if missing:
             raise ContractError(f"The sample lacks the model's input columns {missing}.")
-        categories = _encoder_categories(native)
+        categories = encoder_categories(native)
         features = [
             Feature(
                 name=c, type=_feature_type(table.schema.field(c).type), categories=categories.get(c)
             )
             for c in wanted
         ]
-        graph = _convert_sklearn(native, features)
-        classifier = hasattr(native, "predict_proba")
+        return features, None
+    names = list(
+        feature_names
+        or (native.feature_name() if flavor == "lightgbm" else native.feature_names or [])
+    )
+    if not names:
+        raise ContractError("Name the booster's features with --features or --sample.")
+    return [Feature(name=n, type="double") for n in names], "input"
+
+
+def build(
+    path: Path,
+    sample: Path | None = None,
+    feature_names: Sequence[str] | None = None,
+    key: str | None = None,
+    spec: dict[str, Any] | None = None,
+    tolerance: float = DEFAULT_TOLERANCE,
+    origin: str = hints.FILE,
+) -> Packaged:
+    """Convert ``path`` to ONNX, write its contract, and check it against the native model.
+
+    ``spec`` holds the --contract hints (:mod:`scoring.lifecycle.hints`); ``origin`` is how
+    their errors name them.
+    """
+    spec = {} if spec is None else spec
+    hints.check(spec, origin)
+    key = key or spec.get("key")
+    if not key:
+        raise ContractError("Name the key column with --key (or 'key' in --contract).")
+    flavor, native = load_native(path)
+    table = _read_sample(sample)
+    features, tensor_input = _features(flavor, native, table, feature_names, key)
+    hints.check_against(spec, features, tensor_input, origin)
+    if flavor == "onnx":
+        graph, classifier = native, False
+    elif flavor == "sklearn":
+        graph, classifier = convert_sklearn(native, features), hasattr(native, "predict_proba")
     else:
-        names = list(
-            feature_names
-            or (native.feature_name() if flavor == "lightgbm" else native.feature_names or [])
-        )
-        if not names:
-            raise ContractError("Name the booster's features with --features or --sample.")
-        features = [Feature(name=n, type="double") for n in names]
-        graph = _convert_booster(flavor, native, len(names))
-        tensor_input = "input"
+        graph = convert_booster(flavor, native, len(features))
         classifier = _booster_is_classifier(flavor, native)
     features, inferred = _nullability(features, graph, tensor_input, table, spec)
     draft: dict[str, Any] = {
@@ -382,7 +310,7 @@ def build(
         "onnx_sha256": sha256_bytes(graph.SerializeToString()),
         "code_commit": _git_commit(),
     }
-    contract = Contract.model_validate(_overlay(draft, spec))
+    contract = hints.apply(draft, spec, origin)
     max_diff = _verify(flavor, native, graph, contract, table, tolerance)
     rows = 0 if table is None else table.num_rows
     return Packaged(graph, contract, max_diff, rows, flavor, inferred)
@@ -435,7 +363,14 @@ def write_artifact(packaged: Packaged, directory: Path) -> Contract:
     """Write the MLflow model folder (ONNX flavour) plus ``scoring.json`` into ``directory``."""
     import mlflow.onnx
 
-    mlflow.onnx.save_model(packaged.onnx_model, str(directory), save_as_external_data=False)
+    # The graph needs onnx and onnxruntime only; MLflow would otherwise find that out by
+    # loading the model in a subprocess, seconds per package.
+    mlflow.onnx.save_model(
+        packaged.onnx_model,
+        str(directory),
+        save_as_external_data=False,
+        pip_requirements=mlflow.onnx.get_default_pip_requirements(),
+    )
     contract = packaged.contract.model_copy(
         update={
             "onnx_sha256": sha256_bytes((directory / "model.onnx").read_bytes()),
@@ -445,6 +380,28 @@ def write_artifact(packaged: Packaged, directory: Path) -> Contract:
     (directory / CONTRACT_FILE).write_text(contract.to_json())
     read_artifact_dir(directory, str(directory))  # what we register must load
     return contract
+
+
+def prepare(
+    path: Path,
+    sample: Path | None = None,
+    feature_names: Sequence[str] | None = None,
+    key: str | None = None,
+    spec_file: Path | None = None,
+    tolerance: float = DEFAULT_TOLERANCE,
+    report: Callable[[str], None] | None = None,
+) -> Packaged:
+    """Read the hints file, build and verify; registers nothing.
+
+    ``report`` receives one line per feature saying what was inferred about it.
+    """
+    spec = hints.read(spec_file) if spec_file else None
+    packaged = build(path, sample, feature_names, key, spec, tolerance, hints.origin_of(spec_file))
+    for line in packaged.inferred:
+        log.info("inferred %s", line)
+        if report is not None:
+            report(line)
+    return packaged
 
 
 def package(
@@ -463,12 +420,7 @@ def package(
     """
     from scoring.lifecycle import registry
 
-    spec = json.loads(spec_file.read_text()) if spec_file else None
-    packaged = build(path, sample, feature_names, key, spec, tolerance)
-    for line in packaged.inferred:
-        log.info("inferred %s", line)
-        if report is not None:
-            report(line)
+    packaged = prepare(path, sample, feature_names, key, spec_file, tolerance, report)
     with tempfile.TemporaryDirectory(prefix="scoring-package-") as tmp:
         directory = Path(tmp) / "model"
         contract = write_artifact(packaged, directory)

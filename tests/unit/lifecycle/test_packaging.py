@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import joblib
 import numpy as np
@@ -16,7 +17,11 @@ from scoring.dev.demo.train import TrainedModel
 from scoring.errors import ContractError, ConversionMismatchError, UnsupportedModelError
 from scoring.lifecycle.loading import load_artifact
 from scoring.lifecycle.packaging import build, write_artifact
+from sklearn.compose import ColumnTransformer
+from sklearn.impute import SimpleImputer
 from sklearn.linear_model import LinearRegression, LogisticRegression
+from sklearn.pipeline import Pipeline, make_pipeline
+from sklearn.preprocessing import OneHotEncoder
 
 
 def test_sklearn_pipeline_is_converted_and_verified(trained: TrainedModel) -> None:
@@ -46,7 +51,10 @@ def test_a_conversion_that_disagrees_with_the_native_model_is_refused(tmp_path: 
     assert exc.value.max_diff >= 1.0
 
 
-def test_raw_onnx_with_named_inputs_needs_no_flags(artifact_dir: Path) -> None:
+def test_raw_onnx_with_named_inputs_needs_only_the_key(artifact_dir: Path) -> None:
+    # The key column is no graph input, so nothing in the file can name it.
+    with pytest.raises(ContractError, match="Name the key column with --key"):
+        build(artifact_dir / "model.onnx")
     packaged = build(artifact_dir / "model.onnx", key="transaction_id")
     assert packaged.contract.input_mode == "columns"
     assert len(packaged.contract.features) == 20
@@ -149,7 +157,9 @@ def test_batch_and_stream_refuse_the_same_nulls(tmp_path: Path) -> None:
         {"id": 3, "a": 0.1, "b": None, "c": 2.0},
     ]
     table = pa.Table.from_pylist(rows)
-    batch_fn = _score_batches(artifact.contract.to_json(), lambda: artifact.onnx_bytes, ["id"])
+    batch_fn = _score_batches(
+        artifact.contract.to_json(), lambda: artifact.onnx_bytes, ["id"], rows=None
+    )
     (batch_out,) = list(batch_fn(iter(table.to_batches())))
     batch_reasons = batch_out.column(REASON).to_pylist()
 
@@ -225,8 +235,61 @@ def test_xgboost_booster_is_converted_and_verified(tmp_path: Path) -> None:
 
 def test_a_booster_without_the_extra_says_which_extra_to_install() -> None:
     from scoring.errors import UnsupportedModelError
-    from scoring.lifecycle.packaging import _boosters_module
+    from scoring.lifecycle.convert import boosters_module as _boosters_module
 
     assert _boosters_module("json").dumps([]) == "[]"
     with pytest.raises(UnsupportedModelError, match=r"pip install 'scoring\[boosters\]'"):
         _boosters_module("scoring_no_such_booster")
+
+
+@pytest.mark.parametrize(
+    ("strings", "why"),
+    [
+        (
+            SimpleImputer(missing_values="", strategy="most_frequent"),
+            'the graph imputes it: its SimpleImputer replaces ""',
+        ),
+        (None, 'the graph encodes it: "", how a missing string enters, is a category'),
+    ],
+    ids=["imputer", "encoder"],
+)
+def test_a_string_the_pipeline_takes_missing_is_nullable_and_scored_when_null(
+    tmp_path: Path, strings: Any, why: str
+) -> None:
+    """skl2onnx writes no Imputer node for strings; the column is nullable all the same, and
+    a record without it is scored as the native model scores "" (how it enters)."""
+    rng = np.random.default_rng(3)
+    channel = rng.choice(["pos", "online", "atm"], 300).astype(object)
+    x = rng.normal(size=300)
+    trained_on = channel.copy()
+    if strings is None:  # the encoder learns "" from missing values in training
+        trained_on[::10] = ""
+    frame = pd.DataFrame({"x": x, "channel": trained_on})
+    encode = OneHotEncoder(handle_unknown="ignore")
+    if strings is not None:
+        encode = make_pipeline(strings, encode)
+    model = Pipeline(
+        [
+            (
+                "prep",
+                ColumnTransformer([("num", "passthrough", ["x"]), ("cat", encode, ["channel"])]),
+            ),
+            ("clf", LogisticRegression()),
+        ]
+    ).fit(frame, (x > 0) ^ (channel == "online"))
+    joblib.dump(model, tmp_path / "model.joblib")
+    # the sample has no missing channel: the graph alone makes it nullable
+    sample = pa.table({"id": np.arange(300), "x": x, "channel": channel.tolist()})
+    pq.write_table(sample, tmp_path / "sample.parquet")
+    packaged = build(tmp_path / "model.joblib", tmp_path / "sample.parquet", key="id")
+    channel_feature = packaged.contract.features[1]
+    assert channel_feature.nullable is True
+    assert packaged.inferred[1].startswith(f"channel: string, nullable: {why}")
+    assert "" not in (channel_feature.categories or ())  # "" is nullability's business
+
+    write_artifact(packaged, tmp_path / "artifact")
+    missing = pa.table({"id": [1, 2], "x": [0.5, -0.5], "channel": pa.array([None, "atm"])})
+    scored = load_artifact(str(tmp_path / "artifact")).scorer().score(missing)
+    assert scored.rejected == 0, scored.reason
+    native = model.predict_proba(pd.DataFrame({"x": [0.5, -0.5], "channel": ["", "atm"]}))[:, 1]
+    assert np.max(np.abs(scored.score.to_numpy() - native)) < 1e-5
