@@ -39,10 +39,13 @@ def package(
         typer.Argument(
             exists=True,
             dir_okay=False,
-            help=".onnx, scikit-learn (.joblib/.skops), LightGBM (.txt) or XGBoost (.json/.ubj)",
+            help=".onnx, scikit-learn (.joblib/.pkl/.skops), LightGBM (.txt) or XGBoost "
+            "(.json/.ubj)",
         ),
     ],
-    name: Annotated[str, typer.Option(help="registered model name")],
+    name: Annotated[
+        str | None, typer.Option(help="registered model name (needed unless --print-contract)")
+    ] = None,
     sample: Annotated[
         Path | None,
         typer.Option(exists=True, dir_okay=False, help="parquet rows to check the conversion"),
@@ -54,26 +57,44 @@ def package(
         typer.Option(
             exists=True,
             dir_okay=False,
-            help="JSON partial contract: ranges, nullability, threshold, lineage",
+            help="JSON hints: nullability, ranges, categories, threshold, lineage",
         ),
     ] = None,
     tolerance: Annotated[float, typer.Option(help="max |score difference| native vs ONNX")] = 1e-4,
+    print_contract: Annotated[
+        bool,
+        typer.Option(
+            "--print-contract",
+            help="convert and verify, print the contract as a --contract file, register nothing",
+        ),
+    ] = False,
 ) -> None:
     """Convert a trained model to ONNX, verify it, write its contract and register it."""
-    from scoring.lifecycle.packaging import package as do_package
+    import json
 
+    from scoring.lifecycle import hints
+    from scoring.lifecycle.packaging import package as do_package
+    from scoring.lifecycle.packaging import prepare
+
+    if name is None and not print_contract:
+        raise typer.BadParameter("name the registered model", param_hint="--name")
     names = [f.strip() for f in features.split(",") if f.strip()] if features else None
-    errors.print("[bold]inputs[/] (nullability fails closed; override it with --contract):")
-    info = do_package(
-        path,
-        name,
-        sample,
-        names,
-        key,
-        contract,
-        tolerance,
-        report=lambda line: errors.print(f"  {line}", markup=False, highlight=False),
-    )
+    headed = False
+
+    def report(line: str) -> None:
+        nonlocal headed
+        if not headed:  # above the first line only: a refusal comes before any
+            errors.print("[bold]inputs[/] (nullability fails closed; override it with --contract):")
+            headed = True
+        errors.print(f"  {line}", markup=False, highlight=False)
+
+    if print_contract:
+        packaged = prepare(path, sample, names, key, contract, tolerance, report)
+        print(json.dumps(hints.from_contract(packaged.contract), indent=2))
+        errors.print("verified; nothing registered (--print-contract)")
+        return
+    assert name is not None
+    info = do_package(path, name, sample, names, key, contract, tolerance, report)
     errors.print(
         f"registered [bold]{info.name}[/] version [bold]{info.version}[/] "
         f"(sha256 {info.sha256[:12]}…)"
