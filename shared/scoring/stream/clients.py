@@ -14,6 +14,7 @@ user property that contradicts one of the last is refused rather than silently d
 from __future__ import annotations
 
 import logging
+import re
 from collections.abc import Mapping
 from typing import Any
 
@@ -21,7 +22,13 @@ from confluent_kafka import Consumer, KafkaError, KafkaException, Producer
 from confluent_kafka.admin import AdminClient
 
 from scoring.errors import StreamError
-from scoring.stream.log_limit import LogLimit, LogLimitFilter, held_back, kind_of
+from scoring.stream.log_limit import (
+    LogLimit,
+    LogLimitFilter,
+    TransientFilter,
+    held_back,
+    kind_of,
+)
 
 __all__ = [
     "KafkaError",
@@ -126,9 +133,28 @@ def is_fenced(error: KafkaError | None) -> bool:
 _QUIET_S = 30.0
 _reports = LogLimit(_QUIET_S)
 
+# A broker that has just become a transaction coordinator (a new broker, or one taking over
+# from a broker that left) loads its partition of the transaction log before it hands out
+# producer ids, and until the cluster's metadata settles a producer may ask another broker.
+# Meanwhile a transactional producer's librdkafka logs, at WARNING, and retries:
+#   GETPID [rdkafka#producer-2] [thrd:main]: Failed to acquire transactional PID from
+#   broker TxnCoordinator/1: Broker: Coordinator load in progress: retrying
+# (or "Broker: Not coordinator", "Broker: Coordinator not available"). A new broker's first
+# stream worker meets it for a fraction of a second (a few seconds where the log is
+# large): INFO. A coordinator still not ready 30 s on is stuck or its broker overloaded,
+# and no transaction can begin: WARNING. 30 s is _QUIET_S, so the first repeat the limit
+# lets through is the one that warns.
+_COORDINATOR_NOT_READY = re.compile(
+    r"Failed to acquire \w+ PID from broker .*: Broker: "
+    r"(?:Coordinator load in progress|Not coordinator|Coordinator not available): retrying"
+)
+_coordinator_not_ready = TransientFilter(_COORDINATOR_NOT_READY, persist_s=_QUIET_S)
+
 # librdkafka's own log lines (a refused connection, a lost coordinator) come here rather
-# than to stderr, under the same limit as the error reports.
+# than to stderr, under the same limit as the error reports; a known transient is lowered
+# first (the limit would hide the repeats that show it goes on).
 librdkafka_log = logging.getLogger("scoring.stream.librdkafka")
+librdkafka_log.addFilter(_coordinator_not_ready)
 librdkafka_log.addFilter(LogLimitFilter(_reports))
 
 

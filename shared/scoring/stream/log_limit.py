@@ -9,17 +9,21 @@ a transactional id) would otherwise add a kind per line for as long as the worke
 Kinds whose window has passed make room for new ones; when every one of ``max_kinds``
 kinds is still in its window, further kinds share one entry, :data:`OTHER`, and are
 logged once per window between them.
+
+A known passing condition (:class:`TransientFilter`) is logged at INFO while it is new, and
+at its own level only once it has lasted.
 """
 
 from __future__ import annotations
 
 import logging
+import math
 import re
 import threading
 import time
 from collections import OrderedDict
 
-__all__ = ["OTHER", "LogLimit", "LogLimitFilter", "held_back", "kind_of"]
+__all__ = ["OTHER", "LogLimit", "LogLimitFilter", "TransientFilter", "held_back", "kind_of"]
 
 # The one entry that kinds beyond a full table share.
 OTHER = "(other kinds)"
@@ -121,3 +125,38 @@ class LogLimitFilter(logging.Filter):
         if admitted and held:
             record.msg, record.args = text + held_back(held, since, entry), ()
         return admitted
+
+
+class TransientFilter(logging.Filter):
+    """Logs lines of a known passing condition at INFO until it has lasted ``persist_s``.
+
+    A line above INFO whose text matches ``pattern`` is lowered to INFO (and dropped if the
+    logger does not log INFO) unless the condition has been reported for ``persist_s``
+    seconds or more: from then on it keeps its own level. A pause of more than
+    ``persist_s`` seconds between two such lines ends the condition; the next line starts
+    it anew.
+
+    Add it before a :class:`LogLimitFilter` on the same logger: it must see the lines the
+    limit holds back to know that the condition is still going on.
+    """
+
+    def __init__(self, pattern: re.Pattern[str], persist_s: float) -> None:
+        super().__init__()
+        self.pattern = pattern
+        self.persist_s = persist_s
+        self._started = self._seen = -math.inf
+        self._lock = threading.Lock()
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.levelno <= logging.INFO or not self.pattern.search(record.getMessage()):
+            return True
+        now = time.monotonic()
+        with self._lock:
+            if now - self._seen > self.persist_s:
+                self._started = now
+            self._seen = now
+            lasted = now - self._started
+        if lasted >= self.persist_s:
+            return True
+        record.levelno, record.levelname = logging.INFO, logging.getLevelName(logging.INFO)
+        return logging.getLogger(record.name).isEnabledFor(logging.INFO)

@@ -7,6 +7,8 @@ production; expected scores come from the same artifact scored directly on the t
 from __future__ import annotations
 
 import json
+import logging
+import math
 import time
 from datetime import date
 from pathlib import Path
@@ -18,9 +20,11 @@ from pyspark.sql import SparkSession
 from pyspark.sql import functions as F
 from scoring.batch.main import run_job
 from scoring.batch.spec import ENGINES, BatchJob
+from scoring.dev import kafka_broker
 from scoring.dev.demo.data import KEY, generate_day
 from scoring.dev.kafka_broker import Broker
 from scoring.lifecycle.loading import load_artifact
+from scoring.stream import clients
 from scoring.stream.events import to_events
 
 from tests.integration.conftest import DAYS
@@ -234,6 +238,34 @@ def test_fields_outside_the_contract_are_ignored(
     assert len(out) == len(valid)
     assert {r.key for r in dead} == refused and len(dead) == len(refused)
     assert "wrong_type" not in {headers(r)["reason_kind"] for r in dead}
+
+
+def test_a_new_brokers_first_transactions_log_the_coordinator_loading_at_info(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A new broker's transaction coordinator is not ready yet (still loading its log) when
+    a worker's second producer asks for its id: librdkafka says so, harmlessly, and it is
+    not a warning."""
+    monkeypatch.setattr(clients._reports, "_last", {})  # no line held back by earlier tests
+    monkeypatch.setattr(clients._coordinator_not_ready, "_seen", -math.inf)
+    state = tmp_path / "kafka"
+    broker = kafka_broker.start(state)
+    try:
+        with caplog.at_level(logging.INFO, logger="scoring.stream.librdkafka"):
+            for n in range(2):  # as a worker's two transactional producers
+                producer = clients.producer(
+                    broker.bootstrap, required={"transactional.id": f"first-start-{n}"}
+                )
+                producer.init_transactions(60)
+                producer.flush(1)  # serves the client's log lines
+    finally:
+        kafka_broker.stop(state)
+
+    lines = [r for r in caplog.records if r.name == clients.librdkafka_log.name]
+    loading = [r for r in lines if clients._COORDINATOR_NOT_READY.search(r.getMessage())]
+    assert loading, [r.getMessage() for r in lines]
+    assert {r.levelname for r in loading} == {"INFO"}
+    assert [r.getMessage() for r in lines if r.levelno >= logging.WARNING] == []
 
 
 def _padded(value: bytes, size: int) -> bytes:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import math
 import time
 
 import pytest
@@ -18,6 +19,7 @@ def clock(monkeypatch: pytest.MonkeyPatch) -> list[float]:
     monkeypatch.setattr(log_limit.time, "monotonic", lambda: now[0])
     # Reports logged by earlier tests, on the real clock, must not count here.
     monkeypatch.setattr(clients._reports, "_last", {})
+    monkeypatch.setattr(clients._coordinator_not_ready, "_seen", -math.inf)
     return now
 
 
@@ -64,6 +66,43 @@ def test_librdkafka_lines_are_limited_like_the_error_reports(
     assert len(lines) == 2, lines
     assert lines[0].startswith("FAIL [w#consumer-1]") and "Connection refused" in lines[0]
     assert lines[1].endswith("(and 49 times in the last 35 s)")
+
+
+def _coordinator_loading(error: str = "Coordinator load in progress") -> None:
+    """The line librdkafka logs while a new coordinator loads its transaction log."""
+    text = (
+        "[thrd:main]: Failed to acquire transactional PID from broker TxnCoordinator/1: "
+        f"Broker: {error}: retrying"
+    )
+    clients.librdkafka_log.log(logging.WARNING, "%s [%s] %s", "GETPID", "rdkafka#producer-2", text)
+
+
+def test_a_coordinator_loading_is_info_until_it_has_lasted_30_s(
+    clock: list[float], caplog: pytest.LogCaptureFixture
+) -> None:
+    with caplog.at_level(logging.INFO, logger="scoring.stream.librdkafka"):
+        for _ in range(50):  # retried for 35 s
+            _coordinator_loading()
+            clock[0] += 0.7
+        clock[0] += 31  # loaded; later, another broker takes over
+        _coordinator_loading("Not coordinator")
+        other = "[thrd:main]: TxnCoordinator/1: Disconnected"
+        clients.librdkafka_log.log(logging.WARNING, "%s [%s] %s", "FAIL", "w#producer-2", other)
+    got = [(r.levelname, r.getMessage()) for r in caplog.records]
+    assert [level for level, _ in got] == ["INFO", "WARNING", "INFO", "WARNING"], got
+    assert "Coordinator load in progress" in got[0][1]
+    assert got[1][1].endswith("retrying (and 42 times in the last 30 s)")
+    assert "Not coordinator" in got[2][1] and "Disconnected" in got[3][1]
+
+
+def test_a_coordinator_loading_is_not_shown_where_info_is_not_logged(
+    clock: list[float], caplog: pytest.LogCaptureFixture
+) -> None:
+    with caplog.at_level(logging.WARNING, logger="scoring.stream.librdkafka"):
+        _coordinator_loading("Coordinator not available")
+        clock[0] += 30
+        _coordinator_loading()  # still not ready: it warns
+    assert [r.levelname for r in caplog.records] == ["WARNING"]
 
 
 def test_a_real_client_logs_through_python_logging_not_stderr(
