@@ -151,7 +151,8 @@ def test_batch_run_scores_in_a_fresh_process_without_a_jvm_by_default(
         check=False,
     )
     assert done.returncode == 0, done.stderr
-    summary = json.loads(done.stdout.strip().splitlines()[-1])
+    [line] = done.stdout.splitlines()  # the summary alone: the progress is on stderr
+    summary = json.loads(line)
     assert summary == json.loads(summary_file.read_text())
     assert summary["status"] == "ok"
     assert summary["engine"] == "arrow"

@@ -1,6 +1,8 @@
 """The batch job as production runs it: spark-submit, on local[2] and on a standalone cluster.
 
 The standalone master and worker are started by the project's own script on loopback.
+``scoring batch submit`` runs it: stdout is the summary alone, stderr the job's phases
+without Spark's INFO lines.
 """
 
 from __future__ import annotations
@@ -8,6 +10,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import os
+import re
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -17,21 +20,25 @@ import numpy as np
 import pyarrow as pa
 import pytest
 from deltalake import DeltaTable
-from scoring.batch.spark import submit_command
 from scoring.lifecycle.loading import load_artifact
 from scoring.settings import PROJECT_ROOT
 
 from tests.integration.conftest import DAYS, ROWS_PER_DAY, job_args, standalone_cluster
+from tests.unit.batch.test_progress import PHASES, assert_counts_match, phases_shown
 
 SCORE = PROJECT_ROOT / "jobs" / "batch" / "score.py"
+SCORING = str(Path(sys.executable).parent / "scoring")
+# A line of Spark's own log at INFO (its log4j2 pattern: yy/MM/dd HH:mm:ss LEVEL).
+SPARK_INFO = re.compile(r"^\d\d/\d\d/\d\d \d\d:\d\d:\d\d INFO ", re.M)
 
 
 def _submit(
     master: str, artifact_dir: Path, source: str, target: Path, env: dict[str, str]
 ) -> dict:
+    """``scoring batch submit`` of one date: its summary, once its output is checked."""
     job = job_args(artifact_dir, source, target, DAYS[0])
     result = subprocess.run(
-        submit_command(SCORE, job, master=master, conf={"spark.executor.memory": "1g"}),
+        [SCORING, "batch", "submit", "--master", master, "--", *job],
         capture_output=True,
         text=True,
         timeout=600,
@@ -39,7 +46,13 @@ def _submit(
         cwd=PROJECT_ROOT,
     )
     assert result.returncode == 0, result.stderr[-4000:]
-    return json.loads(result.stdout.strip().splitlines()[-1])
+    [line] = result.stdout.splitlines()
+    summary = json.loads(line)
+    assert list(phases_shown(result.stderr)) == ["start_spark", *PHASES]
+    assert list(summary["timings"]) == PHASES
+    assert_counts_match(result.stderr, summary)
+    assert not SPARK_INFO.findall(result.stderr), result.stderr[-4000:]
+    return summary
 
 
 def _assert_scored(summary: dict, artifact_dir: Path, source: str, target: Path) -> None:
