@@ -104,7 +104,7 @@ def decode_records(records: Sequence[object], contract: Contract) -> Decoded:
     give them back: numpy scalars and subclasses of ``str``, ``int`` and ``float`` as the
     plain values they hold; any other value (a date, a Decimal, a ``pandas.NA``) is
     refused as ``wrong_type`` naming the field. A record that is not a mapping is refused
-    as ``not_object``. Never raises on any input.
+    as ``not_object``. Never raises on any value a record holds.
     """
     fields = (contract.key, *contract.feature_names)
     return _decode(records, contract, None, 0, lambda r: _read_record(r, contract, fields))
@@ -344,7 +344,7 @@ def _as_json(value: Any) -> Any:
 def _wrong(name: str, expected: str, value: Any) -> Refused:
     try:
         shown = json.dumps(value)  # spells NaN and Infinity as sent
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, RecursionError):
         shown = _repr(value)  # a record's value JSON has no type for: a date, a Decimal
     shown = shown if len(shown) <= 60 else shown[:57] + "..."
     return Refused(-1, "wrong_type", f"{name}: expected {expected}, got {shown}")

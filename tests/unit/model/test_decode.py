@@ -237,6 +237,14 @@ def test_extra_json_fields_never_change_what_an_event_decodes_to(
         assert repr(ours.batch.to_pydict()) == repr(theirs.batch.to_pydict())
 
 
+def _deep(depth: int) -> list[object]:
+    """A list nested ``depth`` deep: beyond what json.dumps and repr can write."""
+    nested: list[object] = []
+    for _ in range(depth):
+        nested = [nested]
+    return nested
+
+
 class _Unprintable:
     def __repr__(self) -> str:
         raise RuntimeError("no repr")
@@ -295,6 +303,7 @@ def test_a_key_or_feature_holding_what_json_cannot_is_refused_naming_it() -> Non
         {**event, "id": b"t-1"},
         {**event, "amount": np.datetime64("2026-11-07")},
         ["not", "a", "mapping"],
+        {**event, "age": _deep(100_000)},
     ]
     decoded = decode_records(records, CONTRACT)
     assert decoded.rows == []
@@ -319,6 +328,7 @@ def test_a_key_or_feature_holding_what_json_cannot_is_refused_naming_it() -> Non
         (5, "wrong_type", "key field 'id': expected a string or an integer, got b't-1'", None),
         (6, "wrong_type", "amount: expected a number, got np.datetime64('2026-11-07')", "t-1"),
         (7, "not_object", "expected a JSON object, got list", None),
+        (8, "wrong_type", "age: expected a number, got a list", "t-1"),
     ]
 
 
