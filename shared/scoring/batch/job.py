@@ -359,7 +359,7 @@ def run(
             progress.start("shadow_plan")  # loading the challenger is part of its plan
             shadow = spec.shadow(job, score_shadow)
             if shadow["status"] == "failed":
-                progress.failed(f"{shadow['error']}; the champion's output stands")
+                progress.failed(f"the champion's output stands; {shadow['error']}")
     finally:
         if job.shadow:
             source.unpersist()

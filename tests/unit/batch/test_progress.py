@@ -18,7 +18,9 @@ from pathlib import Path
 import pytest
 from deltalake import write_deltalake
 from rich.console import Console
+from scoring.batch import embedded
 from scoring.batch.progress import LiveDisplay, LogLines, Progress, running_line
+from scoring.batch.spec import BatchJob
 from scoring.dev.demo.data import DATE, generate_day
 
 DAY = dt.date(2026, 11, 1)
@@ -158,3 +160,33 @@ def test_the_running_line_says_rows_and_rate_once_rows_are_known() -> None:
     assert re.fullmatch(r"plan +4\.\d s", running_line("plan", since, None))
     line = running_line("score_and_write_predictions", since, 8000)
     assert re.fullmatch(r"score_and_write_predictions +4\.\d s  8000 rows, 19\d\d rows/s", line)
+
+
+def test_a_shadow_shows_its_phases_and_a_failed_one_says_the_champion_stands(
+    artifact_dir: Path, source: str, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    def job(shadow: str) -> BatchJob:
+        return BatchJob(
+            model=str(artifact_dir),
+            source=source,
+            target=str(tmp_path / "scores"),
+            date=DAY.isoformat(),
+            engine="arrow",
+            shadow=shadow,
+            shadow_target=str(tmp_path / "shadow_scores"),
+        )
+
+    with caplog.at_level(logging.INFO, "scoring.batch.progress"):
+        summary = embedded.run(job(str(artifact_dir)))
+    lines = [r.getMessage() for r in caplog.records if "rows so far" not in r.getMessage()]
+    shown = [line.split()[0] for line in lines]
+    assert shown == [*PHASES, *(f"shadow_{p}" for p in PHASES[2:])] == list(summary["timings"])
+    assert_counts_match("\n".join(lines), summary)
+
+    caplog.clear()
+    with caplog.at_level(logging.INFO, "scoring.batch.progress"):
+        summary = embedded.run(job(str(tmp_path / "no-model")))
+    last = caplog.records[-1]
+    assert last.levelname == "WARNING" and summary["shadow"]["status"] == "failed"
+    assert last.getMessage().startswith("shadow_plan failed after ")
+    assert "the champion's output stands; ArtifactIncompleteError" in last.getMessage()
