@@ -232,13 +232,14 @@ CASES = {
         )
     ),
     "OrdinalEncoder": sklearn_file(
-        lambda: pipeline(
-            RandomForestClassifier(n_estimators=10, max_depth=4), text=OrdinalEncoder()
+        lambda: trees(
+            RandomForestClassifier(n_estimators=10, max_depth=4, random_state=0),
+            text=OrdinalEncoder(),
         )
     ),
     'OrdinalEncoder(handle_unknown="use_encoded_value")': sklearn_file(
         lambda: trees(
-            RandomForestClassifier(n_estimators=10, max_depth=4),
+            RandomForestClassifier(n_estimators=10, max_depth=4, random_state=0),
             text=OrdinalEncoder(handle_unknown="use_encoded_value", unknown_value=-1),
         )
     ),
@@ -261,7 +262,7 @@ CASES = {
         lambda: trees(RandomForestClassifier(n_estimators=20, max_depth=5, random_state=0))
     ),
     "GradientBoostingClassifier": sklearn_file(
-        lambda: trees(GradientBoostingClassifier(n_estimators=20, max_depth=3))
+        lambda: trees(GradientBoostingClassifier(n_estimators=20, max_depth=3, random_state=0))
     ),
     "LGBMClassifier in a pipeline": sklearn_file(lambda: trees(lgbm())),
     "XGBClassifier in a pipeline": sklearn_file(lambda: trees(xgbc())),
