@@ -107,6 +107,11 @@ def test_the_readme_blocks_run_in_order_after_the_demo(tmp_path: Path, airflow_d
     output = result.stdout + result.stderr
     assert result.returncode == 0, output[-6000:]
     assert "fraud" in result.stdout  # the embedding example printed the model's name
+    # Its two demo rows (which carry the `ds` date) score; a bare key is refused.
+    scored = re.findall(r"^(20261107-0000000[01]) (\S+) ([01]) None None \S+$", result.stdout, re.M)
+    assert [key for key, _, _ in scored] == ["20261107-00000000", "20261107-00000001"], output
+    assert all(0.0 <= float(score) <= 1.0 for _, score, _ in scored)
+    assert re.search(r"^t-x None None missing_field amount: missing \S+$", result.stdout, re.M)
 
     # The Airflow block scored 2026-11-06 on the default engine, every task successful.
     airflow = Airflow(env_from_script({"SCORING_HOME": str(home)}))
