@@ -390,12 +390,7 @@ def run(
         )
         return shadow_counts
 
-    shadow = None
-    if job.shadow:
-        progress.start("shadow_plan")  # loading the challenger is part of its plan
-        shadow = spec.shadow(job, score_shadow)
-        if shadow["status"] == "failed":
-            progress.failed(f"the champion's output stands; {shadow['error']}")
+    shadow = progress.shadow(job, score_shadow)
     return spec.summary(
         job,
         artifact,

@@ -350,16 +350,11 @@ def run(
         )
         return counts
 
-    shadow = None
     try:
         counts, scored_at = _score_and_write(
             source, artifact, job, (job.target, job.rejects_table), source_version, progress
         )
-        if job.shadow:
-            progress.start("shadow_plan")  # loading the challenger is part of its plan
-            shadow = spec.shadow(job, score_shadow)
-            if shadow["status"] == "failed":
-                progress.failed(f"the champion's output stands; {shadow['error']}")
+        shadow = progress.shadow(job, score_shadow)
     finally:
         if job.shadow:
             source.unpersist()

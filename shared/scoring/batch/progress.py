@@ -14,16 +14,17 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from types import TracebackType
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from rich.console import Console
 from rich.live import Live
 from rich.spinner import Spinner
 from rich.text import Text
 
+from scoring.batch import spec
 from scoring.batch.spec import Laps
 from scoring.masking import masked
 
@@ -208,6 +209,19 @@ class Progress:
         """The running phase failed and the run goes on (a shadow's): shown, not timed."""
         seconds = time.monotonic() - self._phase_started
         self.display.finished(self._phase, seconds, detail, ok=False)
+
+    def shadow(
+        self, job: BatchJob, score: Callable[[Artifact, tuple[str, str]], dict[bool, int]]
+    ) -> dict[str, Any] | None:
+        """:func:`scoring.batch.spec.shadow` as the run's ``shadow_*`` phases (loading the
+        challenger is part of ``shadow_plan``); a failure is shown, never raised."""
+        if not job.shadow:
+            return None
+        self.start("shadow_plan")
+        shadow = spec.shadow(job, score)
+        if shadow["status"] == "failed":
+            self.failed(f"the champion's output stands; {shadow['error']}")
+        return shadow
 
 
 def model_line(artifact: Artifact) -> str:
