@@ -7,6 +7,7 @@ message and exit with :attr:`ScoringError.exit_code`.
 
 from __future__ import annotations
 
+import difflib
 from collections.abc import Iterable
 
 __all__ = [
@@ -31,7 +32,14 @@ __all__ = [
     "TableFeatureError",
     "TrackingServerError",
     "UnsupportedModelError",
+    "did_you_mean",
 ]
+
+
+def did_you_mean(word: str, valid: Iterable[str]) -> str:
+    """`` (did you mean 'x'?)`` for the one of ``valid`` closest to ``word``, or ``""``."""
+    close = difflib.get_close_matches(word, list(valid), n=1)
+    return f" (did you mean {close[0]!r}?)" if close else ""
 
 
 class ScoringError(Exception):

@@ -9,7 +9,6 @@ declared here. The README's table of them is rendered from this module by
 
 from __future__ import annotations
 
-import difflib
 import logging
 import os
 import tomllib
@@ -25,7 +24,7 @@ from pydantic_settings import (
     TomlConfigSettingsSource,
 )
 
-from scoring.errors import ConfigError
+from scoring.errors import ConfigError, did_you_mean
 
 __all__ = ["ENV", "PROJECT_ROOT", "Settings", "load"]
 
@@ -275,10 +274,7 @@ def _with_guess(key: str) -> str:
     # One spelling: a variable's name (KAFKA_BOOTSTRAP_SERVERS) is not a key, but it is
     # the likeliest thing to be written instead of one.
     field_of = {variable.lower(): field for field, variable in ENV.items() if field in fields}
-    guess = field_of.get(key.lower()) or next(
-        iter(difflib.get_close_matches(key.lower(), fields, n=1)), None
-    )
-    return f"{key!r} (did you mean {guess!r}?)" if guess else repr(key)
+    return repr(key) + did_you_mean(field_of.get(key.lower(), key.lower()), fields)
 
 
 def load(**overrides: Any) -> Settings:

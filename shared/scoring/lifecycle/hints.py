@@ -13,7 +13,6 @@ file and saying what is valid.
 
 from __future__ import annotations
 
-import difflib
 import json
 import math
 from collections.abc import Iterator, Sequence
@@ -22,7 +21,7 @@ from typing import Any, TypeGuard, get_args
 
 from pydantic import ValidationError
 
-from scoring.errors import ContractError
+from scoring.errors import ContractError, did_you_mean
 from scoring.model.contract import Contract, Feature, FeatureType
 
 __all__ = ["FILE", "apply", "check", "check_against", "from_contract", "read"]
@@ -89,8 +88,7 @@ def _unknown(
 ) -> Iterator[str]:
     for key in keys:
         if key not in valid and key not in accepted:
-            close = difflib.get_close_matches(key, valid, n=1)
-            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            hint = did_you_mean(key, valid)
             yield f"{where}unknown key {key!r}{hint}; the valid keys are {', '.join(valid)}"
 
 
@@ -192,8 +190,7 @@ def _misfits(
         name = given["name"]
         model = takes.get(name)
         if model is None:
-            close = difflib.get_close_matches(name, list(takes), n=1)
-            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            hint = did_you_mean(name, takes)
             yield (
                 f"feature {name!r}{hint}: the model does not take it; it takes "
                 f"{', '.join(sorted(takes))}"
