@@ -38,9 +38,9 @@ COMMANDS = ("bash", "python")  # the other fenced blocks show files (properties,
 DEMO = "scoring demo --rows-per-day 1000 --days 7 --stream-events 0"
 
 
-def marked_blocks(text: str) -> list[tuple[str, str]]:
-    """(language, code) of every fenced block right after the mark, in order."""
-    pattern = re.escape(MARK) + r"\n```(\w+)\n(.*?)\n```"
+def marked_blocks(text: str, mark: str = MARK) -> list[tuple[str, str]]:
+    """(language, code) of every fenced block right after ``mark``, in order."""
+    pattern = re.escape(mark) + r"\n```(\w+)\n(.*?)\n```"
     return [(m.group(1), m.group(2)) for m in re.finditer(pattern, text, flags=re.S)]
 
 

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import signal
 import subprocess
 import time
@@ -35,6 +34,7 @@ from sklearn.pipeline import Pipeline, make_pipeline
 from sklearn.preprocessing import OneHotEncoder, StandardScaler
 
 from tests.integration.kafka_helpers import read_all
+from tests.integration.test_readme import marked_blocks
 
 pytestmark = pytest.mark.integration
 
@@ -46,9 +46,8 @@ EVENTS = 300
 
 
 def blocks(mark: str) -> list[str]:
-    """The fenced blocks right after ``mark``, in README order."""
-    pattern = re.escape(mark) + r"\n```\w+\n(.*?)\n```"
-    return re.findall(pattern, README, flags=re.S)
+    """The code of the fenced blocks right after ``mark``, in README order."""
+    return [code for _, code in marked_blocks(README, mark)]
 
 
 def transactions(n: int, seed: int = 7) -> pd.DataFrame:
