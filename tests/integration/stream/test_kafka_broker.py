@@ -42,6 +42,11 @@ def _create_topic(bootstrap: str) -> None:
             [NewTopic(TOPIC, num_partitions=PARTITIONS, replication_factor=1)],
             validate_only=False,
         )
+        # The controller has accepted it; the broker's metadata cache may learn of it a
+        # moment later (a list right away came back empty once on a loaded machine).
+        deadline = time.monotonic() + 10
+        while TOPIC not in admin.list_topics() and time.monotonic() < deadline:
+            time.sleep(0.2)
         assert TOPIC in admin.list_topics()
     finally:
         admin.close()
