@@ -123,7 +123,7 @@ class Model:
         field. Never raises on input. The whole batch is scored by one model version.
         """
         live = self._live
-        return _predictions(live, decode_records(records, live.scorer.contract))
+        return predictions(live, decode_records(records, live.scorer.contract))
 
     def score_messages(
         self, values: Sequence[bytes | None], max_bytes: int = DEFAULT_MAX_MESSAGE_BYTES
@@ -135,7 +135,7 @@ class Model:
         batch is scored by one model version.
         """
         live = self._live
-        return _predictions(live, decode(values, live.scorer.contract, max_bytes))
+        return predictions(live, decode(values, live.scorer.contract, max_bytes))
 
     def refresh(self) -> bool:
         """Switch to the version the alias names now; True if the version changed.
@@ -214,7 +214,7 @@ def load_model(uri: str, threads: int = 1) -> Model:
     return Model(uri, threads)
 
 
-def _predictions(live: LiveModel, decoded: Decoded) -> list[Prediction]:
+def predictions(live: LiveModel, decoded: Decoded) -> list[Prediction]:
     """One prediction per decoded input, in input order, all from ``live``'s version."""
     identity = (live.name, live.version)
     scored = live.scorer.score(decoded.batch)

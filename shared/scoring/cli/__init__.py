@@ -2,7 +2,7 @@
 
 One module per command group, each thin over its domain package: ``model``
 (``scoring.lifecycle``), ``batch`` (``scoring.batch``), ``stream`` (``scoring.stream``),
-``dev`` (``scoring.dev``) and ``demo``; ``common`` holds what they share. Commands import
+``serve`` (``scoring.serve``), ``dev`` (``scoring.dev``) and ``demo``; ``common`` holds what they share. Commands import
 their domain when they run, so ``scoring --help`` loads no Spark, MLflow or onnxruntime.
 """
 
@@ -16,12 +16,12 @@ from typing import Annotated
 
 import typer
 
-from scoring.cli import batch, demo, dev, model, stream
+from scoring.cli import batch, demo, dev, model, serve, stream
 
 __all__ = ["app", "main"]
 
 app = typer.Typer(
-    help="Score one ONNX model artifact on Delta tables (in one process or on Spark) and on Kafka.",
+    help="Score one ONNX model artifact on Delta tables (in one process or on Spark), on Kafka and on request.",
     no_args_is_help=True,
     pretty_exceptions_enable=False,
 )
@@ -30,6 +30,7 @@ app.add_typer(batch.app, name="batch")
 app.add_typer(stream.app, name="stream")
 app.add_typer(dev.app, name="dev")
 app.command("demo")(demo.demo)
+app.command("serve")(serve.serve)
 
 
 @app.callback()

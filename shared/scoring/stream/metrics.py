@@ -27,7 +27,7 @@ from prometheus_client.exposition import CONTENT_TYPE_LATEST
 __all__ = ["BatchHistogram", "StreamMetrics", "fetch_health", "serve"]
 
 # Seconds; micro-batches take milliseconds, a stalled broker takes seconds.
-_LATENCY_BUCKETS = (
+LATENCY_BUCKETS = (
     0.001,
     0.0025,
     0.005,
@@ -108,19 +108,19 @@ class StreamMetrics:
         self.score_seconds = Histogram(
             "scoring_stream_score_seconds",
             "Time to validate and score one micro-batch",
-            buckets=_LATENCY_BUCKETS,
+            buckets=LATENCY_BUCKETS,
             registry=r,
         )
         self.commit_seconds = Histogram(
             "scoring_stream_commit_seconds",
             "Time to send one micro-batch's records and commit them with its offsets",
-            buckets=_LATENCY_BUCKETS,
+            buckets=LATENCY_BUCKETS,
             registry=r,
         )
         self.end_to_end_seconds = BatchHistogram(
             "scoring_stream_end_to_end_seconds",
             "From the event's Kafka timestamp to its prediction's commit",
-            _LATENCY_BUCKETS,
+            LATENCY_BUCKETS,
             r,
         )
         self.lag = Gauge(

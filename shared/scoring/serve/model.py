@@ -1,0 +1,245 @@
+"""The served model: KServe's ``Model`` around the artifact every other path scores.
+
+Each request is scored by one model version, the one live when it arrived: a promotion
+the follower loaded in the background takes over between requests, never inside one,
+and a registry outage leaves the loaded version serving. Scoring runs on a worker thread
+(onnxruntime and Arrow release the GIL), so a large request cannot hold up the event loop
+that answers the health endpoints, and a request past its time limit is answered 504
+while its thread finishes. Every failure is answered with a status that says what
+happened; a bad row is never a failure (it is answered with its reason).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+import time
+import uuid
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+from grpc_interceptor.exceptions import DeadlineExceeded
+from kserve import Model
+from kserve.errors import InferenceError, InvalidInput
+from kserve.protocol.infer_type import InferRequest, InferResponse
+
+from scoring.api import Prediction, predictions
+from scoring.lifecycle.loading import ModelFollower, follows_alias
+from scoring.model.contract import Contract
+from scoring.model.decode import decode_records
+from scoring.model.live import LiveModel
+from scoring.serve.metrics import ServeMetrics
+from scoring.serve.payload_log import PayloadLog
+from scoring.serve.tensors import (
+    NO_LABEL,
+    Served,
+    TooLarge,
+    input_types,
+    output_types,
+    outputs,
+    read_instances,
+    read_v2,
+)
+from scoring.stream.metrics import version_number
+
+__all__ = ["Limits", "RequestTimeout", "ServedModel"]
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Limits:
+    """What one request may ask: rows, body bytes (checked before it is read), seconds."""
+
+    max_rows: int = 10_000
+    max_bytes: int = 8 * 1024 * 1024
+    timeout_s: float = 10.0
+
+
+class RequestTimeout(DeadlineExceeded):
+    """A request still scoring after its time limit: 504 on REST, DEADLINE_EXCEEDED on gRPC."""
+
+
+class ServedModel(Model):
+    """One artifact served under ``name``; follows ``uri`` when it names a registry alias."""
+
+    def __init__(
+        self,
+        name: str,
+        uri: str,
+        live: LiveModel,
+        limits: Limits,
+        metrics: ServeMetrics,
+        payload_log: PayloadLog | None = None,
+        threads: int = 1,
+        poll_s: float = 10.0,
+    ) -> None:
+        super().__init__(name)
+        self.uri, self.limits, self.metrics, self.payload_log = uri, limits, metrics, payload_log
+        self._live = live
+        self._swap_lock = threading.Lock()
+        self._follower: ModelFollower | None = None
+        if follows_alias(uri):
+            self._follower = ModelFollower(
+                uri,
+                live,
+                threads,
+                poll_s,
+                on_failure=lambda _: metrics.model_swap_failures.inc(),
+                on_check_failure=lambda _: metrics.alias_check_failures.inc(),
+            )
+        metrics.model_version.labels(live.name).set(version_number(live.version))
+        self.ready = True
+
+    @property
+    def live(self) -> LiveModel:
+        """The version scoring now, after taking any version the follower loaded."""
+        if self._follower is not None:
+            with self._swap_lock:
+                taken = self._follower.take()
+                if taken is not None:
+                    log.info(
+                        "serving %s version %s (was %s)",
+                        taken.name,
+                        taken.version,
+                        self._live.version,
+                    )
+                    self._live = taken
+                    self.metrics.model_swaps.inc()
+                    self.metrics.model_version.labels(taken.name).set(version_number(taken.version))
+        return self._live
+
+    def get_input_types(self) -> list[dict[str, Any]]:
+        return input_types(self._live.scorer.contract)
+
+    def get_output_types(self) -> list[dict[str, Any]]:
+        return output_types(self._live.scorer.contract)
+
+    def metadata(self) -> dict[str, Any]:
+        """The v2 model metadata, with the version serving now in ``versions``."""
+        return {
+            "name": self.name,
+            "versions": [self._live.version],
+            "platform": "onnx",
+            "inputs": self.get_input_types(),
+            "outputs": self.get_output_types(),
+        }
+
+    async def predict(
+        self, payload: InferRequest | Mapping[str, Any], headers: Mapping[str, str] | None = None
+    ) -> InferResponse | dict[str, Any]:
+        protocol = "v2" if isinstance(payload, InferRequest) else "v1"
+        live = self.live  # this request's version, whatever the follower does meanwhile
+        loop = asyncio.get_running_loop()
+        work = loop.run_in_executor(None, self._answer, live, payload, time.time())
+        outcome = "error"
+        try:
+            answer = await asyncio.wait_for(work, self.limits.timeout_s)
+            outcome = "ok"
+            return answer
+        except TimeoutError:
+            outcome = "timeout"
+            raise RequestTimeout(
+                f"the request took longer than {self.limits.timeout_s:g} s (--timeout); send "
+                "fewer rows per request"
+            ) from None
+        except TooLarge:
+            outcome = "too_large"
+            raise
+        except InvalidInput:
+            outcome = "invalid"
+            raise
+        except Exception as exc:  # never a bare 500 with a reset connection
+            log.exception("scoring a request failed")
+            raise InferenceError(f"scoring failed: {type(exc).__name__}: {exc}") from exc
+        finally:
+            self.metrics.requests.labels(protocol, outcome).inc()
+
+    def _answer(
+        self, live: LiveModel, payload: InferRequest | Mapping[str, Any], received: float
+    ) -> InferResponse | dict[str, Any]:
+        contract = live.scorer.contract
+        if isinstance(payload, InferRequest):
+            rows = read_v2(payload, contract, self.limits.max_rows)
+            started = time.perf_counter()
+            served = Served.of(rows.keys, live.scorer.score(rows.batch), contract)
+        else:
+            if not isinstance(payload, Mapping):
+                raise InvalidInput('send a JSON object: {"instances": [...]} or {"inputs": [...]}')
+            records = read_instances(payload, self.limits.max_rows)
+            started = time.perf_counter()
+            served = _served(predictions(live, decode_records(records, contract)), contract)
+        self.metrics.score_seconds.observe(time.perf_counter() - started)
+        self._count(served, live, received)
+        if isinstance(payload, InferRequest):
+            return InferResponse(
+                response_id=payload.id or uuid.uuid4().hex,
+                model_name=self.name,
+                model_version=live.version,
+                infer_outputs=outputs(served),
+            )
+        return {
+            "model_name": self.name,
+            "model_version": live.version,
+            "predictions": [
+                {
+                    contract.key: key,
+                    "score": None if reason else float(score),
+                    "label": None if reason or served.labels is None else int(label),
+                    "reason": reason,
+                    "reason_kind": kind,
+                }
+                for key, score, label, reason, kind in zip(
+                    served.keys,
+                    served.scores,
+                    served.labels if served.labels is not None else served.scores,
+                    served.reasons,
+                    served.kinds,
+                    strict=True,
+                )
+            ],
+        }
+
+    def _count(self, served: Served, live: LiveModel, received: float) -> None:
+        n, refused = len(served.keys), [k for k in served.kinds if k]
+        self.metrics.rows_in.inc(n)
+        self.metrics.predictions.inc(n - len(refused))
+        for kind in refused:
+            self.metrics.refused.labels(kind).inc()
+        if self.payload_log is not None and len(refused) < n:
+            scored = [i for i, reason in enumerate(served.reasons) if reason is None]
+            self.payload_log.offer(
+                [served.keys[i] for i in scored],  # type: ignore[misc]  # scored rows have keys
+                served.scores[scored].tolist(),
+                served.labels[scored].tolist()
+                if served.labels is not None
+                else [None] * len(scored),
+                (live.name, live.version),
+                int(received * 1000),
+                int(time.time() * 1000),
+            )
+
+    def stop(self) -> None:
+        """Stop following the alias (KServe calls it on shutdown; so does the server)."""
+        if self._follower is not None:
+            self._follower.stop()
+            self._follower = None
+        super().stop()
+
+
+def _served(found: list[Prediction], contract: Contract) -> Served:
+    """A v1 request's predictions (:func:`scoring.api.predictions`) as a :class:`Served`."""
+    scores = np.array([p.score if p.score is not None else np.nan for p in found], np.float64)
+    labels = None
+    if contract.output.task == "binary_classification":
+        labels = np.array([NO_LABEL if p.label is None else p.label for p in found], np.int64)
+    return Served(
+        [p.key for p in found],
+        scores,
+        labels,
+        [p.reason for p in found],
+        [p.reason_kind for p in found],
+    )

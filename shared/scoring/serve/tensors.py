@@ -1,0 +1,227 @@
+"""The Open Inference Protocol's tensors and KServe v1's instances, read into the contract's rows.
+
+A v2 request carries one tensor per input: the contract's key and each feature, numbers
+as ``FP64``/``INT64`` and categories as ``BYTES``, all of one length (shape ``[n]`` or
+``[n, 1]``). They become one Arrow batch of the types the batch job reads from its
+table, scored by the same :meth:`scoring.model.artifact.Scorer.score`, so a served row
+gets the batch job's bits and, when refused, its reason. A JSON ``null`` in a tensor's
+data is a missing value, checked like a null cell. A request that is not of this shape
+(a missing input, another datatype, lengths that differ) is refused whole with
+:class:`kserve.errors.InvalidInput` (400) naming what to send.
+
+A v1 request, ``{"instances": [{...}, ...]}``, is read record by record as the stream
+reads events (:func:`scoring.model.decode.decode_records`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+from kserve.errors import InvalidInput
+from kserve.protocol.infer_type import InferOutput, InferRequest
+
+from scoring.errors import did_you_mean
+from scoring.model.artifact import ScoredBatch
+from scoring.model.contract import Contract, FeatureType
+
+__all__ = [
+    "NO_LABEL",
+    "Rows",
+    "Served",
+    "TooLarge",
+    "input_types",
+    "output_types",
+    "outputs",
+    "read_instances",
+    "read_v2",
+]
+
+# The v2 datatype of each feature type, and the Arrow type a column is read into.
+DATATYPES: dict[FeatureType, str] = {"double": "FP64", "int64": "INT64", "string": "BYTES"}
+_ARROW: dict[str, pa.DataType] = {"FP64": pa.float64(), "INT64": pa.int64(), "BYTES": pa.string()}
+_KEY_DATATYPES = ("BYTES", "INT64")
+
+# A refused row's label in an INT64 tensor, which cannot hold a null.
+NO_LABEL = -1
+
+
+class TooLarge(InvalidInput):
+    """A request over a size limit: answered 413 with the limit."""
+
+
+def input_types(contract: Contract) -> list[dict[str, Any]]:
+    """The model metadata's inputs: the key (BYTES or INT64), then every feature."""
+    key = {"name": contract.key, "datatype": "BYTES", "shape": [-1]}
+    return [key] + [
+        {"name": f.name, "datatype": DATATYPES[f.type], "shape": [-1]} for f in contract.features
+    ]
+
+
+def output_types(contract: Contract) -> list[dict[str, Any]]:
+    """The model metadata's outputs, one value per input row."""
+    names = [("score", "FP64")]
+    if contract.output.task == "binary_classification":
+        names.append(("label", "INT64"))
+    names += [("reason", "BYTES"), ("reason_kind", "BYTES")]
+    return [{"name": n, "datatype": d, "shape": [-1]} for n, d in names]
+
+
+@dataclass(frozen=True)
+class Rows:
+    """A request's rows: the features as Arrow columns and each row's key."""
+
+    batch: pa.RecordBatch
+    keys: list[str | int]
+
+
+def read_v2(request: InferRequest, contract: Contract, max_rows: int) -> Rows:
+    """The rows of a v2 infer request; raises InvalidInput (400) for a malformed one."""
+    given = {tensor.name: tensor for tensor in request.inputs}
+    expected = input_types(contract)
+    wanted = [spec["name"] for spec in expected]
+    unknown = sorted(set(given) - set(wanted))
+    if unknown:
+        raise InvalidInput(
+            f"unknown input {unknown[0]!r}{did_you_mean(unknown[0], wanted)}; "
+            f"this model's inputs are {', '.join(wanted)}"
+        )
+    missing = [name for name in wanted if name not in given]
+    if missing:
+        raise InvalidInput(
+            f"missing input{'s' if len(missing) > 1 else ''} {', '.join(missing)}: send one "
+            f"tensor per input ({_described(expected)})"
+        )
+    columns: dict[str, list[Any] | np.ndarray] = {}
+    for spec in expected:
+        tensor = given[spec["name"]]
+        allowed = _KEY_DATATYPES if spec["name"] == contract.key else (spec["datatype"],)
+        if tensor.datatype not in allowed:
+            raise InvalidInput(
+                f"input {tensor.name!r} is {tensor.datatype}; send it as "
+                f"{' or '.join(allowed)} ({_described(expected)})"
+            )
+        columns[tensor.name] = _values(tensor)
+    lengths = {name: len(values) for name, values in columns.items()}
+    n = lengths[contract.key]
+    if len(set(lengths.values())) > 1:
+        shown = ", ".join(f"{name} {length}" for name, length in lengths.items())
+        raise InvalidInput(f"every input must hold one value per row; lengths differ: {shown}")
+    _check_rows(n, max_rows)
+    arrays = []
+    for feature in contract.features:
+        datatype = DATATYPES[feature.type]
+        values = columns[feature.name]
+        if datatype == "BYTES":
+            values = [_text(v, feature.name) for v in values]
+        try:
+            arrays.append(pa.array(values, _ARROW[datatype], from_pandas=False))
+        except (pa.ArrowInvalid, pa.ArrowTypeError, OverflowError, TypeError) as exc:
+            raise InvalidInput(f"input {feature.name!r} is not all {datatype}: {exc}") from exc
+    keys = [_key(v, contract.key) for v in columns[contract.key]]
+    return Rows(pa.RecordBatch.from_arrays(arrays, names=contract.feature_names), keys)
+
+
+def read_instances(payload: Mapping[str, Any], max_rows: int) -> list[Any]:
+    """The records of a KServe v1 request; raises InvalidInput for a malformed one."""
+    instances = payload.get("instances")
+    if not isinstance(instances, list):
+        raise InvalidInput(
+            'send {"instances": [{...}, ...]} (KServe v1: a list of records holding the key '
+            'and the features) or a v2 request with "inputs"'
+        )
+    _check_rows(len(instances), max_rows)
+    return instances
+
+
+@dataclass(frozen=True)
+class Served:
+    """One request's outcome per row, as numpy/lists, ready for either protocol."""
+
+    keys: list[str | int | None]
+    scores: np.ndarray  # float64, NaN where refused
+    labels: np.ndarray | None  # int64, NO_LABEL where refused; None for a regression
+    reasons: list[str | None]
+    kinds: list[str | None]
+
+    @classmethod
+    def of(cls, keys: list[str | int], scored: ScoredBatch, contract: Contract) -> Served:
+        scores = scored.score.to_numpy(zero_copy_only=False)
+        labels = None
+        if contract.output.task == "binary_classification":
+            labels = scored.label.fill_null(NO_LABEL).to_numpy().astype(np.int64)
+        return cls(list(keys), scores, labels, scored.reason.to_pylist(), list(scored.kinds))
+
+
+def outputs(served: Served) -> list[InferOutput]:
+    """The v2 response's tensors: ``score``, ``label``, ``reason``, ``reason_kind``.
+
+    A refused row's score is NaN (``null`` in JSON), its label :data:`NO_LABEL`, its
+    reason and kind the text the batch job writes; a scored row's reason is ``""``.
+    """
+    n = len(served.keys)
+    result = [InferOutput("score", [n], "FP64", served.scores)]
+    if served.labels is not None:
+        result.append(InferOutput("label", [n], "INT64", served.labels))
+    for name, texts in (("reason", served.reasons), ("reason_kind", served.kinds)):
+        result.append(InferOutput(name, [n], "BYTES", np.array([t or "" for t in texts], object)))
+    return result
+
+
+def _values(tensor: Any) -> list[Any] | np.ndarray:
+    """A tensor's values, flat; JSON data stays a list so that a null stays missing."""
+    if tensor._raw_data is not None:  # gRPC raw_input_contents, REST binary extension
+        try:
+            return tensor.as_numpy().reshape(-1)
+        except Exception as exc:  # a raw buffer whose size does not match its shape
+            raise InvalidInput(f"input {tensor.name!r}: {exc}") from exc
+    data = tensor.data
+    if isinstance(data, np.ndarray):
+        return data.reshape(-1)
+    if not isinstance(data, list):
+        raise InvalidInput(f"input {tensor.name!r}: data must be a list")
+    if data and isinstance(data[0], list):  # shape [n, 1] written nested
+        data = [v for row in data for v in (row if isinstance(row, list) else [row])]
+    expected = int(np.prod(tensor.shape)) if tensor.shape else len(data)
+    if expected != len(data):
+        raise InvalidInput(
+            f"input {tensor.name!r} has {len(data)} values but its shape {tensor.shape} "
+            f"says {expected}"
+        )
+    return data
+
+
+def _text(value: Any, name: str) -> str | None:
+    if value is None or isinstance(value, str):
+        return value
+    if isinstance(value, bytes | np.bytes_):
+        try:
+            return bytes(value).decode()
+        except UnicodeDecodeError as exc:
+            raise InvalidInput(f"input {name!r} holds bytes that are not UTF-8") from exc
+    raise InvalidInput(f"input {name!r} is BYTES but holds {value!r}")
+
+
+def _key(value: Any, name: str) -> str | int:
+    if isinstance(value, np.integer):
+        return int(value)
+    if isinstance(value, int) and not isinstance(value, bool):
+        return value
+    text = _text(value, name)
+    if not text:
+        raise InvalidInput(f"every row needs its key {name!r}; one is empty or null")
+    return text
+
+
+def _check_rows(n: int, max_rows: int) -> None:
+    if n == 0:
+        raise InvalidInput("the request holds no rows")
+    if n > max_rows:
+        raise TooLarge(f"the request holds {n} rows; the limit is {max_rows} (--max-rows)")
+
+
+def _described(inputs: Sequence[Mapping[str, Any]]) -> str:
+    return ", ".join(f"{spec['name']} {spec['datatype']}" for spec in inputs)
