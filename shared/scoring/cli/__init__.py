@@ -2,8 +2,9 @@
 
 One module per command group, each thin over its domain package: ``model``
 (``scoring.lifecycle``), ``batch`` (``scoring.batch``), ``stream`` (``scoring.stream``),
-``serve`` (``scoring.serve``), ``dev`` (``scoring.dev``) and ``demo``; ``common`` holds what they share. Commands import
-their domain when they run, so ``scoring --help`` loads no Spark, MLflow or onnxruntime.
+``serve`` (``scoring.serve``), ``dev`` (``scoring.dev``) and ``demo``; ``common`` holds
+what they share. Commands import their domain when they run, so ``scoring --help`` loads
+no Spark, MLflow or onnxruntime.
 """
 
 from __future__ import annotations
@@ -21,7 +22,8 @@ from scoring.cli import batch, demo, dev, model, serve, stream
 __all__ = ["app", "main"]
 
 app = typer.Typer(
-    help="Score one ONNX model artifact on Delta tables (in one process or on Spark), on Kafka and on request.",
+    help="Score one ONNX model artifact on Delta tables (in one process or on Spark), on "
+    "Kafka and on request.",
     no_args_is_help=True,
     pretty_exceptions_enable=False,
 )
