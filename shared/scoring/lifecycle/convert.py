@@ -150,12 +150,41 @@ def convert_sklearn(model: Any, features: list[Feature]) -> onnx.ModelProto:
         (f.name, StringTensorType([None, 1]) if f.type == "string" else FloatTensorType([None, 1]))
         for f in features
     ]
+    _refuse_on_purpose(model)
     options = {id(model): {"zipmap": False}} if hasattr(model, "predict_proba") else None
     opset = _register_boosters(model)
     try:
         return to_onnx(model, initial_types=types, options=options, target_opset=opset)
     except Exception as exc:
         raise _refusal(model, exc) from exc
+
+
+def _refuse_on_purpose(model: Any) -> None:
+    """Refuse, before converting, the steps whose conversion is not to be relied on.
+
+    HistGradientBoosting: skl2onnx (1.20) gives each leaf of its trees a Python bool in
+    an integer attribute. protobuf 6 takes it with a DeprecationWarning, protobuf 7 rejects
+    it, so the same model would package or not depending on the installed protobuf (the
+    ``serve`` extra caps it below 7, the base install does not). Under protobuf 6 the graph
+    scores as the native model, missing values included; drop this refusal once skl2onnx
+    writes integers there (tests/unit/lifecycle/test_which_models_convert.py watches it).
+    """
+    from sklearn.ensemble import HistGradientBoostingClassifier, HistGradientBoostingRegressor
+
+    for path, step, _ in _steps(model):
+        if isinstance(step, HistGradientBoostingClassifier | HistGradientBoostingRegressor):
+            import skl2onnx
+
+            where = f"step {path!r}" if path else "the model"
+            raise ConversionError(
+                "skl2onnx",
+                f"{where} ({type(step).__name__})",
+                f"skl2onnx {skl2onnx.__version__} writes HistGradientBoosting trees with "
+                "booleans where ONNX takes integers, which protobuf 7 rejects, so whether it "
+                "converts depends on the installed protobuf; it is refused on every install",
+                "Use LGBMClassifier (the same histogram boosting; it converts in a pipeline) "
+                "or GradientBoostingClassifier, and package again.",
+            )
 
 
 def _register_boosters(model: Any) -> dict[str, int] | None:
@@ -263,7 +292,6 @@ def _refusal(model: Any, exc: BaseException) -> ConversionError:
 
 def _advice(step: Any, exc: BaseException) -> str:
     """How to write ``step`` so that it converts, for the refusals we know."""
-    from sklearn.ensemble import HistGradientBoostingClassifier, HistGradientBoostingRegressor
     from sklearn.impute import SimpleImputer
     from sklearn.preprocessing import FunctionTransformer
 
@@ -279,16 +307,6 @@ def _advice(step: Any, exc: BaseException) -> str:
             "A Python function cannot be translated into ONNX: compute that column before "
             f"the model (in the source table, so both paths read it), use a transformer that "
             f"converts ({WHICH}), {EXPORT}."
-        )
-    if isinstance(step, HistGradientBoostingClassifier | HistGradientBoostingRegressor):
-        import skl2onnx
-        import sklearn
-
-        return (
-            f"skl2onnx {skl2onnx.__version__} cannot write the trees of scikit-learn "
-            f"{sklearn.__version__}'s HistGradientBoosting: use LGBMClassifier (the same "
-            "histogram boosting; it converts in a pipeline) or GradientBoostingClassifier, "
-            "and package again."
         )
     if "shape calculator" in str(exc) or "converter" in type(exc).__name__.lower():
         name = type(step).__name__ if step is not None else "a step of this pipeline"

@@ -364,13 +364,41 @@ def test_a_step_without_a_converter_is_refused(data: Data, tmp_path: Path) -> No
     assert "update_registered_converter" in message and "package the .onnx file" in message
 
 
-def test_hist_gradient_boosting_is_refused_with_what_to_use_instead(
-    data: Data, tmp_path: Path
+def test_hist_gradient_boosting_is_refused_on_purpose_with_what_to_use_instead(
+    data: Data, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    def converter(*args: Any, **kwargs: Any) -> Any:
+        raise AssertionError("HistGradientBoosting reached the converter")
+
+    # Refused before conversion, whatever protobuf is installed: not the converter's failure.
+    monkeypatch.setattr("skl2onnx.convert_sklearn", converter)
     message = refusal(trees(HistGradientBoostingClassifier(max_iter=5)), data, tmp_path)
     assert "step 'clf' (HistGradientBoostingClassifier)" in message
-    assert "use LGBMClassifier" in message
-    assert "attributes=" not in message  # the converter's node dump is cut
+    assert "which protobuf 7 rejects" in message and "refused on every install" in message
+    assert "Use LGBMClassifier" in message
+
+
+def test_hist_gradient_boosting_stays_refused_while_skl2onnx_writes_booleans(
+    data: Data,
+) -> None:
+    """Why it is refused: skl2onnx gives every leaf of a HistGradientBoosting tree a Python
+    bool in ``nodes_missing_value_tracks_true``, an integer attribute that protobuf 6 takes
+    with a warning and protobuf 7 rejects. When this fails skl2onnx writes integers: drop
+    the refusal (convert._refuse_on_purpose) and make HistGradientBoostingClassifier a
+    row of CASES (under protobuf 6 it scored within 2e-7 of the native model, NaN included).
+    """
+    from skl2onnx.common.tree_ensemble import (
+        add_tree_to_attribute_pairs_hist_gradient_boosting,
+        get_default_tree_classifier_attribute_pairs,
+    )
+
+    model = HistGradientBoostingClassifier(max_iter=1).fit(numbers_matrix(data), data.label)
+    pairs = get_default_tree_classifier_attribute_pairs()
+    tree = model._predictors[0][0]
+    add_tree_to_attribute_pairs_hist_gradient_boosting(
+        pairs, True, tree, 0, 1.0, 0, False, False, dtype=np.float32
+    )
+    assert any(isinstance(v, bool) for v in pairs["nodes_missing_value_tracks_true"])
 
 
 def test_a_scaler_in_front_of_trees_is_refused_by_the_check(data: Data, tmp_path: Path) -> None:
