@@ -5,7 +5,8 @@ as ``FP64``/``INT64`` and categories as ``BYTES``, all of one length (shape ``[n
 ``[n, 1]``). They become one Arrow batch of the types the batch job reads from its
 table, scored by the same :meth:`scoring.model.artifact.Scorer.score`, so a served row
 gets the batch job's bits and, when refused, its reason. A JSON ``null`` in a tensor's
-data is a missing value, checked like a null cell. A request that is not of this shape
+data is a missing value, checked like a null cell; so is a NaN in an ``FP64`` tensor,
+since a binary tensor (gRPC's contents, REST's binary extension) cannot hold a null. A request that is not of this shape
 (a missing input, another datatype, lengths that differ) is refused whole with
 :class:`kserve.errors.InvalidInput` (400) naming what to send.
 
@@ -117,8 +118,8 @@ def read_v2(request: InferRequest, contract: Contract, max_rows: int) -> Rows:
         values = columns[feature.name]
         if datatype == "BYTES":
             values = [_text(v, feature.name) for v in values]
-        try:
-            arrays.append(pa.array(values, _ARROW[datatype], from_pandas=False))
+        try:  # a tensor has no null but JSON's: in FP64 a NaN is the missing value
+            arrays.append(pa.array(values, _ARROW[datatype], from_pandas=datatype == "FP64"))
         except (pa.ArrowInvalid, pa.ArrowTypeError, OverflowError, TypeError) as exc:
             raise InvalidInput(f"input {feature.name!r} is not all {datatype}: {exc}") from exc
     keys = [_key(v, contract.key) for v in columns[contract.key]]
