@@ -28,8 +28,14 @@ candidate: `{"model": "fraud", "version": "3"}`.
 6. **promote** (`scoring model promote`): the alias moves to the candidate; the previous
    holder is remembered.
 7. **confirm** (`scoring stream wait-version`): every running stream processor listed in
-   `scoring_rollout_health_urls` must report the candidate on `/health` within
-   `scoring_rollout_confirm_timeout` seconds (they follow the alias between batches).
+   `scoring_rollout_health_urls` must report the candidate on `/health`, and every model
+   server listed in `scoring_rollout_serve_urls` (`scoring serve`) on its metadata,
+   `/v2/models/NAME`, within `scoring_rollout_confirm_timeout` seconds. Both follow the
+   alias (processors between batches, servers between requests), so one task waits for
+   both under one deadline and one rollback: a server still on the old version is as
+   much a failed rollout as a processor. Servers take no part in the shadow phase. A
+   server behind a token gets the worker's `SCORING_SERVE_TOKEN` as a bearer token, and
+   no other URL is sent it.
 8. **rollback** (runs only when a task above failed): if the alias is on the candidate it
    is moved back to the previous holder (a failed shadow phase never moved it); either
    way the run fails, naming what failed and its numbers.
@@ -53,6 +59,8 @@ Variables (all optional; shared ones in `scoring_common.py`):
 `scoring_rollout_kafka_config` (path of a Kafka client properties file on the worker, for
 a secured cluster: TLS, SASL or mutual TLS; see the README's "Secured Kafka"),
 `scoring_rollout_health_urls` (comma-separated `/health` URLs of the processors),
+`scoring_rollout_serve_urls` (comma-separated `/v2/models/NAME` URLs of the model servers;
+list each replica's own address, as a Service's URL reaches one replica per request),
 `scoring_rollout_confirm_timeout` (120), `scoring_rollout_alias` (`champion`);
 the shadow phase's: `scoring_rollout_shadow_events` (1000; 0 skips the phase),
 `scoring_rollout_shadow_timeout` (3600 s, at most 12 h), `scoring_rollout_output_topic`
@@ -111,9 +119,14 @@ def _optional(flag: str, setting: str) -> list[str]:
     return [flag, value] if value else []
 
 
-def _health_flags() -> list[str]:
-    urls = [u.strip() for u in sc.setting("rollout_health_urls").split(",") if u.strip()]
+def _url_flags(setting: str) -> list[str]:
+    """A comma-separated URL setting as ``--health-url`` flags of the stream waits."""
+    urls = [u.strip() for u in sc.setting(setting).split(",") if u.strip()]
     return [arg for url in urls for arg in ("--health-url", url)]
+
+
+def _health_flags() -> list[str]:
+    return _url_flags("rollout_health_urls")
 
 
 with DAG(
@@ -237,10 +250,15 @@ with DAG(
 
     @task
     def confirm() -> Any:
+        """The stream processors and the model servers all score with the candidate."""
         model, version = _candidate()
-        flags = _health_flags()
+        # wait-version tells a server's metadata from a processor's /health by its JSON.
+        flags = [*_health_flags(), *_url_flags("rollout_serve_urls")]
         if not flags:
-            print("scoring_rollout_health_urls is empty: no stream processor to confirm")
+            print(
+                "scoring_rollout_health_urls and scoring_rollout_serve_urls are empty: "
+                "no stream processor or model server to confirm"
+            )
             return None
         timeout = sc.setting("rollout_confirm_timeout")
         args = ["stream", "wait-version", model, version, *flags, "--timeout", timeout]

@@ -99,6 +99,7 @@ DEFAULTS: dict[str, Callable[[], str]] = {
     "rollout_kafka_bootstrap": lambda: "",
     "rollout_kafka_config": lambda: "",
     "rollout_health_urls": lambda: "",
+    "rollout_serve_urls": lambda: "",
     "rollout_confirm_timeout": lambda: "120",
     "rollout_alias": lambda: "champion",
     "rollout_shadow_events": lambda: "1000",

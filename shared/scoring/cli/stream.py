@@ -1,7 +1,8 @@
 """``scoring stream``: run a stream processor, and wait for processors during a rollout.
 
 Thin over ``scoring.stream`` (the processor and its command line) and the rollout waits
-of ``scoring.lifecycle.rollout``.
+of ``scoring.lifecycle.rollout``. ``wait-version`` also waits for model servers
+(``scoring serve``): they follow the alias as the processors do.
 """
 
 from __future__ import annotations
@@ -36,11 +37,20 @@ def wait_version(
     name: str,
     version: str,
     health_url: Annotated[
-        list[str], typer.Option(help="a processor's /health URL (repeat for each)")
+        list[str],
+        typer.Option(
+            help="a processor's /health URL, or a model server's /v2/models/NAME URL "
+            "(repeat for each)"
+        ),
     ],
     timeout: Annotated[float, typer.Option(help="seconds to wait")] = 120,
 ) -> None:
-    """Wait until every listed stream processor reports NAME at VERSION."""
+    """Wait until every listed stream processor and model server reports NAME at VERSION.
+
+    A server (`scoring serve`) is read at its Open Inference Protocol metadata URL; if it
+    asks for a token (401), SCORING_SERVE_TOKEN is sent as a bearer token. Prints what
+    each URL reports as JSON; exits 5 naming the ones behind when the timeout comes first.
+    """
     from scoring.lifecycle.rollout import wait_for_version
 
     print_report(wait_for_version(health_url, name, version, timeout))

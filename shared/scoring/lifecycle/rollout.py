@@ -4,9 +4,9 @@ Each gate returns a JSON-able report or raises: :class:`SchemaMismatchError` whe
 candidate's contract does not fit the source table, :class:`GateFailedError` when the
 candidate is worse than the champion on the labelled holdout, scores the golden rows
 differently on the batch and stream paths, or is not picked up by the running stream
-processors in time, or not shadowed by them on enough events. The rollout DAG runs them
-through ``scoring model validate``, ``scoring model parity``, ``scoring stream
-wait-shadow`` and ``scoring stream wait-version``.
+processors (or model servers) in time, or not shadowed by the processors on enough
+events. The rollout DAG runs them through ``scoring model validate``, ``scoring model
+parity``, ``scoring stream wait-shadow`` and ``scoring stream wait-version``.
 
 The quality gate and parity read the source on either batch engine: with a Spark session
 (the Spark engine: catalog tables, sources too big for one machine), or without one
@@ -17,8 +17,11 @@ parity scores the golden rows through that engine's own batch step.
 from __future__ import annotations
 
 import json
+import os
 import threading
 import time
+import urllib.error
+import urllib.request
 from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any
@@ -37,7 +40,17 @@ from scoring.stream.metrics import fetch_health
 from scoring.stream.processor import Processor, StreamConfig
 from scoring.stream.topics import create, delete, produce, reader
 
-__all__ = ["METRICS", "parity", "quality_gate", "wait_for_shadow", "wait_for_version"]
+__all__ = [
+    "METRICS",
+    "SERVE_TOKEN_VARIABLE",
+    "parity",
+    "quality_gate",
+    "wait_for_shadow",
+    "wait_for_version",
+]
+
+# The bearer token of `scoring serve`, from the environment only (never a flag or a file).
+SERVE_TOKEN_VARIABLE = "SCORING_SERVE_TOKEN"
 
 
 def _auc(labels: np.ndarray, scores: np.ndarray) -> float:
@@ -292,29 +305,84 @@ def _stream_scores(
 def wait_for_version(
     urls: Sequence[str], name: str, version: str, timeout: float = 120, interval: float = 1.0
 ) -> dict[str, Any]:
-    """Wait until every processor's ``/health`` reports ``name`` at ``version``."""
+    """Wait until every URL reports ``name`` at ``version``.
+
+    A URL is either a stream processor's ``/health`` (``model_name``, ``model_version``)
+    or a model server's Open Inference Protocol metadata, ``/v2/models/NAME`` of
+    ``scoring serve`` (``name``, and ``versions`` whose first is the registry version
+    scoring now); each is told apart by its JSON, so both kinds wait in one list. A server
+    is compared by the name it serves under, so it must serve the registry's name. A
+    server that answers 401 gets the bearer token of ``SCORING_SERVE_TOKEN``; no other URL
+    is sent it.
+
+    Returns ``{"model", "version", "processors": {url: "NAME vVERSION"}}``; raises
+    :class:`GateFailedError` naming every URL that still reports something else (or is
+    unreachable) when ``timeout`` seconds pass first.
+    """
     deadline = time.monotonic() + timeout
+    wanted = f"{name} v{version}"
+    asked_for_token: set[str] = set()
     seen: dict[str, str] = {}
     while True:
         for url in urls:
-            seen[url] = _reported(url)
-        if all(s == f"{name} v{version}" for s in seen.values()):
+            seen[url] = _reported(url, asked_for_token)
+        if all(s == wanted for s in seen.values()):
             return {"model": name, "version": version, "processors": seen}
         if time.monotonic() >= deadline:
-            lagging = "; ".join(f"{u}: {s}" for u, s in seen.items() if s != f"{name} v{version}")
+            lagging = "; ".join(f"{u}: {s}" for u, s in seen.items() if s != wanted)
             raise GateFailedError(
                 "stream confirmation",
-                f"after {timeout:.0f}s not every processor reports {name} v{version} ({lagging})",
+                f"after {timeout:.0f}s not every processor reports {wanted} ({lagging})",
             )
         time.sleep(interval)
 
 
-def _reported(url: str) -> str:
+def _reported(url: str, asked_for_token: set[str]) -> str:
+    """``NAME vVERSION`` as a processor's ``/health`` or a server's metadata says it."""
     try:
-        health = fetch_health(url, timeout=5)
+        document = _document(url, asked_for_token)
+    except urllib.error.HTTPError as exc:
+        status = f"{exc.code} {exc.reason}"
+        if exc.code in (401, 403) and url in asked_for_token:
+            return f"refused the token of {SERVE_TOKEN_VARIABLE} ({status})"
+        if exc.code == 401:
+            return f"asks for a token ({status}): set {SERVE_TOKEN_VARIABLE}"
+        return f"unreachable ({status})"
     except (OSError, ValueError) as exc:
         return f"unreachable ({exc})"
-    return f"{health.get('model_name')} v{health.get('model_version')}"
+    if "name" in document and "versions" in document:  # Open Inference Protocol metadata
+        versions = document["versions"] or []
+        return f"{document['name']} v{versions[0]}" if versions else "served, no version"
+    if "model_version" in document:
+        return f"{document.get('model_name')} v{document['model_version']}"
+    keys = ", ".join(sorted(document)) or "none"
+    return f"neither a /health nor a /v2/models/NAME document (keys: {keys})"
+
+
+def _document(url: str, asked_for_token: set[str]) -> dict[str, Any]:
+    """GET ``url``'s JSON; the serving token goes only to URLs that asked for it (401)."""
+    token = os.environ.get(SERVE_TOKEN_VARIABLE) or None
+    if url in asked_for_token:
+        return _get_json(url, token)
+    try:
+        return _get_json(url, None)
+    except urllib.error.HTTPError as exc:
+        if exc.code != 401 or token is None:
+            raise
+    asked_for_token.add(url)
+    return _get_json(url, token)
+
+
+def _get_json(url: str, token: str | None) -> dict[str, Any]:
+    request = urllib.request.Request(url, headers={"Accept": "application/json"})
+    if token:
+        # Unredirected: a redirect, possibly to another host, is never sent the token.
+        request.add_unredirected_header("Authorization", f"Bearer {token}")
+    with urllib.request.urlopen(request, timeout=5) as response:
+        document = json.load(response)
+    if not isinstance(document, dict):
+        raise ValueError(f"expected a JSON object, got {type(document).__name__}")
+    return document
 
 
 def wait_for_shadow(
