@@ -20,12 +20,13 @@ MASK = "***"
 
 # Environment variables holding secrets that libraries read for themselves (the AWS SDKs
 # in S3A and delta-rs, MLflow's client): their errors could quote them, so they are masked
-# like the Kafka client's secrets. The project reads their values for nothing else.
+# like the Kafka client's secrets; so is the server's own bearer token.
 SECRET_VARIABLES = (
     "AWS_SECRET_ACCESS_KEY",
     "AWS_SESSION_TOKEN",
     "MLFLOW_TRACKING_PASSWORD",
     "MLFLOW_TRACKING_TOKEN",
+    "SCORING_SERVE_TOKEN",
 )
 
 

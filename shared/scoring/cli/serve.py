@@ -70,10 +70,8 @@ def serve(
     from scoring.settings import load
     from scoring.stream.kafka_config import preflight, resolve
 
-    mask_in_logs()
+    mask_in_logs()  # the environment's secrets, the server's token among them
     token = token_from_env()
-    if token:
-        mask_in_logs([token])
     listen = Listen(host, http_port, grpc_port, tls_cert, tls_key, token)
     bounds = limits(max_rows, max_bytes, timeout)
     threads = load(ort_threads=ort_threads).ort_threads

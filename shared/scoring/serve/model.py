@@ -122,7 +122,7 @@ class ServedModel(Model):
         """The v2 model metadata, with the version serving now in ``versions``."""
         return {
             "name": self.name,
-            "versions": [self._live.version],
+            "versions": [self.live.version],  # taking a newly loaded one: a rollout waits on it
             "platform": "onnx",
             "inputs": self.get_input_types(),
             "outputs": self.get_output_types(),

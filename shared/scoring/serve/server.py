@@ -18,6 +18,7 @@ import asyncio
 import hmac
 import logging
 import os
+import warnings
 from collections.abc import Awaitable, Callable, MutableMapping
 from concurrent import futures
 from dataclasses import dataclass
@@ -31,6 +32,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from grpc import aio
 from kserve import ModelServer
+from kserve.errors import InferenceError, InvalidInput, ModelNotFound
 from kserve.model_server import app as kserve_app
 from kserve.protocol.grpc import grpc_predict_v2_pb2_grpc
 from kserve.protocol.grpc.interceptors import ExceptionToStatusInterceptor
@@ -45,6 +47,9 @@ from scoring.serve.tensors import TooLarge
 __all__ = ["TOKEN_ENV", "Listen", "ScoringServer"]
 
 log = logging.getLogger(__name__)
+
+# kserve 0.21 answers with FastAPI's ORJSONResponse, which FastAPI 0.165 deprecates (ADR 0012).
+warnings.filterwarnings("ignore", message="ORJSONResponse is deprecated")
 
 # The bearer token every request but the health checks must carry; unset: no auth.
 TOKEN_ENV = "SCORING_SERVE_TOKEN"
@@ -198,6 +203,10 @@ class _Rest(RESTServer):
         app.add_exception_handler(TooLarge, _status(413))
         app.add_exception_handler(RequestTimeout, _status(504))
         super().create_application()
+        # KServe logs each refused request with its traceback: a client's error is counted
+        # (scoring_serve_requests) and answered, not logged.
+        app.add_exception_handler(InvalidInput, _status(400))
+        app.add_exception_handler(ModelNotFound, _status(404))
         app.add_middleware(_Guard, max_bytes=served.limits.max_bytes, token=self.listen.token)
 
 
@@ -232,7 +241,7 @@ class _Grpc(GRPCServer):
         self.listen, self.max_bytes = listen, max_bytes
 
     async def start(self, max_workers: int) -> None:
-        interceptors: list[aio.ServerInterceptor] = [ExceptionToStatusInterceptor()]
+        interceptors: list[aio.ServerInterceptor] = [_Statuses()]
         if self.listen.token:
             interceptors.insert(0, _TokenInterceptor(self.listen.token))
         self._server = aio.server(
@@ -255,6 +264,17 @@ class _Grpc(GRPCServer):
             self._server.add_insecure_port(address)
         await self._server.start()
         await self._server.wait_for_termination()
+
+
+class _Statuses(ExceptionToStatusInterceptor):
+    """KServe's mapping of errors to gRPC statuses, without a traceback for a client's error."""
+
+    async def handle_exception(
+        self, ex: Exception, request_or_iterator: Any, context: Any, method_name: str
+    ) -> None:
+        if isinstance(ex, InvalidInput) and not isinstance(ex, InferenceError):
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, ex.reason)
+        await super().handle_exception(ex, request_or_iterator, context, method_name)
 
 
 class _TokenInterceptor(aio.ServerInterceptor):

@@ -6,8 +6,9 @@ as ``FP64``/``INT64`` and categories as ``BYTES``, all of one length (shape ``[n
 table, scored by the same :meth:`scoring.model.artifact.Scorer.score`, so a served row
 gets the batch job's bits and, when refused, its reason. A JSON ``null`` in a tensor's
 data is a missing value, checked like a null cell; so is a NaN in an ``FP64`` tensor,
-since a binary tensor (gRPC's contents, REST's binary extension) cannot hold a null. A request that is not of this shape
-(a missing input, another datatype, lengths that differ) is refused whole with
+since a binary tensor (gRPC's contents, REST's binary extension) cannot hold a null. A
+request that is not of this shape (a missing input, another datatype, lengths that
+differ) is refused whole with
 :class:`kserve.errors.InvalidInput` (400) naming what to send.
 
 A v1 request, ``{"instances": [{...}, ...]}``, is read record by record as the stream
