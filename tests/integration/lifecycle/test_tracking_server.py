@@ -11,6 +11,7 @@ import os
 import re
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import boto3
@@ -178,3 +179,57 @@ def test_a_worker_keeps_scoring_through_a_registry_outage_and_follows_the_alias_
     versions = [dict(r.headers)["model_version"].decode() for r in out]
     assert versions.count(first) > 0 and versions.count(second) > 0
     assert len(out) == len({r.key for r in out}) == valid  # every valid event, once
+
+
+def test_a_server_keeps_serving_through_a_registry_outage_and_follows_the_alias_after(
+    client_env: dict[str, str],
+    server: MlflowServer,
+    s3: S3Server,
+    name: str,
+    demo_table: pa.Table,
+    trained: TrainedModel,
+    tmp_path: Path,
+) -> None:
+    from scoring.lifecycle.packaging import package
+    from scoring.lifecycle.rollout import wait_for_version
+
+    from tests.integration.serve.serve_process import ServeProcess, get, post, v2_json
+
+    first, second = (
+        package(
+            trained.model_file, name, trained.sample_file, spec_file=trained.contract_file
+        ).version
+        for _ in range(2)
+    )
+    registry.promote(name, first)
+    contract = load_artifact(f"models:/{name}/{first}").contract
+    body = v2_json(demo_table.slice(0, 20), contract)
+    served = ServeProcess(
+        f"models:/{name}@champion", tmp_path, "--model-poll-seconds", "0.5", env=client_env
+    )
+    infer, metadata = f"{served.url}/v2/models/{name}/infer", f"{served.url}/v2/models/{name}"
+    port = int(server.uri.rsplit(":", 1)[1])
+    try:
+        served.wait_ready()
+        assert post(infer, body)[1]["model_version"] == first
+        services.stop(Path(server.state_dir))
+        deadline = time.monotonic() + 60
+        while _serve_alias_check_failures(get(f"{served.url}/metrics")[1]) < 2:
+            assert time.monotonic() < deadline, served.log()
+            time.sleep(0.5)
+        status, answer = post(infer, body)  # the registry is down: the loaded version serves
+        assert (status, answer["model_version"]) == (200, first)
+        services.start_mlflow(Path(server.state_dir), s3, port=port, basic_auth=True)
+        registry.promote(name, second)
+        # What the rollout's confirm step runs: the server reports the promoted version.
+        assert wait_for_version([metadata], name, second, timeout=60)["version"] == second
+        status, answer = post(infer, body)
+        assert (status, answer["model_version"]) == (200, second)
+        assert served.terminate() == 0, served.log()
+    finally:
+        served.stop()
+
+
+def _serve_alias_check_failures(metrics: str) -> float:
+    found = re.search(r"^scoring_serve_model_alias_check_failures_total (\S+)$", metrics, re.M)
+    return float(found.group(1)) if found else 0.0
