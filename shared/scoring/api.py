@@ -214,10 +214,16 @@ def load_model(uri: str, threads: int = 1) -> Model:
     return Model(uri, threads)
 
 
-def predictions(live: LiveModel, decoded: Decoded) -> list[Prediction]:
-    """One prediction per decoded input, in input order, all from ``live``'s version."""
+def predictions(
+    live: LiveModel, decoded: Decoded, scored: ScoredBatch | None = None
+) -> list[Prediction]:
+    """One prediction per decoded input, in input order, all from ``live``'s version.
+
+    ``scored``: ``decoded.batch`` already scored by ``live`` (else it is scored here).
+    """
     identity = (live.name, live.version)
-    scored = live.scorer.score(decoded.batch)
+    if scored is None:
+        scored = live.scorer.score(decoded.batch)
     out: list[Prediction | None] = [None] * (len(decoded.rows) + len(decoded.refused))
     for refused in decoded.refused:
         out[refused.index] = Prediction(

@@ -35,6 +35,13 @@ def serve(
     timeout: Annotated[
         float, typer.Option(help="seconds a request may take; then 504 (gRPC: DEADLINE_EXCEEDED)")
     ] = 10.0,
+    batch_rows: Annotated[
+        int,
+        typer.Option(
+            help="requests arriving together are scored in one call of up to this many rows "
+            "(0: each alone)"
+        ),
+    ] = 1_000,
     log_topic: Annotated[
         str | None,
         typer.Option(help="Kafka topic every prediction is written to, as the stream writes it"),
@@ -73,7 +80,7 @@ def serve(
     mask_in_logs()  # the environment's secrets, the server's token among them
     token = token_from_env()
     listen = Listen(host, http_port, grpc_port, tls_cert, tls_key, token)
-    bounds = limits(max_rows, max_bytes, timeout)
+    bounds = limits(max_rows, max_bytes, timeout, batch_rows)
     threads = load(ort_threads=ort_threads).ort_threads
     live = LiveModel.of(load_artifact(model_uri), threads)
     metrics = ServeMetrics()

@@ -16,9 +16,9 @@ import logging
 import threading
 import time
 import uuid
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 from grpc_interceptor.exceptions import DeadlineExceeded
@@ -31,6 +31,7 @@ from scoring.lifecycle.loading import ModelFollower, follows_alias
 from scoring.model.contract import Contract
 from scoring.model.decode import decode_records
 from scoring.model.live import LiveModel
+from scoring.serve.batching import Batcher
 from scoring.serve.metrics import ServeMetrics
 from scoring.serve.payload_log import PayloadLog
 from scoring.serve.tensors import (
@@ -49,6 +50,10 @@ __all__ = ["Limits", "RequestTimeout", "ServedModel"]
 
 log = logging.getLogger(__name__)
 
+T = TypeVar("T")
+# Rows up to which a request is read and answered on the event loop.
+_SMALL = 200
+
 
 @dataclass(frozen=True)
 class Limits:
@@ -57,6 +62,7 @@ class Limits:
     max_rows: int = 10_000
     max_bytes: int = 8 * 1024 * 1024
     timeout_s: float = 10.0
+    batch_rows: int = 1_000  # concurrent requests' rows scored in one call; 0: each alone
 
 
 class RequestTimeout(DeadlineExceeded):
@@ -80,6 +86,7 @@ class ServedModel(Model):
         super().__init__(name)
         self.uri, self.limits, self.metrics, self.payload_log = uri, limits, metrics, payload_log
         self._live = live
+        self.batcher = Batcher(limits.batch_rows)
         self._swap_lock = threading.Lock()
         self._follower: ModelFollower | None = None
         if follows_alias(uri):
@@ -133,11 +140,11 @@ class ServedModel(Model):
     ) -> InferResponse | dict[str, Any]:
         protocol = "v2" if isinstance(payload, InferRequest) else "v1"
         live = self.live  # this request's version, whatever the follower does meanwhile
-        loop = asyncio.get_running_loop()
-        work = loop.run_in_executor(None, self._answer, live, payload, time.time())
         outcome = "error"
         try:
-            answer = await asyncio.wait_for(work, self.limits.timeout_s)
+            answer = await asyncio.wait_for(
+                self._answer(live, payload, time.time()), self.limits.timeout_s
+            )
             outcome = "ok"
             return answer
         except TimeoutError:
@@ -158,20 +165,28 @@ class ServedModel(Model):
         finally:
             self.metrics.requests.labels(protocol, outcome).inc()
 
-    def _answer(
+    async def _answer(
         self, live: LiveModel, payload: InferRequest | Mapping[str, Any], received: float
     ) -> InferResponse | dict[str, Any]:
         contract = live.scorer.contract
+        # A large request is read and answered on a worker thread, so that it cannot hold
+        # up the event loop (the health checks, the other requests); for a small one the
+        # hop would cost more than the work.
         if isinstance(payload, InferRequest):
-            rows = read_v2(payload, contract, self.limits.max_rows)
+            large = _rows_of(payload) > _SMALL
+            rows = await _run(large, read_v2, payload, contract, self.limits.max_rows)
             started = time.perf_counter()
-            served = Served.of(rows.keys, live.scorer.score(rows.batch), contract)
+            scored = await self.batcher.score(live, rows.batch)
+            served = Served.of(rows.keys, scored, contract)
         else:
             if not isinstance(payload, Mapping):
                 raise InvalidInput('send a JSON object: {"instances": [...]} or {"inputs": [...]}')
             records = read_instances(payload, self.limits.max_rows)
+            large = len(records) > _SMALL
+            decoded = await _run(large, decode_records, records, contract)
             started = time.perf_counter()
-            served = _served(predictions(live, decode_records(records, contract)), contract)
+            scored = await self.batcher.score(live, decoded.batch)
+            served = _served(predictions(live, decoded, scored), contract)
         self.metrics.score_seconds.observe(time.perf_counter() - started)
         self._count(served, live, received)
         if isinstance(payload, InferRequest):
@@ -181,27 +196,7 @@ class ServedModel(Model):
                 model_version=live.version,
                 infer_outputs=outputs(served),
             )
-        return {
-            "model_name": self.name,
-            "model_version": live.version,
-            "predictions": [
-                {
-                    contract.key: key,
-                    "score": None if reason else float(score),
-                    "label": None if reason or served.labels is None else int(label),
-                    "reason": reason,
-                    "reason_kind": kind,
-                }
-                for key, score, label, reason, kind in zip(
-                    served.keys,
-                    served.scores,
-                    served.labels if served.labels is not None else served.scores,
-                    served.reasons,
-                    served.kinds,
-                    strict=True,
-                )
-            ],
-        }
+        return await _run(large, _v1_answer, self.name, live, served, contract.key)
 
     def _count(self, served: Served, live: LiveModel, received: float) -> None:
         n, refused = len(served.keys), [k for k in served.kinds if k]
@@ -243,3 +238,36 @@ def _served(found: list[Prediction], contract: Contract) -> Served:
         [p.reason for p in found],
         [p.reason_kind for p in found],
     )
+
+
+def _v1_answer(name: str, live: LiveModel, served: Served, key_field: str) -> dict[str, Any]:
+    """KServe v1's answer: one record per row, holding the key, with nulls where refused."""
+    labels = served.labels if served.labels is not None else [None] * len(served.keys)
+    return {
+        "model_name": name,
+        "model_version": live.version,
+        "predictions": [
+            {
+                key_field: key,
+                "score": None if reason else float(score),
+                "label": None if reason or label is None else int(label),
+                "reason": reason,
+                "reason_kind": kind,
+            }
+            for key, score, label, reason, kind in zip(
+                served.keys, served.scores, labels, served.reasons, served.kinds, strict=True
+            )
+        ],
+    }
+
+
+def _rows_of(request: InferRequest) -> int:
+    shape = request.inputs[0].shape if request.inputs else [0]
+    return int(np.prod(shape)) if shape else 0
+
+
+async def _run(large: bool, work: Callable[..., T], *args: Any) -> T:
+    """``work(*args)``: here when small, on a worker thread when large."""
+    if not large:
+        return work(*args)
+    return await asyncio.get_running_loop().run_in_executor(None, work, *args)

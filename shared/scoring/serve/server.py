@@ -358,7 +358,7 @@ def token_from_env() -> str | None:
     return os.environ.get(TOKEN_ENV) or None
 
 
-def limits(max_rows: int, max_bytes: int, timeout_s: float) -> Limits:
+def limits(max_rows: int, max_bytes: int, timeout_s: float, batch_rows: int) -> Limits:
     for name, value in (
         ("--max-rows", max_rows),
         ("--max-bytes", max_bytes),
@@ -366,4 +366,6 @@ def limits(max_rows: int, max_bytes: int, timeout_s: float) -> Limits:
     ):
         if value <= 0:
             raise ConfigError(f"{name} must be positive, not {value}")
-    return Limits(max_rows, max_bytes, timeout_s)
+    if batch_rows < 0:
+        raise ConfigError(f"--batch-rows must be 0 (no batching) or more, not {batch_rows}")
+    return Limits(max_rows, max_bytes, timeout_s, batch_rows)
