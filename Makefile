@@ -12,7 +12,7 @@ AIRFLOW_STAMP := $(AIRFLOW_VENV)/.installed
 WHEELS := build/wheels
 WHEELS_STAMP := $(WHEELS)/.downloaded
 
-.PHONY: demo test unit explore integration jars kafka-jars venv airflow lint bench bench-stream cluster-up cluster-down clean
+.PHONY: demo test unit explore integration jars kafka-jars venv airflow lint bench bench-stream bench-serve cluster-up cluster-down clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -81,6 +81,9 @@ bench: venv jars
 
 bench-stream: venv kafka-jars
 	$(PY) benchmarks/stream.py
+
+bench-serve: venv
+	$(PY) benchmarks/serve.py
 
 cluster-up: venv
 	PYTHON=$(PY) infra/spark/standalone.sh start
