@@ -515,6 +515,7 @@ def _report(trivial: Server, measured: dict[str, Server], args: argparse.Namespa
         console = Console(width=200, soft_wrap=True)
     servers = [trivial, *measured.values()]
     cores = f"{os.cpu_count()} cores"
+    console.print(f"scoring serve as of {_revision()}; {sys.executable}")
     table = Table(title=f"Cold start ({cores}; each server a fresh process)")
     for column in ("server", "ready after s", "first request ms", "RSS after the runs MB"):
         table.add_column(column, justify="left" if column == "server" else "right")
@@ -565,6 +566,18 @@ def _report(trivial: Server, measured: dict[str, Server], args: argparse.Namespa
     console.print(table)
     _generator(console, trivial)
     _targets(console, measured)
+
+
+def _revision() -> str:
+    """The commit measured, and whether the serving code had changes not committed."""
+
+    def git(*args: str) -> str:
+        done = subprocess.run(["git", *args], cwd=ROOT, capture_output=True, text=True)
+        return done.stdout.strip()
+
+    commit = git("log", "-1", "--format=%h %s")[:80] or "an unknown commit"
+    changed = git("status", "--porcelain", "--", "shared/scoring/serve", "shared/scoring/model")
+    return commit + (" (with uncommitted changes to the serving code)" if changed else "")
 
 
 def _cores(run: Run) -> tuple[str, str, str]:
