@@ -17,14 +17,16 @@ reads events (:func:`scoring.model.decode.decode_records`).
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+import orjson
 import pyarrow as pa
 from kserve.errors import InvalidInput
-from kserve.protocol.infer_type import InferOutput, InferRequest
+from kserve.protocol.infer_type import InferInput, InferOutput, InferRequest
 
 from scoring.errors import did_you_mean
 from scoring.model.artifact import ScoredBatch
@@ -46,6 +48,11 @@ __all__ = [
 DATATYPES: dict[FeatureType, str] = {"double": "FP64", "int64": "INT64", "string": "BYTES"}
 _ARROW: dict[str, pa.DataType] = {"FP64": pa.float64(), "INT64": pa.int64(), "BYTES": pa.string()}
 _KEY_DATATYPES = ("BYTES", "INT64")
+_V2_FIELDS = ("name", "datatype", "shape", "data")
+_V2_SHAPE = (
+    'a v2 request is {"inputs": [{"name": ..., "datatype": ..., "shape": [n], "data": [...]}, '
+    "...]}, one tensor per input of GET /v2/models/NAME"
+)
 
 # A refused row's label in an INT64 tensor, which cannot hold a null.
 NO_LABEL = -1
@@ -78,6 +85,41 @@ class Rows:
 
     batch: pa.RecordBatch
     keys: list[str | int]
+
+
+def parse_v2(body: bytes, json_length: str | None, name: str) -> InferRequest:
+    """A REST v2 request body as an InferRequest; raises InvalidInput for a malformed one.
+
+    JSON is read straight into tensors (KServe's route validates it with pydantic and
+    encodes the answer with FastAPI's encoder: most of a small request's time); a body in
+    the binary extension (``json_length`` set) is read by KServe.
+    """
+    if json_length is not None:
+        try:
+            return InferRequest.from_bytes(body, int(json_length), name)
+        except (ValueError, KeyError, TypeError) as exc:
+            raise InvalidInput(f"not a binary v2 request: {exc}") from exc
+    try:
+        document = orjson.loads(body)
+    except orjson.JSONDecodeError as exc:
+        try:  # Python's json writes a NaN as the bare token NaN, which orjson refuses
+            document = json.loads(body)
+        except ValueError:
+            raise InvalidInput(f"the body is not JSON: {exc}") from exc
+    if not isinstance(document, dict) or not isinstance(document.get("inputs"), list):
+        raise InvalidInput(_V2_SHAPE)
+    tensors = []
+    for tensor in document["inputs"]:
+        if not isinstance(tensor, dict) or not all(k in tensor for k in _V2_FIELDS):
+            raise InvalidInput(_V2_SHAPE)
+        shape, datatype = tensor["shape"], tensor["datatype"]
+        if not isinstance(shape, list) or not all(type(d) is int for d in shape):
+            raise InvalidInput(f"input {tensor['name']!r}: shape must be a list of integers")
+        if not isinstance(datatype, str):
+            raise InvalidInput(f"input {tensor['name']!r}: datatype must be a string")
+        tensors.append(InferInput(str(tensor["name"]), shape, datatype, tensor["data"]))
+    request_id = document.get("id")
+    return InferRequest(name, tensors, request_id=str(request_id) if request_id else None)
 
 
 def read_v2(request: InferRequest, contract: Contract, max_rows: int) -> Rows:
@@ -119,9 +161,16 @@ def read_v2(request: InferRequest, contract: Contract, max_rows: int) -> Rows:
         values = columns[feature.name]
         if datatype == "BYTES":
             values = [_text(v, feature.name) for v in values]
-        try:  # a tensor has no null but JSON's: in FP64 a NaN is the missing value
-            arrays.append(pa.array(values, _ARROW[datatype], from_pandas=datatype == "FP64"))
+        elif isinstance(values, list):
+            _check_numbers(values, feature.name, datatype)
+        # A tensor has no null but JSON's: in FP64 a NaN is the missing value (Arrow's
+        # from_pandas reads it so, at five times the cost: only when there is one).
+        nan = datatype == "FP64" and _has_nan(values)
+        try:
+            arrays.append(pa.array(values, _ARROW[datatype], from_pandas=nan))
         except (pa.ArrowInvalid, pa.ArrowTypeError, OverflowError, TypeError) as exc:
+            raise InvalidInput(f"input {feature.name!r} is not all {datatype}: {exc}") from exc
+        except UnicodeEncodeError as exc:  # JSON's "\ud800": a str that UTF-8 cannot hold
             raise InvalidInput(f"input {feature.name!r} is not all {datatype}: {exc}") from exc
     keys = [_key(v, contract.key) for v in columns[contract.key]]
     return Rows(pa.RecordBatch.from_arrays(arrays, names=contract.feature_names), keys)
@@ -194,6 +243,24 @@ def _values(tensor: Any) -> list[Any] | np.ndarray:
             f"says {expected}"
         )
     return data
+
+
+def _check_numbers(values: list[Any], name: str, datatype: str) -> None:
+    """What Arrow would let through: ``true`` read as 1.0, 1.5 truncated to an INT64's 1.
+
+    The stream refuses both (a bool is not a number; 1.5 breaks an int64 feature).
+    """
+    for value in values:
+        if isinstance(value, bool) or (
+            datatype == "INT64" and isinstance(value, float) and not value.is_integer()
+        ):
+            raise InvalidInput(f"input {name!r} is not all {datatype}: it holds {value!r}")
+
+
+def _has_nan(values: list[Any] | np.ndarray) -> bool:
+    if isinstance(values, np.ndarray):
+        return values.dtype.kind == "f" and bool(np.isnan(values).any())
+    return any(v != v for v in values)  # NaN is the one value unequal to itself
 
 
 def _text(value: Any, name: str) -> str | None:

@@ -267,7 +267,8 @@ def test_a_malformed_request_gets_a_4xx_naming_the_problem_never_a_500(
         {**i, "data": ["a", "b", "c"]} if i["name"] == "amount" else i for i in inputs
     ]
     cases: list[tuple[str, bytes | dict[str, Any], int, str]] = [
-        (infer, b"{not json", 400, "not an inference request"),
+        (infer, b"{not json", 400, "the body is not JSON"),
+        (infer, {"instances": []}, 400, "a v2 request is"),
         (infer, {"inputs": inputs[1:]}, 400, f"missing input {KEY}"),
         (
             infer,
