@@ -250,6 +250,9 @@ def _check_numbers(values: list[Any], name: str, datatype: str) -> None:
 
     The stream refuses both (a bool is not a number; 1.5 breaks an int64 feature).
     """
+    kinds = set(map(type, values))  # one pass in C: most tensors hold no bool, no float
+    if bool not in kinds and (datatype != "INT64" or float not in kinds):
+        return
     for value in values:
         if isinstance(value, bool) or (
             datatype == "INT64" and isinstance(value, float) and not value.is_integer()
