@@ -42,6 +42,10 @@ def serve(
             "(0: each alone)"
         ),
     ] = 1_000,
+    max_pending: Annotated[
+        int,
+        typer.Option(help="requests being scored at once; more are answered 503 at once"),
+    ] = 256,
     log_topic: Annotated[
         str | None,
         typer.Option(help="Kafka topic every prediction is written to, as the stream writes it"),
@@ -80,7 +84,7 @@ def serve(
     mask_in_logs()  # the environment's secrets, the server's token among them
     token = token_from_env()
     listen = Listen(host, http_port, grpc_port, tls_cert, tls_key, token)
-    bounds = limits(max_rows, max_bytes, timeout, batch_rows)
+    bounds = limits(max_rows, max_bytes, timeout, batch_rows, max_pending)
     threads = load(ort_threads=ort_threads).ort_threads
     live = LiveModel.of(load_artifact(model_uri), threads)
     metrics = ServeMetrics()

@@ -39,27 +39,28 @@ class Batcher:
         self.max_rows = max_rows
         self._waiting: asyncio.Queue[_Waiting] | None = None
         self._worker: asyncio.Task[None] | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
 
     async def score(self, live: LiveModel, batch: pa.RecordBatch) -> ScoredBatch:
         """``batch`` validated and scored by ``live``, maybe beside other requests' rows."""
         loop = asyncio.get_running_loop()
         if self.max_rows <= 0 or batch.num_rows >= self.max_rows:
             return await loop.run_in_executor(None, live.scorer.score, batch)
-        if self._waiting is None:
+        if self._waiting is None or self._loop is not loop:  # a queue lives in one loop
+            self._loop = loop
             self._waiting = asyncio.Queue()
-            self._worker = loop.create_task(self._run(), name="scoring-batcher")
+            self._worker = loop.create_task(self._run(self._waiting), name="scoring-batcher")
         answer: asyncio.Future[ScoredBatch] = loop.create_future()
         self._waiting.put_nowait(_Waiting(live, batch, answer))
         return await answer
 
-    async def _run(self) -> None:
-        assert self._waiting is not None
+    async def _run(self, queue: asyncio.Queue[_Waiting]) -> None:
         loop = asyncio.get_running_loop()
         while True:
-            taken = [await self._waiting.get()]
+            taken = [await queue.get()]
             rows = taken[0].batch.num_rows
-            while not self._waiting.empty() and rows < self.max_rows:
-                taken.append(self._waiting.get_nowait())
+            while not queue.empty() and rows < self.max_rows:
+                taken.append(queue.get_nowait())
                 rows += taken[-1].batch.num_rows
             for group in _groups(taken):
                 try:
@@ -76,6 +77,8 @@ class Batcher:
 
 def _groups(taken: list[_Waiting]) -> list[list[_Waiting]]:
     """Requests that may share a call: the same model version and the same columns."""
+    if len(taken) == 1:  # the common case at low load: no schema to hash
+        return [taken]
     groups: dict[tuple[int, pa.Schema], list[_Waiting]] = {}
     for waiting in taken:
         groups.setdefault((id(waiting.live), waiting.batch.schema), []).append(waiting)

@@ -18,7 +18,7 @@ class ServeMetrics:
         r = registry
         self.requests = Counter(
             "scoring_serve_requests",
-            "Infer requests answered, by protocol (v1, v2) and outcome (ok, invalid, "
+            "Infer requests answered, by protocol (v1, v2) and outcome (ok, invalid, overloaded, "
             "too_large, timeout, error)",
             ["protocol", "outcome"],
             registry=r,

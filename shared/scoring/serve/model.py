@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import threading
 import time
 import uuid
@@ -21,7 +22,7 @@ from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import numpy as np
-from grpc_interceptor.exceptions import DeadlineExceeded
+from grpc_interceptor.exceptions import DeadlineExceeded, Unavailable
 from kserve import Model
 from kserve.errors import InferenceError, InvalidInput
 from kserve.protocol.infer_type import InferRequest, InferResponse
@@ -46,7 +47,7 @@ from scoring.serve.tensors import (
 )
 from scoring.stream.metrics import version_number
 
-__all__ = ["Limits", "RequestTimeout", "ServedModel"]
+__all__ = ["Limits", "Overloaded", "RequestTimeout", "ServedModel"]
 
 log = logging.getLogger(__name__)
 
@@ -63,10 +64,19 @@ class Limits:
     max_bytes: int = 8 * 1024 * 1024
     timeout_s: float = 10.0
     batch_rows: int = 1_000  # concurrent requests' rows scored in one call; 0: each alone
+    max_pending: int = 256  # requests being read or scored at once; more: 503 at once
 
 
 class RequestTimeout(DeadlineExceeded):
     """A request still scoring after its time limit: 504 on REST, DEADLINE_EXCEEDED on gRPC."""
+
+
+class Overloaded(Unavailable):
+    """More requests than ``max_pending`` in the server: 503 on REST, UNAVAILABLE on gRPC.
+
+    Refusing at once keeps the queue, and so every answered request's wait, bounded; a
+    client's retry (or the load balancer's next replica) does better than a timeout.
+    """
 
 
 class ServedModel(Model):
@@ -87,6 +97,7 @@ class ServedModel(Model):
         self.uri, self.limits, self.metrics, self.payload_log = uri, limits, metrics, payload_log
         self._live = live
         self.batcher = Batcher(limits.batch_rows)
+        self._pending = 0  # requests in predict(); only the event loop's thread changes it
         self._swap_lock = threading.Lock()
         self._follower: ModelFollower | None = None
         if follows_alias(uri):
@@ -139,8 +150,14 @@ class ServedModel(Model):
         self, payload: InferRequest | Mapping[str, Any], headers: Mapping[str, str] | None = None
     ) -> InferResponse | dict[str, Any]:
         protocol = "v2" if isinstance(payload, InferRequest) else "v1"
+        if self._pending >= self.limits.max_pending:
+            self.metrics.requests.labels(protocol, "overloaded").inc()
+            raise Overloaded(
+                f"{self._pending} requests are being scored (--max-pending); try again shortly"
+            )
         live = self.live  # this request's version, whatever the follower does meanwhile
         outcome = "error"
+        self._pending += 1
         try:
             answer = await asyncio.wait_for(
                 self._answer(live, payload, time.time()), self.limits.timeout_s
@@ -163,6 +180,7 @@ class ServedModel(Model):
             log.exception("scoring a request failed")
             raise InferenceError(f"scoring failed: {type(exc).__name__}: {exc}") from exc
         finally:
+            self._pending -= 1
             self.metrics.requests.labels(protocol, outcome).inc()
 
     async def _answer(
@@ -263,7 +281,7 @@ def _v1_answer(name: str, live: LiveModel, served: Served, key_field: str) -> di
 
 def _rows_of(request: InferRequest) -> int:
     shape = request.inputs[0].shape if request.inputs else [0]
-    return int(np.prod(shape)) if shape else 0
+    return math.prod(shape) if shape else 0
 
 
 async def _run(large: bool, work: Callable[..., T], *args: Any) -> T:

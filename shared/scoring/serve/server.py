@@ -42,7 +42,7 @@ from kserve.protocol.infer_type import InferResponse
 from kserve.protocol.rest.server import RESTServer
 
 from scoring.errors import ConfigError
-from scoring.serve.model import Limits, RequestTimeout, ServedModel
+from scoring.serve.model import Limits, Overloaded, RequestTimeout, ServedModel
 from scoring.serve.tensors import TooLarge, parse_v2
 
 __all__ = ["TOKEN_ENV", "Listen", "ScoringServer"]
@@ -218,6 +218,7 @@ class _Rest(RESTServer):
         app.add_exception_handler(RequestValidationError, _not_a_request)
         app.add_exception_handler(TooLarge, _status(413))
         app.add_exception_handler(RequestTimeout, _status(504))
+        app.add_exception_handler(Overloaded, _status(503, {"retry-after": "1"}))
         super().create_application()
         # KServe logs each refused request with its traceback: a client's error is counted
         # (scoring_serve_requests) and answered, not logged.
@@ -245,9 +246,11 @@ async def _not_a_request(_: Any, exc: Exception) -> JSONResponse:
     )
 
 
-def _status(code: int) -> Callable[[Any, Exception], Awaitable[JSONResponse]]:
+def _status(
+    code: int, headers: dict[str, str] | None = None
+) -> Callable[[Any, Exception], Awaitable[JSONResponse]]:
     async def handler(_: Any, exc: Exception) -> JSONResponse:
-        return JSONResponse({"error": str(exc)}, status_code=code)
+        return JSONResponse({"error": str(exc)}, status_code=code, headers=headers)
 
     return handler
 
@@ -377,14 +380,17 @@ def token_from_env() -> str | None:
     return os.environ.get(TOKEN_ENV) or None
 
 
-def limits(max_rows: int, max_bytes: int, timeout_s: float, batch_rows: int) -> Limits:
+def limits(
+    max_rows: int, max_bytes: int, timeout_s: float, batch_rows: int, max_pending: int
+) -> Limits:
     for name, value in (
         ("--max-rows", max_rows),
         ("--max-bytes", max_bytes),
         ("--timeout", timeout_s),
+        ("--max-pending", max_pending),
     ):
         if value <= 0:
             raise ConfigError(f"{name} must be positive, not {value}")
     if batch_rows < 0:
         raise ConfigError(f"--batch-rows must be 0 (no batching) or more, not {batch_rows}")
-    return Limits(max_rows, max_bytes, timeout_s, batch_rows)
+    return Limits(max_rows, max_bytes, timeout_s, batch_rows, max_pending)

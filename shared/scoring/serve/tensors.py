@@ -18,6 +18,7 @@ reads events (:func:`scoring.model.decode.decode_records`).
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -236,7 +237,7 @@ def _values(tensor: Any) -> list[Any] | np.ndarray:
         raise InvalidInput(f"input {tensor.name!r}: data must be a list")
     if data and isinstance(data[0], list):  # shape [n, 1] written nested
         data = [v for row in data for v in (row if isinstance(row, list) else [row])]
-    expected = int(np.prod(tensor.shape)) if tensor.shape else len(data)
+    expected = math.prod(tensor.shape) if tensor.shape else len(data)
     if expected != len(data):
         raise InvalidInput(
             f"input {tensor.name!r} has {len(data)} values but its shape {tensor.shape} "

@@ -27,7 +27,7 @@ from scoring.model.artifact import Artifact, ScoredBatch, Scorer
 from scoring.model.contract import Contract
 from scoring.model.live import LiveModel
 from scoring.serve.metrics import ServeMetrics
-from scoring.serve.model import Limits, RequestTimeout, ServedModel
+from scoring.serve.model import Limits, Overloaded, RequestTimeout, ServedModel
 from scoring.serve.tensors import NO_LABEL, TooLarge, input_types
 
 DAY = date(2026, 11, 2)
@@ -197,6 +197,26 @@ def test_a_request_past_its_time_limit_is_answered_as_timed_out(
     assert asyncio.run(timed()) < 0.4
     assert requests(registry, "v2", "timeout") == 1
     assert requests(registry, "v2", "ok") == 0
+
+
+def test_requests_past_max_pending_are_answered_overloaded_at_once(
+    artifact: Artifact, rows: pa.Table, registry: CollectorRegistry
+) -> None:
+    model = served(slowed(LiveModel.of(artifact), 0.3), registry, Limits(max_pending=2))
+    request = v2_request(rows.slice(0, 1), artifact.contract)
+
+    async def four_at_once() -> list[Any]:
+        return await asyncio.gather(
+            *(model.predict(request) for _ in range(4)), return_exceptions=True
+        )
+
+    answers = asyncio.run(four_at_once())
+    assert sum(isinstance(a, Overloaded) for a in answers) == 2
+    assert sum(isinstance(a, InferResponse) for a in answers) == 2
+    assert requests(registry, "v2", "overloaded") == 2
+    assert model._pending == 0  # every request that got in also got out
+    answered = asyncio.run(model.predict(request))  # and the server takes requests again
+    assert isinstance(answered, InferResponse)
 
 
 @pytest.mark.parametrize("protocol", ["v1", "v2"])
