@@ -6,9 +6,9 @@ REST port) exposes beside its own request histograms: one server per process.
 
 from __future__ import annotations
 
-from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client import REGISTRY, CollectorRegistry, Counter, Histogram
 
-from scoring.stream.metrics import LATENCY_BUCKETS
+from scoring.stream.metrics import LATENCY_BUCKETS, FollowMetrics
 
 __all__ = ["ServeMetrics"]
 
@@ -41,23 +41,8 @@ class ServeMetrics:
             buckets=LATENCY_BUCKETS,
             registry=r,
         )
-        self.model_version = Gauge(
-            "scoring_serve_model_version",
-            "Registry version of the model scoring now",
-            ["model"],
-            registry=r,
-        )
-        self.model_swaps = Counter(
-            "scoring_serve_model_swaps", "Model versions switched to", registry=r
-        )
-        self.model_swap_failures = Counter(
-            "scoring_serve_model_swap_failures",
-            "Failed attempts to load a newly promoted version",
-            registry=r,
-        )
-        self.alias_check_failures = Counter(
-            "scoring_serve_model_alias_check_failures",
-            "Checks of the followed registry alias that failed (registry unreachable or "
-            "refusing); the current version keeps serving",
-            registry=r,
-        )
+        follow = FollowMetrics("scoring_serve", r)
+        self.model_version = follow.version
+        self.model_swaps = follow.swaps
+        self.model_swap_failures = follow.swap_failures
+        self.alias_check_failures = follow.alias_check_failures

@@ -5,8 +5,9 @@ the follower loaded in the background takes over between requests, never inside 
 and a registry outage leaves the loaded version serving. A large request is read and
 scored on a worker thread (onnxruntime and Arrow release the GIL), so it cannot hold up
 the event loop that answers the health endpoints, and past its time limit it is answered
-504 while its thread finishes; a small one costs about a millisecond on the loop. Every failure is answered with a status that says what
-happened; a bad row is never a failure (it is answered with its reason).
+504 while its thread finishes; a small one costs about a millisecond on the loop. Every
+failure is answered with a status that says what happened; a bad row is never a failure
+(it is answered with its reason).
 """
 
 from __future__ import annotations

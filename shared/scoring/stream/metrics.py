@@ -24,7 +24,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, gene
 from prometheus_client.core import HistogramMetricFamily
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
-__all__ = ["BatchHistogram", "StreamMetrics", "fetch_health", "serve"]
+__all__ = ["BatchHistogram", "FollowMetrics", "StreamMetrics", "fetch_health", "serve"]
 
 # Seconds; micro-batches take milliseconds, a stalled broker takes seconds.
 LATENCY_BUCKETS = (
@@ -82,6 +82,32 @@ class BatchHistogram:
         yield HistogramMetricFamily(self.name, self.documentation, buckets=buckets, sum_value=total)
 
 
+class FollowMetrics:
+    """A followed model's metrics, one set per path (``scoring_stream``, ``scoring_serve``)."""
+
+    def __init__(self, prefix: str, registry: CollectorRegistry) -> None:
+        self.version = Gauge(
+            f"{prefix}_model_version",
+            "Registry version of the model scoring now",
+            ["model"],
+            registry=registry,
+        )
+        self.swaps = Counter(
+            f"{prefix}_model_swaps", "Model versions switched to", registry=registry
+        )
+        self.swap_failures = Counter(
+            f"{prefix}_model_swap_failures",
+            "Failed attempts to load a newly promoted version",
+            registry=registry,
+        )
+        self.alias_check_failures = Counter(
+            f"{prefix}_model_alias_check_failures",
+            "Checks of the followed registry alias that failed (registry unreachable or "
+            "refusing); the current version stays in use",
+            registry=registry,
+        )
+
+
 class StreamMetrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
@@ -129,26 +155,11 @@ class StreamMetrics:
             ["partition"],
             registry=r,
         )
-        self.model_version = Gauge(
-            "scoring_stream_model_version",
-            "Registry version of the model scoring now",
-            ["model"],
-            registry=r,
-        )
-        self.model_swaps = Counter(
-            "scoring_stream_model_swaps", "Model versions switched to", registry=r
-        )
-        self.model_swap_failures = Counter(
-            "scoring_stream_model_swap_failures",
-            "Failed attempts to load a newly promoted version",
-            registry=r,
-        )
-        self.alias_check_failures = Counter(
-            "scoring_stream_model_alias_check_failures",
-            "Checks of the followed registry alias that failed (registry unreachable or "
-            "refusing); the current version keeps scoring",
-            registry=r,
-        )
+        follow = FollowMetrics("scoring_stream", r)
+        self.model_version = follow.version
+        self.model_swaps = follow.swaps
+        self.model_swap_failures = follow.swap_failures
+        self.alias_check_failures = follow.alias_check_failures
 
         # The challenger in the champion's shadow (scoring.stream.shadow).
         self.shadow_predictions = Counter(

@@ -131,15 +131,7 @@ def test_a_worker_keeps_scoring_through_a_registry_outage_and_follows_the_alias_
     trained: TrainedModel,
     tmp_path: Path,
 ) -> None:
-    from scoring.lifecycle.packaging import package
-
-    first, second = (
-        package(
-            trained.model_file, name, trained.sample_file, spec_file=trained.contract_file
-        ).version
-        for _ in range(2)
-    )
-    registry.promote(name, first)
+    first, second = _two_versions_first_promoted(trained, name)
     rows = demo_table.slice(0, 900)
     local = load_artifact(str(artifact_dir))
     events = list(to_events(rows, local.contract.key, local.contract.feature_names))
@@ -190,18 +182,11 @@ def test_a_server_keeps_serving_through_a_registry_outage_and_follows_the_alias_
     trained: TrainedModel,
     tmp_path: Path,
 ) -> None:
-    from scoring.lifecycle.packaging import package
     from scoring.lifecycle.rollout import wait_for_version
 
     from tests.integration.serve.serve_process import ServeProcess, get, post, v2_json
 
-    first, second = (
-        package(
-            trained.model_file, name, trained.sample_file, spec_file=trained.contract_file
-        ).version
-        for _ in range(2)
-    )
-    registry.promote(name, first)
+    first, second = _two_versions_first_promoted(trained, name)
     contract = load_artifact(f"models:/{name}/{first}").contract
     body = v2_json(demo_table.slice(0, 20), contract)
     served = ServeProcess(
@@ -228,6 +213,20 @@ def test_a_server_keeps_serving_through_a_registry_outage_and_follows_the_alias_
         assert served.terminate() == 0, served.log()
     finally:
         served.stop()
+
+
+def _two_versions_first_promoted(trained: TrainedModel, name: str) -> tuple[str, str]:
+    """The trained model registered twice as ``name``; ``champion`` names the first."""
+    from scoring.lifecycle.packaging import package
+
+    first, second = (
+        package(
+            trained.model_file, name, trained.sample_file, spec_file=trained.contract_file
+        ).version
+        for _ in range(2)
+    )
+    registry.promote(name, first)
+    return first, second
 
 
 def _serve_alias_check_failures(metrics: str) -> float:
