@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 from pathlib import Path
 from typing import Annotated
 
@@ -11,8 +10,6 @@ import typer
 from scoring.cli.common import KafkaBootstrap, KafkaConfigFile, errors, user_errors
 
 __all__ = ["serve"]
-
-log = logging.getLogger(__name__)
 
 
 @user_errors

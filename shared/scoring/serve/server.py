@@ -16,10 +16,9 @@ from __future__ import annotations
 
 import asyncio
 import hmac
-import logging
 import os
 import warnings
-from collections.abc import Awaitable, Callable, MutableMapping
+from collections.abc import Awaitable, Callable, MutableMapping, Sequence
 from concurrent import futures
 from dataclasses import dataclass
 from pathlib import Path
@@ -47,7 +46,6 @@ from scoring.serve.tensors import TooLarge, parse_v2
 
 __all__ = ["TOKEN_ENV", "Listen", "ScoringServer"]
 
-log = logging.getLogger(__name__)
 
 # kserve 0.21 answers with FastAPI's ORJSONResponse, which FastAPI 0.165 deprecates (ADR 0012).
 warnings.filterwarnings("ignore", message="ORJSONResponse is deprecated")
@@ -139,10 +137,12 @@ def _bearer_ok(header: bytes, token: str) -> bool:
     return scheme.lower() == "bearer" and hmac.compare_digest(given.strip(), token)
 
 
-async def _reply(send: Any, status: int, error: str, extra: list[tuple[bytes, bytes]] = ()) -> None:  # type: ignore[assignment]
+async def _reply(
+    send: Any, status: int, error: str, extra: Sequence[tuple[bytes, bytes]] = ()
+) -> None:
     body = orjson.dumps({"error": error})
     headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
-    await send({"type": "http.response.start", "status": status, "headers": headers + list(extra)})
+    await send({"type": "http.response.start", "status": status, "headers": [*headers, *extra]})
     await send({"type": "http.response.body", "body": body})
 
 
@@ -372,7 +372,7 @@ class ScoringServer(ModelServer):
         finally:
             self.served.stop()
             if self.served.payload_log is not None:
-                log.info("payload log at exit: %s", self.served.payload_log.close())
+                self.served.payload_log.close()  # logs its final counts
 
 
 def token_from_env() -> str | None:
